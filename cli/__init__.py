@@ -1,0 +1,1 @@
+"""The click application: argument parsing and printing only, no numerics."""

@@ -1,0 +1,57 @@
+"""Entry point of the ``gruengine`` command.
+
+Every command module registers itself on ``app``. ``main`` turns the engine's errors into a
+one-line message and exit status 2 (bad input) or 1 (a run that failed), never a traceback.
+"""
+import sys
+
+import click
+
+from gruengine.errors import GruengineError, TrainingDivergedError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gruengine")
+def app():
+    """gruengine: train and inspect GRU/LSTM sequence models on the CPU or an NVIDIA GPU.
+
+    \b
+    Example:
+      gruengine train                  # the embedded adding-problem task, no download
+    """
+
+
+def _register():
+    # one import per command module; each adds its commands to ``app``
+    pass
+
+
+def main(argv=None):
+    _register()
+    try:
+        app.main(args=argv, prog_name="gruengine", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except TrainingDivergedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except (GruengineError, ValueError, OSError) as e:
+        click.echo(f"error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+def _one_line(e):
+    msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+    return " ".join(msg.split()) or type(e).__name__
+
+
+if __name__ == "__main__":
+    main()

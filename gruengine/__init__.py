@@ -1,0 +1,10 @@
+"""gruengine: a standalone GRU engine with Numba CPU and CUDA kernels.
+
+    import numpy as np, gruengine
+    gru = gruengine.GRU(8, 16, num_layers=2, bidirectional=True, seed=0)
+    y, h_n = gru.forward(x, lengths=lengths)
+    dx, dh0 = gru.backward(dy)
+"""
+__version__ = "0.1.0"
+
+from .errors import GruengineError, DataError, CheckpointError, TrainingDivergedError  # noqa: F401

@@ -1,0 +1,4 @@
+"""Numba CPU kernels (``@njit(parallel=True, cache=True)``), same names and argument order as ``gruengine.reference``."""
+from .gru import *  # noqa: F401,F403
+from .ops import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
