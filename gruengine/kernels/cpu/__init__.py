@@ -2,3 +2,5 @@
 from .gru import *  # noqa: F401,F403
 from .ops import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
+from .lstm import *  # noqa: F401,F403
+from .mingru import *  # noqa: F401,F403
