@@ -1,1 +1,129 @@
-__all__ = []
+"""GRU forward/backward on the CPU: BLAS GEMMs plus fused Numba gate kernels.
+
+Same names and argument order as ``gruengine.reference.gru``. The cuDNN recipe:
+
+* forward: ``Gx = X @ W_ih.T`` for all timesteps as one GEMM; per step one
+  (n, H) x (H, 3H) product and one fused gate kernel (``_gru_cells``);
+* backward: per step one fused gate-backward kernel and one (n, 3H) x (3H, H) product for
+  dh_prev; ``dW_ih = dGx.T @ X``, ``dW_hh = dGh.T @ H_prev``, ``dX = dGx @ W_ih`` and the
+  bias sums are single GEMMs after the loop.
+
+Rows are sorted by length (descending) so the rows active at step s are a prefix of n rows
+and the per-step GEMMs shrink with the sequences; the recurrent state is kept packed (one
+contiguous block per step), like a PyTorch PackedSequence. The Python loop runs over time
+steps only; batch rows and hidden units are covered by the kernels and GEMMs.
+
+``cache`` holds the packed state and gates; it is private to this module.
+"""
+import numpy as np
+
+from . import _gru_cells as K
+
+__all__ = ["gru_forward", "gru_backward"]
+
+
+def _pack(lengths):
+    # perm: sorted row -> original row; nb[s]: rows active at step s (nb[steps] = 0);
+    # off[s]: first packed row of step s; steps = longest length.
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    perm = np.argsort(-lengths, kind="stable").astype(np.int64)
+    steps = int(lengths.max())
+    nb = np.bincount(lengths, minlength=steps + 1)[::-1].cumsum()[::-1][1:]  # (steps,) #{len > s}
+    nb = np.append(nb, 0)
+    off = np.concatenate([[0], np.cumsum(nb)])
+    return lengths, perm, nb.tolist(), off.tolist(), steps
+
+
+def _scalars(dtype):
+    return dtype.type(1), dtype.type(np.finfo(dtype).tiny)
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
+    # -> y: (B, T, H), h_n: (B, H), cache
+    B, T, I = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    one, tiny = _scalars(dt)
+    lengths, perm, nb, off, steps = _pack(lengths)
+    N = off[steps]
+    Gx = np.matmul(x.reshape(B * T, I), W_ih.T).reshape(B, T, 3 * H)
+    Hp = np.empty((N, H), dt)                 # packed h_prev of every active (step, row)
+    Hp[:B] = h0[perm]
+    G = np.empty((N, 4 * H), dt)              # packed r, z, n, (W_hn h + b_hn | r * h_prev)
+    y = np.zeros((B, T, H), dt)
+    h_n = np.empty((B, H), dt)
+    rev = bool(reverse)
+    if reset_after:
+        gh = np.empty((B, 3 * H), dt)
+        W_hhT = W_hh.T
+        for s in range(steps):
+            n, o = nb[s], off[s]
+            np.matmul(Hp[o:o + n], W_hhT, out=gh[:n])
+            K.fwd_step_after(s, n, o, nb[s + 1], off[s + 1], Gx, gh, b_ih, b_hh, Hp, G,
+                             perm, lengths, rev, y, h_n, one, tiny)
+    else:
+        gh = np.empty((B, 2 * H), dt)
+        ghn = np.empty((B, H), dt)
+        W_rzT = W_hh[:2 * H].T
+        W_hnT = W_hh[2 * H:].T
+        RH = G[:, 3 * H:]
+        for s in range(steps):
+            n, o = nb[s], off[s]
+            np.matmul(Hp[o:o + n], W_rzT, out=gh[:n])
+            K.fwd_step_before_rz(s, n, o, Gx, gh, b_ih, b_hh, Hp, G, perm, lengths, rev, one, tiny)
+            np.matmul(RH[o:o + n], W_hnT, out=ghn[:n])
+            K.fwd_step_before_n(s, n, o, nb[s + 1], off[s + 1], Gx, ghn, b_ih, b_hh, Hp, G,
+                                perm, lengths, rev, y, h_n, one, tiny)
+    cache = {"perm": perm, "nb": nb, "off": off, "steps": steps, "lengths": lengths,
+             "Hp": Hp, "G": G}
+    return y, h_n, cache
+
+
+def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
+                 reset_after=True, reverse=False):
+    # dy: (B, T, H)  dh_n: (B, H)  (other arguments as in gru_forward, cache from it)
+    # -> dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
+    B, T, I = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    one, tiny = _scalars(dt)
+    perm, nb, off, steps = cache["perm"], cache["nb"], cache["off"], cache["steps"]
+    lengths, Hp, G = cache["lengths"], cache["Hp"], cache["G"]
+    N = off[steps]
+    rev = bool(reverse)
+    dGx = np.zeros((B, T, 3 * H), dt)         # zero at padding: it never reaches dX or dW_ih
+    dGh = np.empty((N, 3 * H), dt)            # packed gradients of the recurrent pre-activations
+    dhz = np.empty((B, H), dt)                # direct path dL/dh_t * z, sorted rows
+    dhg = np.empty((B, H), dt)                # GEMM path dGh @ W_hh, sorted rows
+    if reset_after:
+        for s in range(steps - 1, -1, -1):
+            n, o = nb[s], off[s]
+            K.bwd_step_after(s, n, o, nb[s + 1], dy, dh_n, Hp, G, perm, lengths, rev,
+                             dhz, dhg, dGx, dGh, one, tiny)
+            np.matmul(dGh[o:o + n], W_hh, out=dhg[:n])
+    else:
+        d_rh = np.empty((B, H), dt)
+        W_rz = W_hh[:2 * H]
+        W_hn = W_hh[2 * H:]
+        for s in range(steps - 1, -1, -1):
+            n, o = nb[s], off[s]
+            K.bwd_step_before_n(s, n, o, nb[s + 1], dy, dh_n, Hp, G, perm, lengths, rev,
+                                dhz, dhg, dGx, dGh, one, tiny)
+            np.matmul(dGh[o:o + n, 2 * H:], W_hn, out=d_rh[:n])
+            K.bwd_step_before_r(s, n, o, d_rh, Hp, G, perm, lengths, rev, dhz, dGx, dGh, one, tiny)
+            np.matmul(dGh[o:o + n, :2 * H], W_rz, out=dhg[:n])
+    dh0 = np.empty((B, H), dt)
+    K.sum_rows_scatter(dhz, dhg, perm, dh0)
+    dGx2 = dGx.reshape(B * T, 3 * H)
+    dx = np.matmul(dGx2, W_ih).reshape(B, T, I)
+    dW_ih = np.matmul(dGx2.T, x.reshape(B * T, I))
+    db_ih = np.matmul(np.ones(B * T, dt), dGx2)
+    if reset_after:
+        dW_hh = np.matmul(dGh.T, Hp)
+    else:
+        dW_hh = np.empty_like(W_hh)
+        np.matmul(dGh[:, :2 * H].T, Hp, out=dW_hh[:2 * H])
+        np.matmul(dGh[:, 2 * H:].T, G[:, 3 * H:], out=dW_hh[2 * H:])
+    db_hh = np.matmul(np.ones(N, dt), dGh)
+    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
