@@ -1,0 +1,214 @@
+"""class LSTM: a stack of (bi)directional LSTM layers with PyTorch names, shapes and semantics.
+
+    lstm = gruengine.LSTM(8, 16, num_layers=2, bidirectional=True, seed=0)
+    y, (h_n, c_n) = lstm.forward(x, lengths=lengths)       # y (B,T,D*H); h_n, c_n (L*D,B,H)
+    dx, (dh0, dc0) = lstm.backward(dy)                      # fills lstm.grads
+
+Parameters per layer k and direction (suffix "" or "_reverse"): weight_ih_l{k} (4H, in),
+weight_hh_l{k} (4H, H), bias_ih_l{k} (4H,), bias_hh_l{k} (4H,), gate order i, f, g, o.
+``_RecurrentStack`` holds what every recurrent stack shares (parameters, state_dict, dropout
+between layers, train/eval); ``gruengine.mingru.MinGRU`` reuses it.
+"""
+import numpy as np
+
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int, check_state_dict
+from .backend import check_device, get_kernels
+
+__all__ = ["LSTM"]
+
+
+class _RecurrentStack:
+    """Parameters, state_dict, train/eval and inter-layer dropout of a recurrent stack.
+
+    Subclasses set ``_op`` (the kernel name prefix) and ``_param_shapes(k, in_size)``.
+    """
+
+    _op = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dtype=np.float32, device="cpu", seed=None, dropout=0.0):
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.dtype = check_dtype("dtype", dtype)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+                or not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.device = check_device(device)
+        self._kernels = get_kernels(self.device)
+        for name in (f"{self._op}_forward", f"{self._op}_backward", f"{self._op}_gates"):
+            if not hasattr(self._kernels, name):
+                raise ValueError(f"device: {type(self).__name__} has no {self.device!r} kernels "
+                                 f"(missing {name}); use device='cpu'")
+        self._rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        self.params = {}
+        for k in range(self.num_layers):
+            in_size = self.input_size if k == 0 else self.num_directions * self.hidden_size
+            for sfx in self._suffixes():
+                for name, shape in self._param_shapes(k, in_size).items():
+                    w = self._rng.uniform(-bound, bound, size=shape)
+                    self.params[f"{name}_l{k}{sfx}"] = w.astype(self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.training = True
+        self._saved = None
+
+    def _suffixes(self):
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, d):
+        check_state_dict("state_dict", d, self.params)
+        for k, v in d.items():
+            self.params[k][...] = v
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def _check_x(self, x, lengths):
+        check_array("x", x, (None, None, self.input_size), self.dtype)
+        B, T, _ = x.shape
+        if T < 1:
+            raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
+        return np.ascontiguousarray(x), check_lengths("lengths", lengths, B, T)
+
+    def _check_state(self, name, a, B):
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if a is None:
+            return np.zeros(shape, dtype=self.dtype)
+        return np.ascontiguousarray(check_array(name, a, shape, self.dtype))
+
+    def _check_dy(self, dy):
+        if self._saved is None:
+            raise ValueError("backward: called before forward")
+        B, T = self._saved["shape"]
+        check_array("dy", dy, (B, T, self.num_directions * self.hidden_size), self.dtype)
+        return np.ascontiguousarray(dy)
+
+    def _dropout_mask(self, shape):
+        keep = self._rng.random(shape) >= self.dropout
+        return (keep / (1.0 - self.dropout)).astype(self.dtype)
+
+    def _layer_names(self, k, sfx):
+        return {n: f"{n}_l{k}{sfx}" for n in self._param_shapes(k, 0)}
+
+
+class LSTM(_RecurrentStack):
+    """Multi-layer, optionally bidirectional LSTM (PyTorch ``nn.LSTM(batch_first=True)`` semantics).
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers : int
+    bidirectional : bool
+    dtype : float32 or float64
+    device : 'cpu' (Numba kernels), 'reference' (NumPy spec) or 'auto'
+    seed : int or None -- weights ~ U(-1/sqrt(H), 1/sqrt(H)); also seeds dropout masks
+    dropout : float in [0, 1) -- on the outputs of every layer but the last, in training only
+    """
+
+    _op = "lstm"
+
+    def _param_shapes(self, k, in_size):
+        H = self.hidden_size
+        return {"weight_ih": (4 * H, in_size), "weight_hh": (4 * H, H),
+                "bias_ih": (4 * H,), "bias_hh": (4 * H,)}
+
+    def forward(self, x, h0_c0=None, lengths=None, return_gates=False):
+        """x (B,T,I) -> y (B,T,D*H), (h_n, c_n) each (L*D,B,H) [, gates].
+
+        ``h0_c0``: None (zeros) or a pair (h0, c0), each (L*D,B,H) or None.
+        ``lengths``: (B,) ints in [1,T]; outputs past a length are zero, h_n/c_n are the state
+        at the last valid step, the reverse direction starts there (packed-sequence semantics).
+        ``return_gates=True`` also returns {"l{k}[_reverse]": {"i","f","g","o","c","h": (B,T,H)}}.
+        """
+        x, lengths = self._check_x(x, lengths)
+        B, T, _ = x.shape
+        if h0_c0 is None:
+            h0_c0 = (None, None)
+        if not isinstance(h0_c0, (tuple, list)) or len(h0_c0) != 2:
+            raise ValueError(f"h0_c0: expected None or a pair (h0, c0), got {type(h0_c0).__name__}")
+        h0 = self._check_state("h0_c0[0]", h0_c0[0], B)
+        c0 = self._check_state("h0_c0[1]", h0_c0[1], B)
+        D, H, kern = self.num_directions, self.hidden_size, self._kernels
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0)
+        layers, gates = [], {}
+        inp = x
+        for k in range(self.num_layers):
+            outs, caches = [], []
+            for d, sfx in enumerate(self._suffixes()):
+                n = self._layer_names(k, sfx)
+                p = self.params
+                y, hn, cn, cache = kern.lstm_forward(
+                    inp, h0[k * D + d], c0[k * D + d], p[n["weight_ih"]], p[n["weight_hh"]],
+                    p[n["bias_ih"]], p[n["bias_hh"]], lengths, reverse=bool(d))
+                h_n[k * D + d], c_n[k * D + d] = hn, cn
+                outs.append(y)
+                caches.append(cache)
+                if return_gates:
+                    gates[f"l{k}{sfx}"] = kern.lstm_gates(cache)
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if self.training and self.dropout > 0 and k < self.num_layers - 1:
+                mask = self._dropout_mask(out.shape)
+                out = out * mask
+            layers.append((inp, caches, mask))
+            inp = out
+        self._saved = {"shape": (B, T), "lengths": lengths, "h0": h0, "c0": c0, "layers": layers}
+        return (inp, (h_n, c_n), gates) if return_gates else (inp, (h_n, c_n))
+
+    def backward(self, dy, dh_n_dc_n=None):
+        """dy (B,T,D*H), optional (dh_n, dc_n) each (L*D,B,H) or None -> dx (B,T,I), (dh0, dc0).
+
+        Writes every parameter gradient into ``self.grads`` (overwrites, in place).
+        """
+        dy = self._check_dy(dy)
+        s = self._saved
+        B = s["shape"][0]
+        if dh_n_dc_n is None:
+            dh_n_dc_n = (None, None)
+        if not isinstance(dh_n_dc_n, (tuple, list)) or len(dh_n_dc_n) != 2:
+            raise ValueError("dh_n_dc_n: expected None or a pair (dh_n, dc_n), "
+                             f"got {type(dh_n_dc_n).__name__}")
+        dh_n = self._check_state("dh_n_dc_n[0]", dh_n_dc_n[0], B)
+        dc_n = self._check_state("dh_n_dc_n[1]", dh_n_dc_n[1], B)
+        D, H, kern, p = self.num_directions, self.hidden_size, self._kernels, self.params
+        dh0 = np.empty_like(dh_n)
+        dc0 = np.empty_like(dc_n)
+        dout = dy
+        for k in range(self.num_layers - 1, -1, -1):
+            inp, caches, mask = s["layers"][k]
+            if mask is not None:
+                dout = dout * mask
+            dinp = None
+            for d, sfx in enumerate(self._suffixes()):
+                n = self._layer_names(k, sfx)
+                dy_d = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh = kern.lstm_backward(
+                    dy_d, dh_n[k * D + d], dc_n[k * D + d], inp, s["h0"][k * D + d],
+                    s["c0"][k * D + d], p[n["weight_ih"]], p[n["weight_hh"]], p[n["bias_ih"]],
+                    p[n["bias_hh"]], s["lengths"], caches[d], reverse=bool(d))
+                dh0[k * D + d], dc0[k * D + d] = dh, dc
+                self.grads[n["weight_ih"]][...] = dW_ih
+                self.grads[n["weight_hh"]][...] = dW_hh
+                self.grads[n["bias_ih"]][...] = db_ih
+                self.grads[n["bias_hh"]][...] = db_hh
+                dinp = dx if dinp is None else dinp + dx
+            dout = dinp
+        return dout, (dh0, dc0)
