@@ -1,0 +1,187 @@
+"""Checkpoints: one ``.npz`` of named arrays plus a JSON metadata string, written atomically.
+
+Layout of the file::
+
+    __meta__        uint8 (n,)   UTF-8 JSON: format_version, the array manifest, and whatever
+                                 the caller stores (model config, vocabulary, optimizer meta,
+                                 epoch/step, best metric, data config, RNG bit-generator names)
+    model/<name>    parameters of the model (PyTorch-style names)
+    optim/<name>    optimizer state arrays (moments, step counts)
+    rng/<name>      uint64 (6,) the state of a PCG64 generator (see ``rng_to_array``)
+
+Loading uses ``allow_pickle=False`` and checks every field against the manifest; anything
+missing, extra, of the wrong shape or dtype, of another format version, or unreadable raises
+``CheckpointError`` with a one-line message. Writes go to a temporary file in the same
+folder, are flushed and fsynced, then ``os.replace``-d over the target, so a crash mid-write
+leaves the previous checkpoint untouched.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+_MASK64 = (1 << 64) - 1
+
+
+def save_checkpoint(path, arrays, meta):
+    """Write ``arrays`` (dict name -> ndarray) and ``meta`` (JSON-able dict) to ``path``.
+
+    The write is atomic: readers see the old file or the new one, never a partial one.
+    """
+    path = os.fspath(path)
+    if META_KEY in arrays:
+        raise ValueError(f"arrays: the name {META_KEY!r} is reserved for the metadata")
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype.hasobject:
+            raise ValueError(f"arrays[{k!r}]: object arrays cannot be stored without pickle")
+    manifest = {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()}
+    full_meta = dict(meta, format_version=FORMAT_VERSION, arrays=manifest)
+    blob = np.frombuffer(json.dumps(full_meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, {META_KEY: blob, **arrays})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _write_npz(f, arrays):
+    # a seam of its own so tests can make the writer fail half-way
+    np.savez(f, **arrays)
+
+
+def _fsync_dir(folder):
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def load_checkpoint(path):
+    """Read and validate a checkpoint; return ``(arrays, meta)``.
+
+    ``meta`` is the caller's metadata (``format_version`` and the manifest removed).
+    Raises ``CheckpointError`` naming the file and the first problem found.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: is a folder; pass a .npz file "
+                              f"(a run folder holds last.npz and best.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if META_KEY not in names:
+                raise CheckpointError(f"checkpoint {path}: no {META_KEY} entry; "
+                                      f"not a gruengine checkpoint")
+            # read everything now: a truncated or corrupt member fails here, not later
+            data = {k: z[k] for k in names}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        if "allow_pickle" in why:
+            raise CheckpointError(f"checkpoint {path}: holds pickled objects, which are never "
+                                  f"loaded (only plain arrays are allowed)") from None
+        raise CheckpointError(f"checkpoint {path}: unreadable (truncated or corrupt): "
+                              f"{why}") from None
+    meta = _decode_meta(path, data.pop(META_KEY))
+    version = meta.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported "
+                              f"(this gruengine reads version {FORMAT_VERSION})")
+    manifest = meta.pop("arrays", None)
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"checkpoint {path}: metadata has no array manifest")
+    missing = sorted(set(manifest) - set(data))
+    extra = sorted(set(data) - set(manifest))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {path}: arrays do not match the manifest; "
+                              f"missing {missing}, unexpected {extra}")
+    for k, spec in manifest.items():
+        a = data[k]
+        try:
+            shape, dtype = tuple(spec[0]), np.dtype(spec[1])
+        except (TypeError, IndexError, ValueError):
+            raise CheckpointError(f"checkpoint {path}: bad manifest entry for {k!r}") from None
+        if a.shape != shape:
+            raise CheckpointError(f"checkpoint {path}: array {k!r} expected shape {shape}, "
+                                  f"got {a.shape}")
+        if a.dtype != dtype:
+            raise CheckpointError(f"checkpoint {path}: array {k!r} expected dtype {dtype}, "
+                                  f"got {a.dtype}")
+    return data, meta
+
+
+def _decode_meta(path, blob):
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise CheckpointError(f"checkpoint {path}: {META_KEY} expected a 1-D uint8 array, "
+                              f"got {blob.ndim}-D {blob.dtype}")
+    try:
+        meta = json.loads(blob.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path}: metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: metadata expected a JSON object, "
+                              f"got {type(meta).__name__}")
+    return meta
+
+
+def split_arrays(arrays, prefix):
+    """The entries of ``arrays`` under ``prefix/``, with the prefix removed."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
+
+
+def join_arrays(**groups):
+    """``join_arrays(model={...}, optim={...})`` -> {'model/<k>': v, 'optim/<k>': v}."""
+    return {f"{g}/{k}": v for g, d in groups.items() for k, v in d.items()}
+
+
+def rng_to_array(rng):
+    """The state of a PCG64 ``numpy.random.Generator`` as uint64 (6,):
+    state hi, state lo, inc hi, inc lo, has_uint32, uinteger."""
+    st = rng.bit_generator.state
+    if st.get("bit_generator") != "PCG64":
+        raise ValueError(f"rng: expected a PCG64 generator, got {st.get('bit_generator')!r}")
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array([s >> 64, s & _MASK64, inc >> 64, inc & _MASK64,
+                     st["has_uint32"], st["uinteger"]], dtype=np.uint64)
+
+
+def rng_from_array(a, name="rng"):
+    """Inverse of ``rng_to_array``: a fresh PCG64 Generator in that exact state."""
+    if not isinstance(a, np.ndarray) or a.shape != (6,) or a.dtype != np.uint64:
+        raise CheckpointError(f"{name}: expected a uint64 array of shape (6,), "
+                              f"got {getattr(a, 'dtype', type(a).__name__)} "
+                              f"{getattr(a, 'shape', '')}")
+    v = [int(x) for x in a]
+    bg = np.random.PCG64()
+    bg.state = {"bit_generator": "PCG64",
+                "state": {"state": (v[0] << 64) | v[1], "inc": (v[2] << 64) | v[3]},
+                "has_uint32": v[4], "uinteger": v[5]}
+    return np.random.Generator(bg)
