@@ -1,0 +1,111 @@
+"""Datasets: IMDB reviews, labelled text files, numeric .npz files, UCR/UEA archives and
+synthetic memory tasks, all as padded NumPy arrays.
+
+    from gruengine.data import load_dataset
+    splits = load_dataset("imdb", "aclImdb_v1.tar.gz", max_len=400, vocab_size=20000)
+    train, test = splits["train"], splits["test"]      # Dataset: inputs, lengths, targets, ...
+"""
+import os
+
+from .._checks import check_positive_int
+from ..errors import DataError
+from .dataset import Dataset, describe
+from .text import Vocab, encode_texts, tokenize
+
+NAMES = ("adding", "copy", "imdb", "npz", "text", "ucr")
+
+__all__ = ["Dataset", "Vocab", "load_dataset", "describe", "guess_name", "tokenize", "encode_texts", "NAMES"]
+
+
+def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min_count=1, truncate="head",
+                 n_train=None, n_test=None, seq_len=None, vocab=None):
+    """Load a named dataset -> {'train': Dataset, 'test': Dataset}.
+
+    name        'adding' | 'copy' (synthetic, from ``seed``; ``seq_len`` = T, default 100;
+                n_train / n_test default 10000 / 1000)
+                'imdb'   path = aclImdb_v1.tar.gz (read without unpacking) or the aclImdb folder;
+                         default: the download cache (see ``gruengine data download imdb``)
+                'text'   path = 'train.tsv,test.tsv' or a folder with train.{tsv,csv,txt} + test.*
+                'npz'    path = 'train.npz,test.npz' or a folder with train.npz + test.npz
+                'ucr'    path = a folder with <Name>_TRAIN/_TEST .ts/.tsv/.txt, one of them, or the pair
+    max_len     token datasets: cut texts to at most this many tokens (``truncate`` 'head' keeps
+                the first tokens, 'tail' the last); T = min(max_len, longest text of the split)
+    vocab_size  token datasets: vocabulary size including '<pad>' and '<unk>', from the
+                training split only; ``min_count`` drops rarer tokens. ``vocab`` (a Vocab or
+                its ``to_json()`` dict, e.g. from a checkpoint) replaces the built one.
+    n_train, n_test   cap the number of rows read (IMDB: half per class)
+    seed        synthetic data, and the row order of IMDB
+    """
+    if name not in NAMES:
+        raise ValueError(f"name: expected one of {', '.join(NAMES)}, got {name!r}")
+    for arg, v in (("n_train", n_train), ("n_test", n_test), ("seq_len", seq_len), ("max_len", max_len)):
+        if v is not None:
+            check_positive_int(arg, v)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if truncate not in ("head", "tail"):
+        raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
+    if isinstance(vocab, dict):
+        vocab = Vocab.from_json(vocab)
+    elif vocab is not None and not isinstance(vocab, Vocab):
+        raise ValueError(f"vocab: expected a Vocab, its to_json() dict or None, got {type(vocab).__name__}")
+    if name in ("adding", "copy"):
+        if path is not None:
+            raise ValueError(f"path: the synthetic {name!r} task reads no file, got {path!r}")
+        from .synthetic import load_adding, load_copy
+        load = load_adding if name == "adding" else load_copy
+        return load(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
+    if seq_len is not None:
+        raise ValueError(f"seq_len: only the synthetic tasks take seq_len; use max_len for {name!r}")
+    text_opts = dict(max_len=max_len, vocab_size=vocab_size, min_count=min_count, truncate=truncate,
+                     vocab=vocab, n_train=n_train, n_test=n_test)
+    if name == "imdb":
+        from .download import find_imdb
+        from .imdb import load_imdb
+        return load_imdb(find_imdb() if path is None else path, seed=seed, **text_opts)
+    if name == "text":
+        from .text import load_text
+        return load_text(_need(path, name), **text_opts)
+    if max_len is not None or vocab is not None:
+        raise ValueError(f"max_len/vocab: only token datasets (imdb, text) take them, not {name!r}")
+    if name == "npz":
+        from .numeric import load_npz
+        return load_npz(_need(path, name), n_train=n_train, n_test=n_test)
+    from .ucr import load_ucr
+    return load_ucr(_need(path, name), n_train=n_train, n_test=n_test)
+
+
+def _need(path, name):
+    if path is None:
+        raise DataError(f"path: the {name!r} dataset needs a path, got None")
+    return os.fspath(path)
+
+
+def guess_name(path_or_name):
+    """The loader for a dataset name or a path: 'imdb' for .tar.gz / aclImdb folders, 'npz',
+    'ucr' for .ts and <Name>_TRAIN files, 'text' for other .tsv/.csv/.txt."""
+    s = os.fspath(path_or_name)
+    if s in NAMES:
+        return s
+    first = s.split(",")[0].strip()
+    low = first.lower()
+    if low.endswith((".tar.gz", ".tgz", ".tar")) or os.path.basename(low.rstrip("/")) == "aclimdb":
+        return "imdb"
+    if low.endswith(".npz"):
+        return "npz"
+    if low.endswith(".ts") or "_train." in os.path.basename(low) or "_test." in os.path.basename(low):
+        return "ucr"
+    if low.endswith((".tsv", ".csv", ".txt")):
+        return "text"
+    if os.path.isdir(first):
+        names = os.listdir(first)
+        up = [n.upper() for n in names]
+        if "train.npz" in names:
+            return "npz"
+        if any(u.endswith(("_TRAIN.TS", "_TRAIN.TSV", "_TRAIN.TXT")) for u in up):
+            return "ucr"
+        if any(n.startswith(("train.", "test.")) for n in names):
+            return "text"
+        if "aclImdb" in names or {"train", "test"} <= set(names):
+            return "imdb"
+    raise DataError(f"{s}: cannot tell the dataset kind; pass --task (one of {', '.join(NAMES)})")

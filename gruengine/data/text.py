@@ -1,0 +1,227 @@
+"""Text to token ids: tokenizer, vocabulary, padding, and labelled text files (CSV/TSV).
+
+    toks = [tokenize(t) for t in train_texts]
+    vocab = Vocab.build(toks, max_size=20000, min_count=2)      # training split only
+    ids, lengths = encode_texts(test_texts, vocab, max_len=400)   # (N, T) int64, (N,) int64
+
+Ids 0 and 1 are always '<pad>' and '<unk>'. ``truncate='head'`` keeps the first ``max_len``
+tokens of a longer text (drops its end), ``'tail'`` keeps the last ``max_len`` (drops its start).
+"""
+import csv
+import os
+import re
+from collections import Counter
+
+import numpy as np
+
+from .._checks import check_positive_int
+from ..errors import DataError
+from .dataset import Dataset, encode_labels, label_order, require_file, resolve_pair
+
+PAD, UNK = "<pad>", "<unk>"
+TRUNCATE = ("head", "tail")
+
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# a word (letters/digits, inner apostrophes kept: "don't") or one punctuation character
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|[^\w\s]|_")
+
+
+def tokenize(text):
+    """Lowercase ``text``, drop HTML line breaks, split into words and punctuation marks.
+
+    >>> tokenize("Great film!<br /><br />I didn't like the END...")
+    ['great', 'film', '!', 'i', "didn't", 'like', 'the', 'end', '.', '.', '.']
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected str, got {type(text).__name__}")
+    return _TOKEN.findall(_BREAK.sub(" ", text).lower())
+
+
+class Vocab:
+    """Token <-> id map; id 0 is '<pad>', id 1 is '<unk>' (every unknown token)."""
+
+    def __init__(self, tokens):
+        tokens = list(tokens)
+        if len(tokens) < 2 or tokens[0] != PAD or tokens[1] != UNK:
+            raise ValueError(f"vocab: expected the token list to start with {PAD!r}, {UNK!r}, "
+                             f"got {tokens[:2]!r}")
+        if not all(isinstance(t, str) for t in tokens):
+            raise ValueError("vocab: expected every token to be a str")
+        self.itos = tokens
+        self.stoi = {t: i for i, t in enumerate(tokens)}
+        if len(self.stoi) != len(tokens):
+            raise ValueError(f"vocab: expected unique tokens, got {len(tokens) - len(self.stoi)} duplicate(s)")
+
+    @classmethod
+    def build(cls, texts_tokens, max_size=20000, min_count=1):
+        """Most frequent tokens of the (training) texts, ties broken alphabetically.
+
+        ``max_size`` counts '<pad>' and '<unk>' too (so at most max_size - 2 real tokens);
+        tokens seen fewer than ``min_count`` times are left out (they encode as '<unk>').
+        """
+        max_size = check_positive_int("max_size", max_size, minimum=2)
+        min_count = check_positive_int("min_count", min_count)
+        counts = Counter()
+        for toks in texts_tokens:
+            counts.update(toks)
+        counts.pop(PAD, None)
+        counts.pop(UNK, None)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls([PAD, UNK] + kept[:max_size - 2])
+
+    @classmethod
+    def from_tokens(cls, tokens):
+        """A vocabulary of exactly these tokens, after '<pad>' and '<unk>'."""
+        return cls([PAD, UNK] + list(tokens))
+
+    def __len__(self):
+        return len(self.itos)
+
+    def __eq__(self, other):
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self):
+        return f"Vocab(size={len(self)})"
+
+    def encode(self, tokens):
+        """List of tokens -> (n,) int64 ids; unknown tokens map to 1."""
+        get = self.stoi.get
+        return np.array([get(t, 1) for t in tokens], dtype=np.int64)
+
+    def decode(self, ids):
+        """Ids -> list of tokens (padding ids included as '<pad>')."""
+        ids = np.asarray(ids)
+        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(self)):
+            raise ValueError(f"ids: expected integers in [0, {len(self)}), got {ids.dtype} "
+                             f"values in [{ids.min()}, {ids.max()}]")
+        return [self.itos[i] for i in ids.ravel().tolist()]
+
+    def to_json(self):
+        return {"format": "gruengine.vocab", "version": 1, "tokens": list(self.itos)}
+
+    @classmethod
+    def from_json(cls, d):
+        if not isinstance(d, dict) or not isinstance(d.get("tokens"), list):
+            raise ValueError(f"vocab: expected a dict with a 'tokens' list, got {type(d).__name__}")
+        if d.get("format", "gruengine.vocab") != "gruengine.vocab" or d.get("version", 1) != 1:
+            raise ValueError(f"vocab: expected format 'gruengine.vocab' version 1, "
+                             f"got {d.get('format')!r} version {d.get('version')!r}")
+        return cls(d["tokens"])
+
+
+def encode_texts(texts, vocab, max_len=None, truncate="head"):
+    """Tokenize and encode texts -> ids (N, T) int64 padded with 0, lengths (N,) int64.
+
+    T = min(max_len, longest text). A text with no tokens becomes one '<unk>' (length 1).
+    ``texts`` may also be a list of token lists (already tokenized).
+    """
+    if max_len is not None:
+        max_len = check_positive_int("max_len", max_len)
+    if truncate not in TRUNCATE:
+        raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
+    get = vocab.stoi.get
+    rows = []
+    for t in texts:
+        toks = tokenize(t) if isinstance(t, str) else t
+        if max_len is not None and len(toks) > max_len:
+            toks = toks[:max_len] if truncate == "head" else toks[len(toks) - max_len:]
+        rows.append([get(w, 1) for w in toks] or [1])
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    T = int(lengths.max()) if len(rows) else 1
+    ids = np.zeros((len(rows), T), dtype=np.int64)
+    if len(rows):
+        flat = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
+        starts = np.cumsum(lengths) - lengths
+        r_idx = np.repeat(np.arange(len(rows)), lengths)
+        ids[r_idx, np.arange(flat.size) - np.repeat(starts, lengths)] = flat
+    return ids, lengths
+
+
+# ---- labelled text files ---------------------------------------------------------------
+
+def read_labelled_text(path):
+    """Read ``label<TAB>text`` (.tsv, or any file whose first line has a tab) or ``label,text`` (CSV,
+    quotes allowed). A first row 'label<sep>text' is a header and skipped.
+
+    Returns (labels list[str], texts list[str], where list['file:line']).
+    """
+    path = os.fspath(path)
+    require_file(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            data = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    first = data.split("\n", 1)[0]
+    tab = path.lower().endswith(".tsv") or ("\t" in first and not path.lower().endswith(".csv"))
+    labels, texts, where = [], [], []
+    if tab:
+        records = ((i + 1, line.rstrip("\r").split("\t", 1)) for i, line in enumerate(data.split("\n")))
+    else:
+        reader = csv.reader(data.splitlines(keepends=True))
+        records = _csv_records(reader, path)
+    for lineno, fields in records:
+        if len(fields) == 1 and not fields[0].strip():
+            continue  # blank line
+        if len(fields) < 2:
+            sep = "a tab" if tab else "a comma"
+            raise DataError(f"{path}:{lineno}: malformed line: expected 'label' {sep} 'text', "
+                            f"got {_clip(fields[0])!r}")
+        label, text = fields[0].strip(), fields[1]
+        if not label:
+            raise DataError(f"{path}:{lineno}: malformed line: empty label")
+        if not labels and label.lower() == "label" and text.strip().lower() == "text":
+            continue  # header
+        labels.append(label)
+        texts.append(text)
+        where.append(f"{path}:{lineno}")
+    if not labels:
+        raise DataError(f"{path}: empty dataset (no labelled lines)")
+    return labels, texts, where
+
+
+def _csv_records(reader, path):
+    start = 1
+    try:
+        for fields in reader:
+            if len(fields) > 2:  # unquoted commas inside the text
+                fields = [fields[0], ",".join(fields[1:])]
+            yield start, fields if fields else [""]
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+
+
+def _clip(s, k=40):
+    return s if len(s) <= k else s[:k] + "..."
+
+
+def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
+              n_train=None, n_test=None):
+    """Labelled text files -> {'train': Dataset, 'test': Dataset} (task 'classify').
+
+    ``path``: 'train.tsv,test.tsv', or a folder with train.{tsv,csv,txt} and test.{...}.
+    Classes come from the training labels; the vocabulary from the training texts unless
+    ``vocab`` (e.g. from a checkpoint) is given.
+    """
+    tr, te = resolve_pair(path, (".tsv", ".csv", ".txt"), "text")
+    if te is None:
+        raise DataError(f"{tr}: the text loader needs a train and a test file "
+                        f"('TRAIN,TEST' or a folder with train.tsv and test.tsv)")
+    splits = {}
+    for name, p, limit in (("train", tr, n_train), ("test", te, n_test)):
+        labels, texts, where = read_labelled_text(p)
+        if limit is not None:
+            labels, texts, where = labels[:limit], texts[:limit], where[:limit]
+        splits[name] = (labels, [tokenize(t) for t in texts], where)
+    classes = label_order(splits["train"][0])
+    if vocab is None:
+        vocab = Vocab.build(splits["train"][1], vocab_size, min_count)
+    out = {}
+    for name, (labels, toks, where) in splits.items():
+        y = encode_labels(labels, classes, where)
+        ids, lengths = encode_texts(toks, vocab, max_len, truncate)
+        out[name] = Dataset(ids, lengths, y, "classify", len(classes), list(classes), vocab)
+    return out
