@@ -92,6 +92,9 @@ def load_checkpoint(path):
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: is a folder; pass a .npz file "
                               f"(a run folder holds last.npz and best.npz)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path}: unreadable (truncated or corrupt): "
+                              f"not a complete .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
