@@ -1,0 +1,428 @@
+"""Optimizers (Adam, AdamW, SGD) and gradient clipping, with PyTorch's semantics.
+
+    buf = ParamBuffer({"gru": gru, "head": head})
+    opt = AdamW(buf, lr=1e-3, weight_decay=1e-2)
+    ...backward fills buf.grad through the modules' grads views...
+    norm = opt.step(max_norm=1.0)      # global-norm clipping folded into one fused Adam loop
+    opt.lr = schedule(step)            # schedules set the attribute
+
+``params`` is a :class:`~gruengine.params.ParamBuffer` (fast path: one kernel over the
+flat buffer) or a dict name -> ndarray (each array updated in place, one kernel call
+each). Both paths give bit-identical results: the kernels are elementwise, and the
+global norm is reduced on the same chunk grid (each parameter's range is cut into
+chunks from its own start), so the clipping scale has the same bits too.
+
+With ``max_norm``, a non-finite gradient norm skips the update (parameters, state and
+step count stay as they were) and ``step`` returns that norm, so a caller can stop.
+"""
+import math
+
+import numpy as np
+
+from ._checks import check_array, check_dtype, check_positive_int, check_state_dict
+from .kernels.cpu import optim as _kernels
+from .params import ParamBuffer
+
+__all__ = ["Adam", "AdamW", "SGD", "clip_grad_norm", "clip_grad_value"]
+
+_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6)
+
+
+# ---------------------------------------------------------------- scalar checks
+
+def _check_real(name, value, low=None, low_inclusive=True, high=None, high_inclusive=True):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a real number, got {value!r}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad = bad or (value < low if low_inclusive else value <= low)
+    if high is not None:
+        bad = bad or (value > high if high_inclusive else value >= high)
+    if bad:
+        lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low}"
+        hi = "" if high is None else f"{'<=' if high_inclusive else '<'} {high}"
+        want = " and ".join(s for s in (lo, hi) if s) or "finite"
+        raise ValueError(f"{name}: expected a finite number {want}, got {value!r}")
+    return value
+
+
+def _check_betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas: expected a pair (beta1, beta2) with each in [0, 1), got {betas!r}")
+    return (_check_real("betas[0]", betas[0], 0.0, True, 1.0, False),
+            _check_real("betas[1]", betas[1], 0.0, True, 1.0, False))
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+# ---------------------------------------------------------------- gradient lists
+
+def _flat(a):
+    # a: any shape -> (a.size,) view when C-contiguous, else a contiguous copy (read-only use)
+    return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+
+
+def _partials(a):
+    # a: (N,) C-contiguous -> (C,) float64 partial sums on the grid that starts at a[0]
+    starts, stops = _kernels.chunk_bounds(0, a.shape[0])
+    return _kernels.chunk_sums(a, starts, stops)
+
+
+def _sum_of_squares(flat_arrays):
+    # Partials of each array in order, then one ordered sum: the same bits as the flat
+    # buffer reduced on its per-segment grid.
+    if not flat_arrays:
+        return 0.0
+    return float(_kernels.ordered_sum(np.concatenate([_partials(a) for a in flat_arrays])))
+
+
+def _grad_arrays(name, grads):
+    if isinstance(grads, dict):
+        items = [(f"{name}[{k!r}]", g) for k, g in grads.items()]
+    elif isinstance(grads, (list, tuple)):
+        items = [(f"{name}[{i}]", g) for i, g in enumerate(grads)]
+    else:
+        raise ValueError(f"{name}: expected a dict or list of arrays, got {type(grads).__name__}")
+    arrays = []
+    for label, g in items:
+        if not isinstance(g, np.ndarray):
+            raise ValueError(f"{label}: expected a numpy.ndarray, got {type(g).__name__}")
+        check_dtype(f"{label}.dtype", g.dtype)
+        if not g.flags.writeable:
+            raise ValueError(f"{label}: expected a writeable array (clipped in place), got a read-only one")
+        arrays.append(g)
+    return arrays
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale gradients in place so their global L2 norm is at most ``max_norm``.
+
+    Like ``torch.nn.utils.clip_grad_norm_``: ``coef = max_norm / (norm + 1e-6)`` and the
+    gradients are multiplied by it when it is below 1.
+
+    Parameters
+    ----------
+    grads : dict[str, ndarray] or list of ndarray
+        float32 / float64 arrays, modified in place.
+    max_norm : float
+        Positive.
+
+    Returns
+    -------
+    float
+        The total norm before clipping. When it is not finite (NaN or Inf in a
+        gradient) the gradients are left unchanged and the NaN/Inf is returned, so the
+        caller can stop.
+    """
+    arrays = _grad_arrays("grads", grads)
+    max_norm = _check_real("max_norm", max_norm, 0.0, False)
+    norm = math.sqrt(_sum_of_squares([_flat(g) for g in arrays]))
+    if not math.isfinite(norm):
+        return norm
+    coef = max_norm / (norm + _CLIP_EPS)
+    if coef < 1.0:
+        for g in arrays:
+            g *= coef
+    return norm
+
+
+def clip_grad_value(grads, clip_value):
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place.
+
+    Like ``torch.nn.utils.clip_grad_value_``; NaN stays NaN. ``clip_value`` must be positive.
+    """
+    arrays = _grad_arrays("grads", grads)
+    clip_value = _check_real("clip_value", clip_value, 0.0, False)
+    for g in arrays:
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+# ---------------------------------------------------------------- optimizers
+
+class _Optimizer:
+    """Shared machinery: parameter bookkeeping, grads validation, clipping, state_dict.
+
+    Subclasses define ``_state_names(hyper=None)``, ``_validate_hyper(dict) -> dict`` (every
+    hyper-parameter except lr), ``_set_hyper``, ``_hyper_meta`` and
+    ``_update(p, g, state, grad_scale)`` over (N,) arrays.
+    """
+
+    def __init__(self, params, lr):
+        self.lr = lr
+        self.num_steps = 0
+        self._setup_params(params)
+
+    # -- parameters and state
+
+    def _setup_params(self, params):
+        if isinstance(params, ParamBuffer):
+            self._buffer = params
+            self._params = dict(params.params)
+            self._flat_params = {n: params.data[sl] for n, sl in params.slices.items()}
+            bounds = [_kernels.chunk_bounds(sl.start, sl.stop - sl.start) for sl in params.slices.values()]
+            self._starts = np.concatenate([b[0] for b in bounds])
+            self._stops = np.concatenate([b[1] for b in bounds])
+        elif isinstance(params, dict):
+            if not params:
+                raise ValueError("params: expected a non-empty dict of name -> ndarray or a ParamBuffer, got {}")
+            for name, p in params.items():
+                if not isinstance(name, str):
+                    raise ValueError(f"params: expected string names, got {name!r}")
+                if not isinstance(p, np.ndarray):
+                    raise ValueError(f"params[{name!r}]: expected a numpy.ndarray, got {type(p).__name__}")
+                check_dtype(f"params[{name!r}].dtype", p.dtype)
+                if not (p.flags.c_contiguous and p.flags.writeable):
+                    raise ValueError(f"params[{name!r}]: expected a C-contiguous writeable array "
+                                     f"(updated in place), got a non-contiguous or read-only one")
+            arrays = list(params.items())
+            for i in range(len(arrays)):
+                for j in range(i + 1, len(arrays)):
+                    a, b = arrays[i][1], arrays[j][1]
+                    if a.size and b.size and np.may_share_memory(a, b):
+                        raise ValueError(f"params[{arrays[j][0]!r}]: shares memory with {arrays[i][0]!r}; "
+                                         f"expected distinct arrays")
+            self._buffer = None
+            self._params = dict(params)
+            self._flat_params = {n: p.reshape(-1) for n, p in params.items()}
+        else:
+            raise ValueError(f"params: expected a ParamBuffer or a dict of name -> ndarray, "
+                             f"got {type(params).__name__}")
+        self._allocate_state()
+
+    def _allocate_state(self):
+        # self._state[s][name]: (N_name,) flat view; self._flat_state[s]: whole buffer (ParamBuffer path)
+        self._state = {}
+        self._flat_state = {}
+        for s in self._state_names():
+            if self._buffer is not None:
+                flat = np.zeros(self._buffer.size, dtype=self._buffer.dtype)
+                self._flat_state[s] = flat
+                self._state[s] = {n: flat[sl] for n, sl in self._buffer.slices.items()}
+            else:
+                self._state[s] = {n: np.zeros(p.size, dtype=p.dtype) for n, p in self._params.items()}
+
+    @property
+    def lr(self):
+        """Learning rate; settable (schedules change it between steps)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _check_real("lr", value, 0.0, True)
+
+    # -- the step
+
+    def step(self, grads=None, max_norm=None):
+        """Apply one update in place.
+
+        Parameters
+        ----------
+        grads : dict[str, ndarray], optional
+            Same names, shapes and dtypes as the parameters. ``None`` with a
+            ParamBuffer means its flat ``.grad`` (the fused path); required with a dict.
+        max_norm : float, optional
+            Clip by the global L2 norm over all gradients (torch's formula), folded into
+            the update as a scale; the gradients themselves are not modified.
+
+        Returns
+        -------
+        float or None
+            The pre-clip global norm when ``max_norm`` is given, else None. If that norm
+            is not finite, nothing is updated.
+        """
+        if max_norm is not None:
+            max_norm = _check_real("max_norm", max_norm, 0.0, False)
+        fused = self._buffer is not None and grads is None
+        if fused:
+            flat_grads = None
+        else:
+            flat_grads = self._check_grads(grads)
+
+        norm = None
+        grad_scale = 1.0
+        if max_norm is not None:
+            if fused:
+                partials = _kernels.chunk_sums(self._buffer.grad, self._starts, self._stops)
+                total = float(_kernels.ordered_sum(partials))
+            else:
+                total = _sum_of_squares(list(flat_grads.values()))
+            norm = math.sqrt(total)
+            if not math.isfinite(norm):
+                return norm
+            grad_scale = min(1.0, max_norm / (norm + _CLIP_EPS))
+
+        self.num_steps += 1
+        if fused:
+            self._update(self._buffer.data, self._buffer.grad, self._flat_state, grad_scale)
+        else:
+            for name, p in self._flat_params.items():
+                state = {s: self._state[s][name] for s in self._state}
+                self._update(p, flat_grads[name], state, grad_scale)
+        return norm
+
+    def _check_grads(self, grads):
+        if grads is None:
+            raise ValueError("grads: expected a dict of arrays matching params (required when params "
+                             "is a dict), got None")
+        if not isinstance(grads, dict):
+            raise ValueError(f"grads: expected a dict of name -> ndarray, got {type(grads).__name__}")
+        if grads.keys() != self._params.keys():
+            missing = sorted(set(self._params) - set(grads))
+            extra = sorted(set(grads) - set(self._params))
+            raise ValueError(f"grads: keys do not match params; missing {missing}, unexpected {extra}")
+        flat = {}
+        for name, p in self._params.items():
+            g = check_array(f"grads[{name!r}]", grads[name], p.shape, p.dtype, finite=False)
+            flat[name] = _flat(g)
+        return flat
+
+    # -- state_dict
+
+    def state_dict(self):
+        """``{"arrays": {"<state>.<param name>": ndarray copy}, "meta": {json-serialisable}}``."""
+        arrays = {}
+        for s, per_name in self._state.items():
+            for name, a in per_name.items():
+                arrays[f"{s}.{name}"] = a.reshape(self._params[name].shape).copy()
+        meta = {"type": type(self).__name__, "step": self.num_steps, "lr": self.lr,
+                "names": list(self._params)}
+        meta.update(self._hyper_meta())
+        return {"arrays": arrays, "meta": meta}
+
+    def load_state_dict(self, state_dict):
+        """Validate (type, names, shapes, dtypes, hyper-parameters), then restore in place.
+
+        Restores the step count, lr and the other hyper-parameters saved with the state.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"arrays", "meta"}:
+            got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict: expected a dict with keys ['arrays', 'meta'], got {got}")
+        meta = state_dict["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"state_dict['meta']: expected a dict, got {type(meta).__name__}")
+        required = ["type", "step", "lr", "names"] + list(self._hyper_meta())
+        missing = [k for k in required if k not in meta]
+        if missing:
+            raise ValueError(f"state_dict['meta']: missing keys {missing}")
+        kind = type(self).__name__
+        if meta["type"] != kind:
+            raise ValueError(f"state_dict['meta']['type']: expected {kind!r}, got {meta['type']!r}")
+        names = meta["names"]
+        if not isinstance(names, (list, tuple)) or sorted(map(str, names)) != sorted(self._params):
+            raise ValueError(f"state_dict['meta']['names']: expected the names {sorted(self._params)}, "
+                             f"got {names!r}")
+        step = check_positive_int("state_dict['meta']['step']", meta["step"], minimum=0)
+        lr = _check_real("state_dict['meta']['lr']", meta["lr"], 0.0, True)
+        hyper = self._validate_hyper(meta)
+        # Expected arrays follow the saved hyper-parameters (SGD keeps no buffer without momentum).
+        expected = {}
+        for s in self._state_names(hyper):
+            for name, p in self._params.items():
+                expected[f"{s}.{name}"] = p
+        check_state_dict("state_dict['arrays']", state_dict["arrays"], expected)
+
+        self.lr = lr
+        self.num_steps = step
+        self._set_hyper(hyper)
+        if set(self._state) != set(self._state_names()):
+            self._allocate_state()
+        for s, per_name in self._state.items():
+            for name, a in per_name.items():
+                a[...] = state_dict["arrays"][f"{s}.{name}"].reshape(-1)
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper_meta().items())
+        return f"{type(self).__name__}(lr={self.lr!r}, {hyper}, step={self.num_steps})"
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma & Ba), as ``torch.optim.Adam``: ``weight_decay`` is L2 (added to the gradient).
+
+    ``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)``; ``params`` is
+    a ParamBuffer or a dict name -> ndarray. State: ``exp_avg`` and ``exp_avg_sq`` per parameter.
+    """
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self._set_hyper(self._validate_hyper({"betas": betas, "eps": eps, "weight_decay": weight_decay}))
+        super().__init__(params, lr)
+
+    def _state_names(self, hyper=None):
+        return ("exp_avg", "exp_avg_sq")
+
+    @staticmethod
+    def _validate_hyper(h):
+        return {"betas": _check_betas(h["betas"]),
+                "eps": _check_real("eps", h["eps"], 0.0, False),
+                "weight_decay": _check_real("weight_decay", h["weight_decay"], 0.0, True)}
+
+    def _set_hyper(self, h):
+        self.betas, self.eps, self.weight_decay = h["betas"], h["eps"], h["weight_decay"]
+
+    def _hyper_meta(self):
+        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _update(self, p, g, state, grad_scale):
+        # p, g: (N,) one dtype; state["exp_avg"], state["exp_avg_sq"]: (N,)
+        _kernels.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], self.num_steps, self.lr,
+                           self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                           self._decoupled, grad_scale)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter), as ``torch.optim.AdamW``: decoupled weight decay,
+    ``param *= 1 - lr * weight_decay`` before the Adam update.
+
+    ``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)``.
+    """
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class SGD(_Optimizer):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay, as ``torch.optim.SGD``.
+
+    ``SGD(params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0)``.
+    State: ``momentum_buffer`` per parameter when ``momentum != 0`` (set to the gradient
+    on the first step).
+    """
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        self._set_hyper(self._validate_hyper({"momentum": momentum, "dampening": dampening,
+                                              "nesterov": nesterov, "weight_decay": weight_decay}))
+        super().__init__(params, lr)
+
+    def _state_names(self, hyper=None):
+        momentum = self.momentum if hyper is None else hyper["momentum"]
+        return ("momentum_buffer",) if momentum != 0.0 else ()
+
+    @staticmethod
+    def _validate_hyper(h):
+        out = {"momentum": _check_real("momentum", h["momentum"], 0.0, True),
+               "dampening": _check_real("dampening", h["dampening"]),
+               "nesterov": _check_bool("nesterov", h["nesterov"]),
+               "weight_decay": _check_real("weight_decay", h["weight_decay"], 0.0, True)}
+        if out["nesterov"] and (out["momentum"] <= 0.0 or out["dampening"] != 0.0):
+            raise ValueError(f"nesterov: requires momentum > 0 and dampening == 0, got momentum="
+                             f"{out['momentum']!r}, dampening={out['dampening']!r}")
+        return out
+
+    def _set_hyper(self, h):
+        self.momentum, self.dampening = h["momentum"], h["dampening"]
+        self.nesterov, self.weight_decay = h["nesterov"], h["weight_decay"]
+
+    def _hyper_meta(self):
+        return {"momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+    def _update(self, p, g, state, grad_scale):
+        # p, g: (N,); state["momentum_buffer"]: (N,) when momentum != 0
+        _kernels.sgd_step(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
+                          self.nesterov, self.weight_decay, grad_scale, self.num_steps == 1)
