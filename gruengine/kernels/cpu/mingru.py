@@ -1,1 +1,174 @@
-__all__ = []
+"""minGRU, one layer, one direction, on the CPU.
+
+* Both gate pre-activations for all timesteps are one GEMM: ``G = X @ [W_z; W_h].T + [b_z; b_h]``.
+* The recurrence has no matrix product (gates read only x_t), so a Numba kernel scans over time
+  with ``prange`` over (batch row, chunk of ``_CHUNK`` hidden units): every job owns its row's
+  slice of y, h_n, dG and dh0.
+* Forward: the log-space scan evaluated step by step, in float64 whatever the storage dtype:
+  ``logP_t = logaddexp(log a_t + logP_{t-1}, log b_t)`` (the log-cumsum-exp of the reference,
+  term by term, without its growing cumsum offset) and ``A_t = a_t A_{t-1}`` for the h0 term;
+  ``h_t = exp(logP_t) + A_t h0``.
+* Backward: the adjoint recurrence ``dh_{t-1} = a_t dh_t + dy_{t-1}`` has terms of either sign,
+  and with 0 < a_t < 1 it is contractive, so it runs as a plain reverse linear scan.
+* ``dX``, ``dW``, ``db`` are single GEMMs/sums after the scan. Stored values are flushed to zero
+  below the dtype's smallest normal number.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ...reference.mingru import check_mingru_args, check_mingru_grads
+
+__all__ = ["mingru_forward", "mingru_backward", "mingru_gates"]
+
+_CHUNK = 32   # hidden units per prange job: contiguous loads, enough jobs for small batches
+
+
+@njit(cache=True, inline="always")
+def _softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(v):
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def _ftz(v, tiny):
+    return 0.0 if abs(v) < tiny else v
+
+
+@njit(parallel=True, cache=True)
+def _mingru_fwd_scan(G, h0, lengths, reverse, tiny, y, h_n):
+    # G: (B, T, 2H) pre-activations [z | h], time order   h0, h_n: (B, H)   y: (B, T, H)
+    B, T, H2 = G.shape
+    H = H2 // 2
+    nch = (H + _CHUNK - 1) // _CHUNK
+    for job in prange(B * nch):
+        b = job // nch
+        u0 = (job % nch) * _CHUNK
+        n = min(_CHUNK, H - u0)
+        logP = np.full(n, -np.inf)       # log of the h0-free part of h; b_t > 0 keeps it real
+        A = np.ones(n)                   # Π a_s, multiplies h0
+        L = lengths[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            for q in range(n):
+                u = u0 + q
+                a = np.float64(G[b, t, u])
+                k = np.float64(G[b, t, H + u])
+                sp = _softplus(a)                     # log(1-z) = -sp, log z = a - sp
+                log_g = math.log(k + 0.5) if k >= 0 else k - _softplus(k)
+                lb = a - sp + log_g
+                if logP[q] == -np.inf:
+                    logP[q] = lb
+                else:
+                    la = logP[q] - sp
+                    logP[q] = max(la, lb) + math.log1p(math.exp(-abs(la - lb)))
+                A[q] *= math.exp(-sp)
+                y[b, t, u] = _ftz(math.exp(logP[q]) + A[q] * h0[b, u], tiny)
+        for q in range(n):
+            h_n[b, u0 + q] = y[b, 0 if reverse else L - 1, u0 + q]
+
+
+@njit(parallel=True, cache=True)
+def _mingru_bwd_scan(G, h0, y, dy, dh_n, lengths, reverse, tiny, dG, dh0):
+    # G: (B, T, 2H)   h0, dh_n, dh0: (B, H)   y, dy: (B, T, H)   dG: (B, T, 2H), zero at padding
+    B, T, H2 = G.shape
+    H = H2 // 2
+    nch = (H + _CHUNK - 1) // _CHUNK
+    for job in prange(B * nch):
+        b = job // nch
+        u0 = (job % nch) * _CHUNK
+        n = min(_CHUNK, H - u0)
+        dh = np.empty(n)
+        for q in range(n):
+            dh[q] = dh_n[b, u0 + q]
+        L = lengths[b]
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            tp = t + 1 if reverse else t - 1          # time index of the previous step
+            for q in range(n):
+                u = u0 + q
+                a = np.float64(G[b, t, u])
+                k = np.float64(G[b, t, H + u])
+                h_prev = np.float64(h0[b, u]) if s == 0 else np.float64(y[b, tp, u])
+                z = _sigmoid(a)
+                if k >= 0:
+                    h_tilde = k + 0.5
+                    dg = 1.0
+                else:
+                    h_tilde = _sigmoid(k)
+                    dg = h_tilde * (1.0 - h_tilde)
+                d = dh[q] + dy[b, t, u]
+                dG[b, t, u] = _ftz(d * (h_tilde - h_prev) * z * (1.0 - z), tiny)
+                dG[b, t, H + u] = _ftz(d * z * dg, tiny)
+                dh[q] = _ftz(d * (1.0 - z), tiny)
+        for q in range(n):
+            dh0[b, u0 + q] = dh[q]
+
+
+def _stack(W_z, W_h, b_z, b_h):
+    return np.concatenate([W_z, W_h], axis=0), np.concatenate([b_z, b_h])
+
+
+def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
+    """Numba CPU ``mingru_forward``; same arguments and results as the reference.
+
+    x (B,T,I)  h0 (B,H)  W_z, W_h (H,I)  b_z, b_h (H,)  lengths (B,) int64 -> y, h_n, cache
+    """
+    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
+    B, T, I = x.shape
+    H = h0.shape[1]
+    W, bias = _stack(W_z, W_h, b_z, b_h)
+    G = (np.ascontiguousarray(x).reshape(B * T, I) @ W.T).reshape(B, T, 2 * H)
+    G += bias
+    y = np.zeros((B, T, H), dtype=x.dtype)
+    h_n = np.empty((B, H), dtype=x.dtype)
+    _mingru_fwd_scan(G, np.ascontiguousarray(h0), lengths, bool(reverse),
+                     float(np.finfo(x.dtype).tiny), y, h_n)
+    return y, h_n, {"G": G, "y": y, "lengths": lengths, "reverse": bool(reverse)}
+
+
+def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse=False):
+    """Numba CPU ``mingru_backward``; same arguments and results as the reference.
+
+    -> dx (B,T,I), dh0 (B,H), dW_z (H,I), dW_h (H,I), db_z (H,), db_h (H,)
+    """
+    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
+    check_mingru_grads(dy, dh_n, x, h0)
+    B, T, I = x.shape
+    H = h0.shape[1]
+    G = cache["G"]
+    dG = np.zeros_like(G)
+    dh0 = np.empty((B, H), dtype=x.dtype)
+    _mingru_bwd_scan(G, np.ascontiguousarray(h0), cache["y"], np.ascontiguousarray(dy),
+                     np.ascontiguousarray(dh_n), lengths, bool(reverse),
+                     float(np.finfo(x.dtype).tiny), dG, dh0)
+    W, _ = _stack(W_z, W_h, b_z, b_h)
+    dG2 = dG.reshape(B * T, 2 * H)
+    dx = (dG2 @ W).reshape(B, T, I)
+    dW = dG2.T @ np.ascontiguousarray(x).reshape(B * T, I)
+    db = dG2.sum(axis=0)
+    return dx, dh0, dW[:H].copy(), dW[H:].copy(), db[:H].copy(), db[H:].copy()
+
+
+def mingru_gates(cache):
+    """dict of "z" (update gate), "h" (hidden state), "h_tilde" (candidate), each (B,T,H),
+    zero past each length."""
+    G, y, lengths = cache["G"], cache["y"], cache["lengths"]
+    B, T, H2 = G.shape
+    H = H2 // 2
+    valid = (np.arange(T)[None, :] < lengths[:, None])[:, :, None]
+    pre_z, pre_h = G[:, :, :H], G[:, :, H:]
+    e = np.exp(-np.abs(pre_z))
+    z = np.where(pre_z >= 0, 1 / (1 + e), e / (1 + e))
+    e = np.exp(-np.abs(pre_h))
+    ht = np.where(pre_h >= 0, np.maximum(pre_h, 0) + 0.5, e / (1 + e))
+    return {"z": np.where(valid, z, 0).astype(y.dtype), "h": y.copy(),
+            "h_tilde": np.where(valid, ht, 0).astype(y.dtype)}
