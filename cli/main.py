@@ -24,6 +24,7 @@ def app():
 def _register():
     # one import per command module; each adds its commands to ``app``
     from . import data  # noqa: F401
+    from . import train, plot  # noqa: F401
 
 
 def main(argv=None):
@@ -54,4 +55,7 @@ def _one_line(e):
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m cli.main``: command modules register on ``cli.main.app``, not on this
+    # ``__main__`` copy, so run the imported module's entry point
+    from cli.main import main as _main
+    _main()

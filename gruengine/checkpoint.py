@@ -47,6 +47,7 @@ def save_checkpoint(path, arrays, meta):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; a checkpoint is a normal file
         with os.fdopen(fd, "wb") as f:
             _write_npz(f, {META_KEY: blob, **arrays})
             f.flush()
@@ -65,6 +66,12 @@ def save_checkpoint(path, arrays, meta):
 def _write_npz(f, arrays):
     # a seam of its own so tests can make the writer fail half-way
     np.savez(f, **arrays)
+
+
+def _umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _fsync_dir(folder):

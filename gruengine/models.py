@@ -1,0 +1,350 @@
+"""SequenceModel: (Embedding | Linear | nothing) -> recurrent stack -> pooling -> Linear head.
+
+    model = SequenceModel({"input": "tokens", "vocab_size": 20000, "embed_dim": 128,
+                           "hidden_size": 128, "bidirectional": True, "pooling": "max",
+                           "task": "classify", "num_outputs": 2, "seed": 0})
+    logits = model.forward(ids, lengths)          # ids (B, T) int64 -> (B, 2)
+    loss, dlogits = model.loss_and_grad(logits, targets, lengths)
+    model.params.zero_grad(); model.backward(dlogits)   # fills model.params.grad
+
+Tasks: ``classify`` (outputs (B, C), softmax cross-entropy), ``regress`` (outputs (B, K),
+mean squared error), ``tag`` (outputs (B, T, C), one label per step, padding steps masked).
+"""
+from dataclasses import dataclass, asdict, fields
+
+import numpy as np
+
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int, check_state_dict
+from .backend import check_device
+
+INPUTS = ("tokens", "features")
+POOLINGS = ("last", "mean", "max")
+TASKS = ("classify", "regress", "tag")
+
+
+def _make_gru(input_size, c):
+    from .gru import GRU
+    return GRU(input_size, c.hidden_size, num_layers=c.num_layers, bidirectional=c.bidirectional,
+               reset_after=c.reset_after, dtype=c.dtype, device=c.device, seed=_sub_seed(c.seed, 1),
+               dropout=c.dropout)
+
+
+def _make_lstm(input_size, c):
+    from .lstm import LSTM
+    if not c.reset_after:
+        raise ValueError("reset_after: only the GRU has the reset_after=False form; "
+                         "use reset_after=True with cell 'lstm'")
+    return _HiddenOnly(LSTM(input_size, c.hidden_size, num_layers=c.num_layers,
+                            bidirectional=c.bidirectional, dtype=c.dtype, device=c.device,
+                            seed=_sub_seed(c.seed, 1), dropout=c.dropout))
+
+
+class _HiddenOnly:
+    """An LSTM seen through the GRU interface: (y, h_n) out, (dx, dh0) back; the cell state
+    stays inside (the head reads h_n only)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.params, self.grads = inner.params, inner.grads   # the same dicts (ParamBuffer)
+
+    @property
+    def _rng(self):
+        return self.inner._rng
+
+    @_rng.setter
+    def _rng(self, g):
+        self.inner._rng = g
+
+    def forward(self, x, h0=None, lengths=None):
+        y, (h_n, _) = self.inner.forward(x, None, lengths=lengths)
+        return y, h_n
+
+    def backward(self, dy, dh_n=None):
+        dx, (dh0, _) = self.inner.backward(dy, (dh_n, None))
+        return dx, dh0
+
+    def train(self):
+        self.inner.train()
+        return self
+
+    def eval(self):
+        self.inner.eval()
+        return self
+
+
+# cell name -> factory(input_size, ModelConfig) -> recurrent module with the GRU interface
+# (forward(x, h0, lengths) -> (y, h_n), backward(dy, dh_n) -> (dx, dh0)).
+CELLS = {"gru": _make_gru, "lstm": _make_lstm}
+
+
+@dataclass
+class ModelConfig:
+    task: str = "classify"
+    num_outputs: int = 2
+    input: str = "tokens"
+    vocab_size: int = 20000
+    embed_dim: int = 128
+    padding_idx: int | None = 0  # None: every id is a real token
+    num_features: int = 1
+    input_proj: int = 0          # features: 0 = straight into the cell, else a Linear to this size
+    cell: str = "gru"
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    reset_after: bool = True
+    pooling: str = "last"
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a dict, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValueError(f"model config: unknown keys {extra}; expected some of {sorted(known)}")
+        return cls(**d)
+
+    def validate(self):
+        """Check every field; return a copy with dtype/device resolved."""
+        c = ModelConfig(**asdict(self))
+        _choice("task", c.task, TASKS)
+        _choice("input", c.input, INPUTS)
+        _choice("cell", c.cell, tuple(CELLS))
+        _choice("pooling", c.pooling, POOLINGS)
+        c.num_outputs = check_positive_int("num_outputs", c.num_outputs)
+        c.hidden_size = check_positive_int("hidden_size", c.hidden_size)
+        c.num_layers = check_positive_int("num_layers", c.num_layers)
+        if c.input == "tokens":
+            c.vocab_size = check_positive_int("vocab_size", c.vocab_size, minimum=2)
+            c.embed_dim = check_positive_int("embed_dim", c.embed_dim)
+            if c.padding_idx is not None and not (
+                    isinstance(c.padding_idx, (int, np.integer)) and 0 <= c.padding_idx < c.vocab_size):
+                raise ValueError(f"padding_idx: expected an integer in [0, {c.vocab_size}), "
+                                 f"got {c.padding_idx!r}")
+        else:
+            c.num_features = check_positive_int("num_features", c.num_features)
+            c.input_proj = check_positive_int("input_proj", c.input_proj, minimum=0)
+        if isinstance(c.dropout, bool) or not isinstance(c.dropout, (int, float)) \
+                or not 0.0 <= c.dropout < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {c.dropout!r}")
+        c.dropout = float(c.dropout)
+        c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
+        c.dtype = check_dtype("dtype", c.dtype).name
+        c.device = check_device(c.device)
+        if isinstance(c.seed, bool) or not isinstance(c.seed, (int, np.integer)) or c.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {c.seed!r}")
+        c.seed = int(c.seed)
+        return c
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+
+
+def _sub_seed(seed, k):
+    # independent, reproducible streams per module from one seed
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+class SequenceModel:
+    """A recurrent sequence model assembled from gruengine modules (see module docstring)."""
+
+    def __init__(self, config):
+        from .layers import Embedding, Linear, Pool, Dropout
+        from .params import ParamBuffer
+        self.config = c = ModelConfig.from_dict(config).validate()
+        self.dtype = np.dtype(c.dtype)
+        D = 2 if c.bidirectional else 1
+        mods = {}
+        if c.input == "tokens":
+            mods["embedding"] = Embedding(c.vocab_size, c.embed_dim, padding_idx=c.padding_idx,
+                                          dtype=self.dtype, device=c.device, seed=_sub_seed(c.seed, 0))
+            cell_in = c.embed_dim
+        elif c.input_proj:
+            mods["input_proj"] = Linear(c.num_features, c.input_proj, dtype=self.dtype,
+                                        device=c.device, seed=_sub_seed(c.seed, 0))
+            cell_in = c.input_proj
+        else:
+            cell_in = c.num_features
+        mods["rnn"] = CELLS[c.cell](cell_in, c)
+        mods["head"] = Linear(D * c.hidden_size, c.num_outputs, dtype=self.dtype, device=c.device,
+                              seed=_sub_seed(c.seed, 2))
+        self.modules = mods
+        # dropout on the cell's input and on the features the head reads (no parameters)
+        self._drop_in = Dropout(c.dropout, seed=_sub_seed(c.seed, 3), device=c.device) if c.dropout else None
+        self._drop_out = Dropout(c.dropout, seed=_sub_seed(c.seed, 4), device=c.device) if c.dropout else None
+        self.pool = Pool(c.pooling, device=c.device) if c.pooling != "last" else None
+        self.params = ParamBuffer(mods)
+        self.training = True
+        self._cache = None
+
+    # ------------------------------------------------------------------ modes
+    def dropout_modules(self):
+        """Every module that draws dropout masks (for reseeding per step)."""
+        mods = [m for m in (self._drop_in, self._drop_out) if m is not None]
+        return mods + [self.modules["rnn"]]
+
+    def train(self):
+        self.training = True
+        for m in list(self.modules.values()) + [self._drop_in, self._drop_out]:
+            if m is not None and hasattr(m, "train"):
+                m.train()
+        return self
+
+    def eval(self):
+        self.training = False
+        for m in list(self.modules.values()) + [self._drop_in, self._drop_out]:
+            if m is not None and hasattr(m, "eval"):
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward / backward
+    def check_inputs(self, inputs, lengths):
+        c = self.config
+        if c.input == "tokens":
+            check_array("inputs", inputs, (None, None), np.int64)
+            if inputs.size and (inputs.min() < 0 or inputs.max() >= c.vocab_size):
+                raise ValueError(f"inputs: token ids must lie in [0, {c.vocab_size}), got range "
+                                 f"[{int(inputs.min())}, {int(inputs.max())}]")
+        else:
+            check_array("inputs", inputs, (None, None, c.num_features), self.dtype)
+        B, T = inputs.shape[:2]
+        return check_lengths("lengths", lengths, B, T)
+
+    def forward(self, inputs, lengths=None):
+        """inputs (B, T) int64 ids or (B, T, F) features; lengths (B,) -> outputs
+        (B, num_outputs), or (B, T, num_outputs) for ``task='tag'``."""
+        c, m = self.config, self.modules
+        lengths = self.check_inputs(inputs, lengths)
+        B, T = inputs.shape[:2]
+        if c.input == "tokens":
+            x = m["embedding"].forward(inputs)                    # (B, T, E)
+        elif "input_proj" in m:
+            x = m["input_proj"].forward(inputs)                   # (B, T, P)
+        else:
+            x = inputs                                            # (B, T, F)
+        if self._drop_in is not None and self.training:
+            x = self._drop_in.forward(x)
+        y, h_n = m["rnn"].forward(x, lengths=lengths)             # y (B, T, D*H), h_n (L*D, B, H)
+        D = 2 if c.bidirectional else 1
+        if c.task == "tag":
+            feats = y                                             # (B, T, D*H)
+        elif c.pooling == "last":
+            # the last layer's final states, directions side by side: right for reverse too
+            feats = np.ascontiguousarray(np.concatenate(list(h_n[-D:]), axis=1))  # (B, D*H)
+        else:
+            feats = self.pool.forward(y, lengths)                 # (B, D*H)
+        if self._drop_out is not None and self.training:
+            feats = self._drop_out.forward(feats)
+        out = m["head"].forward(np.ascontiguousarray(feats))
+        self._cache = (B, T, lengths, y.shape, h_n.shape)
+        return out
+
+    def backward(self, doutputs):
+        """Accumulate gradients into ``self.params.grad`` (after ``zero_grad``)."""
+        if self._cache is None:
+            raise ValueError("backward: call forward first")
+        c, m = self.config, self.modules
+        B, T, lengths, y_shape, hn_shape = self._cache
+        dfeats = m["head"].backward(doutputs)
+        if self._drop_out is not None and self.training:
+            dfeats = self._drop_out.backward(dfeats)
+        D = 2 if c.bidirectional else 1
+        if c.task == "tag":
+            dy, dh_n = np.ascontiguousarray(dfeats), None
+        elif c.pooling == "last":
+            dy = np.zeros(y_shape, dtype=self.dtype)
+            dh_n = np.zeros(hn_shape, dtype=self.dtype)          # (L*D, B, H)
+            dh_n[-D:] = dfeats.reshape(B, D, c.hidden_size).transpose(1, 0, 2)
+        else:
+            dy, dh_n = np.ascontiguousarray(self.pool.backward(dfeats)), None
+        dx, _ = m["rnn"].backward(dy, dh_n)
+        if self._drop_in is not None and self.training:
+            dx = self._drop_in.backward(dx)
+        if c.input == "tokens":
+            m["embedding"].backward(np.ascontiguousarray(dx))
+        elif "input_proj" in m:
+            m["input_proj"].backward(np.ascontiguousarray(dx))
+        return None
+
+    # ------------------------------------------------------------------ loss and metrics
+    def check_targets(self, targets, n, T=None):
+        c = self.config
+        if c.task == "classify":
+            check_array("targets", targets, (n,), np.int64)
+        elif c.task == "tag":
+            check_array("targets", targets, (n, T), np.int64)
+        else:
+            check_array("targets", targets, (n, c.num_outputs))
+            return targets.astype(self.dtype, copy=False)
+        if targets.size and (targets.min() < 0 or targets.max() >= c.num_outputs):
+            raise ValueError(f"targets: class labels must lie in [0, {c.num_outputs}), got range "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+        return targets
+
+    def loss_and_grad(self, outputs, targets, lengths):
+        """Loss of ``outputs`` against ``targets`` for the model's task -> (loss, doutputs)."""
+        from . import losses
+        c = self.config
+        if c.task == "classify":
+            targets = self.check_targets(targets, outputs.shape[0])
+            return losses.softmax_cross_entropy(outputs, targets)
+        if c.task == "regress":
+            targets = self.check_targets(targets, outputs.shape[0])
+            return losses.mse(outputs, targets)
+        B, T, C = outputs.shape
+        targets = self.check_targets(targets, B, T)
+        mask = self.step_mask(lengths, B, T)                      # (B, T)
+        tgt = np.where(mask, targets, 0).reshape(B * T)
+        loss, dflat = losses.softmax_cross_entropy(np.ascontiguousarray(outputs.reshape(B * T, C)),
+                                                   np.ascontiguousarray(tgt),
+                                                   mask.reshape(B * T).astype(self.dtype))
+        return loss, dflat.reshape(B, T, C)
+
+    @staticmethod
+    def step_mask(lengths, B, T):
+        return np.arange(T)[None, :] < np.asarray(lengths)[:, None]      # (B, T) bool
+
+    def score(self, outputs, targets, lengths):
+        """Sums for metrics: {'correct': , 'count': } (classify/tag) or {'sq_err':, 'count':}."""
+        c = self.config
+        if c.task == "classify":
+            return {"correct": int((outputs.argmax(1) == targets).sum()), "count": len(targets)}
+        if c.task == "tag":
+            B, T, _ = outputs.shape
+            mask = self.step_mask(lengths, B, T)
+            return {"correct": int(((outputs.argmax(2) == targets) & mask).sum()),
+                    "count": int(mask.sum())}
+        err = outputs.astype(np.float64) - targets
+        return {"sq_err": float((err * err).sum()), "count": int(err.size)}
+
+    def predict_proba(self, outputs):
+        """Softmax over the last axis (classify/tag); the outputs themselves for regress."""
+        if self.config.task == "regress":
+            return outputs
+        z = outputs - outputs.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        """{'<module>.<param>': copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0'."""
+        return {f"{name}.{k}": v.copy() for name, mod in self.modules.items()
+                for k, v in mod.params.items()}
+
+    def load_state_dict(self, d):
+        """Validate names, shapes and dtypes, then copy in place (views stay valid)."""
+        own = {f"{name}.{k}": v for name, mod in self.modules.items() for k, v in mod.params.items()}
+        check_state_dict("state_dict", d, own)
+        for k, v in own.items():
+            v[...] = d[k]
