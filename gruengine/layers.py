@@ -1,0 +1,240 @@
+"""Modules around the recurrent core: Embedding, Linear, Pool (over time) and Dropout.
+
+Every module follows the module API of docs/architecture.md:
+
+    module.params / module.grads     dicts of arrays with PyTorch names; optimizers update params
+                                     IN PLACE and backward WRITES INTO grads (grads[k][...] = g)
+    module.state_dict()              copies;  module.load_state_dict(d) validates, then copies in place
+    module.forward(...) / backward(...)   backward uses what the last forward kept
+    module.train() / module.eval()   only Dropout behaves differently
+
+Kernels come from ``gruengine.backend.get_kernels(device)`` and read ``self.params[name]`` at
+every call, so a ParamBuffer may re-point the dict entries to views of one flat array.
+"""
+import numpy as np
+
+from . import backend
+from ._checks import (check_array, check_dtype, check_lengths, check_positive_int,
+                      check_state_dict)
+
+__all__ = ["Embedding", "Linear", "Pool", "Dropout", "dropout_mask"]
+
+POOL_MODES = ("last", "mean", "max")
+
+
+class _Module:
+    """params/grads dicts, state_dict, train/eval shared by the modules below."""
+
+    def __init__(self, device):
+        self.device = backend.check_device(device)
+        self._k = backend.get_kernels(self.device)
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        check_state_dict("state_dict", state_dict, self.params)
+        for k, v in state_dict.items():
+            self.params[k][...] = v
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def _require_forward(self, what):
+        if getattr(self, what, None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+
+
+def _check_float(name, a, ndim=None):
+    """``a`` is a float32/float64 ndarray (of rank ``ndim`` when given); returns it."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    check_dtype(name, a.dtype)
+    return check_array(name, a, (None,) * (a.ndim if ndim is None else ndim))
+
+
+class Embedding(_Module):
+    """Lookup table ``weight`` (V, E); ``forward(ids)`` ids (B, T) int -> (B, T, E).
+
+    Initialised N(0, 1) like ``torch.nn.Embedding``; the ``padding_idx`` row starts at zero
+    and never receives gradient. A negative ``padding_idx`` counts from the end (PyTorch).
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32,
+                 device="cpu", seed=None):
+        super().__init__(device)
+        V = check_positive_int("num_embeddings", num_embeddings)
+        E = check_positive_int("embedding_dim", embedding_dim)
+        dtype = check_dtype("dtype", dtype)
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                    or not -V <= padding_idx < V:
+                raise ValueError(f"padding_idx: expected None or an integer in [-{V}, {V}), "
+                                 f"got {padding_idx!r}")
+            padding_idx = int(padding_idx) % V
+        self.num_embeddings, self.embedding_dim = V, E
+        self.padding_idx = padding_idx
+        self.dtype = dtype
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((V, E)).astype(dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.params["weight"] = weight
+        self.grads["weight"] = np.zeros((V, E), dtype=dtype)
+        self._ids = None
+
+    def forward(self, ids):
+        if isinstance(ids, np.ndarray) and ids.dtype.kind not in "iu":
+            raise ValueError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        check_array("ids", ids, (None, None))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.size:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.num_embeddings:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got {bad}")
+        self._ids = ids
+        return self._k.embedding_forward(ids, self.params["weight"])
+
+    def backward(self, dy):
+        self._require_forward("_ids")
+        B, T = self._ids.shape
+        check_array("dy", dy, (B, T, self.embedding_dim), self.dtype)
+        pad = -1 if self.padding_idx is None else self.padding_idx
+        self.grads["weight"][...] = self._k.embedding_backward(
+            np.ascontiguousarray(dy), self._ids, self.num_embeddings, pad)
+        return None
+
+
+class Linear(_Module):
+    """``y = x @ weight.T + bias`` over the last axis; x (..., in) -> (..., out).
+
+    PyTorch's default init: weight and bias uniform in +-1/sqrt(in_features).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, device="cpu",
+                 seed=None):
+        super().__init__(device)
+        In = check_positive_int("in_features", in_features)
+        Out = check_positive_int("out_features", out_features)
+        dtype = check_dtype("dtype", dtype)
+        self.in_features, self.out_features = In, Out
+        self.dtype = dtype
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(In)
+        self.params["weight"] = rng.uniform(-bound, bound, (Out, In)).astype(dtype)
+        self.grads["weight"] = np.zeros((Out, In), dtype=dtype)
+        if bias:
+            self.params["bias"] = rng.uniform(-bound, bound, Out).astype(dtype)
+            self.grads["bias"] = np.zeros(Out, dtype=dtype)
+        self._zero_bias = None if bias else np.zeros(Out, dtype=dtype)
+        self._x = None
+
+    def _bias(self):
+        return self.params["bias"] if self._zero_bias is None else self._zero_bias
+
+    def forward(self, x):
+        _check_float("x", x)
+        if x.ndim < 1:
+            check_array("x", x, (None, self.in_features), self.dtype)
+        check_array("x", x, (None,) * (x.ndim - 1) + (self.in_features,), self.dtype)
+        self._lead = x.shape[:-1]
+        self._x = np.ascontiguousarray(x).reshape(-1, self.in_features)
+        y = self._k.linear_forward(self._x, self.params["weight"], self._bias())
+        return y.reshape(self._lead + (self.out_features,))
+
+    def backward(self, dy):
+        self._require_forward("_x")
+        check_array("dy", dy, self._lead + (self.out_features,), self.dtype)
+        dx, dW, db = self._k.linear_backward(
+            np.ascontiguousarray(dy).reshape(-1, self.out_features), self._x,
+            self.params["weight"])
+        self.grads["weight"][...] = dW
+        if self._zero_bias is None:
+            self.grads["bias"][...] = db
+        return dx.reshape(self._lead + (self.in_features,))
+
+
+class Pool(_Module):
+    """Pool a sequence over its valid steps: y (B, T, H), lengths (B,) -> (B, H).
+
+    'last': the output at step lengths-1; 'mean': the mean over steps < lengths;
+    'max': the maximum over steps < lengths (the gradient goes to the first argmax).
+    Padding (t >= lengths[b]) never affects the output and gets zero gradient. No params.
+    """
+
+    def __init__(self, mode, device="cpu"):
+        super().__init__(device)
+        if mode not in POOL_MODES:
+            raise ValueError(f"mode: expected one of 'last', 'mean', 'max', got {mode!r}")
+        self.mode = mode
+        self._cache = None
+
+    def forward(self, y, lengths=None):
+        _check_float("y", y, ndim=3)
+        B, T, H = y.shape
+        lengths = np.ascontiguousarray(check_lengths("lengths", lengths, B, T))
+        p, idx = self._k.pool_forward(np.ascontiguousarray(y), lengths, self.mode)
+        self._cache = (lengths, idx, T, H, y.dtype)
+        return p
+
+    def backward(self, dp):
+        self._require_forward("_cache")
+        lengths, idx, T, H, dtype = self._cache
+        check_array("dp", dp, (lengths.shape[0], H), dtype)
+        return self._k.pool_backward(np.ascontiguousarray(dp), lengths, self.mode, idx, T)
+
+
+def dropout_mask(shape, p, rng, dtype):
+    """Mask of ``shape``: each entry 0 with probability p, else 1/(1-p) (inverted dropout).
+
+    ``rng`` is a ``numpy.random.Generator``; the same generator state gives the same mask.
+    """
+    keep = rng.random(shape) >= p
+    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+
+
+class Dropout(_Module):
+    """Inverted dropout: in training, x * mask with mask in {0, 1/(1-p)}; identity in eval.
+
+    Masks are drawn from ``numpy.random.default_rng(seed)``, so a seed fixes every mask.
+    """
+
+    def __init__(self, p, seed=None, device="cpu"):
+        super().__init__(device)
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= p < 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+        self._mask = None
+        self._shape = None
+
+    def forward(self, x):
+        _check_float("x", x)
+        self._shape = x.shape
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        self._mask = dropout_mask(x.shape, self.p, self._rng, x.dtype)
+        return self._k.dropout_forward(np.ascontiguousarray(x), self._mask)
+
+    def backward(self, dy):
+        self._require_forward("_shape")
+        check_array("dy", dy, self._shape)
+        if self._mask is None:
+            return dy
+        check_array("dy", dy, self._shape, self._mask.dtype)
+        return self._k.dropout_backward(np.ascontiguousarray(dy), self._mask)
