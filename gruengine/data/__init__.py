@@ -52,9 +52,18 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
     if name in ("adding", "copy"):
         if path is not None:
             raise ValueError(f"path: the synthetic {name!r} task reads no file, got {path!r}")
+        if max_len is not None:
+            raise ValueError(f"max_len: only token datasets (imdb, text) take it; use seq_len for {name!r}")
         from .synthetic import load_adding, load_copy
-        load = load_adding if name == "adding" else load_copy
-        return load(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
+        if name == "adding":
+            if vocab is not None:
+                raise ValueError("vocab: the 'adding' task has float inputs and takes no vocabulary")
+            return load_adding(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
+        out = load_copy(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
+        if vocab is not None and vocab != out["train"].vocab:
+            raise ValueError(f"vocab: a vocabulary of {len(vocab)} tokens does not match the copy task's "
+                             f"{len(out['train'].vocab)} tokens")
+        return out
     if seq_len is not None:
         raise ValueError(f"seq_len: only the synthetic tasks take seq_len; use max_len for {name!r}")
     text_opts = dict(max_len=max_len, vocab_size=vocab_size, min_count=min_count, truncate=truncate,
