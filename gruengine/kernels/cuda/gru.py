@@ -1,0 +1,149 @@
+"""GRU forward and backward (one layer, one direction) on CUDA: host launchers.
+
+Same names, argument order and results as ``gruengine.reference.gru``. NumPy inputs give
+NumPy outputs; device-array inputs (x decides) give device-array outputs. The cache is a
+dict of device arrays private to this backend.
+"""
+import numpy as np
+from numba import cuda
+
+from ..._checks import check_lengths
+from . import blas, launch
+from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
+                          gru_step_backward_kernel, gru_step_forward_kernel)
+
+__all__ = ["gru_forward", "gru_backward"]
+
+
+def _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths):
+    launch.check_input("x", x, (None, None, None))
+    dt = launch.check_float("x", x)
+    B, T, I = x.shape
+    launch.check_input("h0", h0, (B, None), dt)
+    H = h0.shape[1]
+    launch.check_input("W_ih", W_ih, (3 * H, I), dt)
+    launch.check_input("W_hh", W_hh, (3 * H, H), dt)
+    launch.check_input("b_ih", b_ih, (3 * H,), dt)
+    launch.check_input("b_hh", b_hh, (3 * H,), dt)
+    if launch.is_device_array(lengths):
+        launch.check_input("lengths", lengths, (B,), np.int64)
+        lengths_d = launch.as_device(lengths)
+    else:
+        lengths_d = cuda.to_device(check_lengths("lengths", lengths, B, T))
+    return dt, B, T, I, H, lengths_d
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    """GRU over a batch of sequences on the GPU.
+
+    Parameters
+    ----------
+    x : (B, T, I) float32 or float64 ; h0 : (B, H) ; W_ih : (3H, I) ; W_hh : (3H, H)
+    b_ih, b_hh : (3H,) ; lengths : (B,) int64 in [1, T] (None: all T)
+    reset_after : bool, the cuDNN/PyTorch form (True) or Cho et al. 2014 (False)
+    reverse : bool, run each row from its last valid step back to t = 0
+
+    Returns
+    -------
+    y : (B, T, H), zero at padding ; h_n : (B, H) ; cache : dict for ``gru_backward``
+    """
+    on_device = launch.is_device_array(x)
+    dt, B, T, I, H, lengths_d = _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths)
+    x_d, h0_d, W_ih_d, W_hh_d, b_ih_d, b_hh_d = (launch.as_device(a) for a in
+                                                  (x, h0, W_ih, W_hh, b_ih, b_hh))
+    # all input projections at once: Gx (B*T, 3H) = X W_ih^T + b_ih
+    Gx = cuda.device_array((B, T, 3 * H), dtype=dt)
+    blas.gemm(x_d.reshape(B * T, I), W_ih_d, Gx.reshape(B * T, 3 * H), bias=b_ih_d,
+              trans_b=True)
+    WT = blas.transpose(W_hh_d)                      # (H, 3H): coalesced reads per gate row
+    y = blas.zeros((B, T, H), dt)
+    store = blas.zeros((CACHE_SLOTS, B, T, H), dt)   # zero at padding: backward reads it
+    h_a = cuda.device_array((B, H), dtype=dt)
+    h_a.copy_to_device(h0_d)
+    h_b = cuda.device_array((B, H), dtype=dt)
+    rh = cuda.device_array((B, H), dtype=dt)
+    grid = ((H + TJ - 1) // TJ, (B + TB - 1) // TB)
+    block = (TJ, TB)
+    rev = bool(reverse)
+    for s in range(T):
+        if reset_after:
+            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store,
+                                                 lengths_d, s, rev, MODE_FULL)
+        else:
+            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store,
+                                                 lengths_d, s, rev, MODE_RZ)
+            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, rh, h_a, h_b, rh, y, store,
+                                                 lengths_d, s, rev, MODE_N)
+        h_a, h_b = h_b, h_a
+    cache = {"store": store, "reset_after": bool(reset_after), "reverse": rev,
+             "shape": (B, T, I, H)}
+    return launch.to_output(y, on_device), launch.to_output(h_a, on_device), cache
+
+
+def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
+                 reset_after=True, reverse=False):
+    """Backward through ``gru_forward`` (BPTT) on the GPU.
+
+    Parameters
+    ----------
+    dy : (B, T, H) ; dh_n : (B, H) ; the forward's arguments ; cache : from ``gru_forward``
+
+    Returns
+    -------
+    dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
+    """
+    on_device = launch.is_device_array(x)
+    dt, B, T, I, H, lengths_d = _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths)
+    launch.check_input("dy", dy, (B, T, H), dt)
+    launch.check_input("dh_n", dh_n, (B, H), dt)
+    if not isinstance(cache, dict) or "store" not in cache or cache.get("shape") != (B, T, I, H):
+        raise ValueError("cache: expected the cache gru_forward (cuda) returned for these shapes, "
+                         f"got {type(cache).__name__}")
+    if cache["reset_after"] != bool(reset_after) or cache["reverse"] != bool(reverse):
+        raise ValueError(f"cache: built with reset_after={cache['reset_after']}, "
+                         f"reverse={cache['reverse']}, got reset_after={bool(reset_after)}, "
+                         f"reverse={bool(reverse)}")
+    store = cache["store"]
+    dy_d, dh_d, x_d, W_ih_d, W_hh_d = (launch.as_device(a) for a in (dy, dh_n, x, W_ih, W_hh))
+    G3 = 3 * H
+    dGx = blas.zeros((B, T, G3), dt)
+    dGh = blas.zeros((B, T, G3), dt)
+    dG_step = cuda.device_array((B, G3), dtype=dt)
+    d_rh = cuda.device_array((B, H), dtype=dt)
+    dh_a = cuda.device_array((B, H), dtype=dt)
+    dh_a.copy_to_device(dh_d)
+    dh_b = cuda.device_array((B, H), dtype=dt)
+    blocks, tpb = launch.grid_1d(B * H)
+    rev = bool(reverse)
+    for s in range(T - 1, -1, -1):
+        if reset_after:
+            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
+                                                  dG_step, dh_b, d_rh, MODE_FULL)
+            blas.gemm(dG_step, W_hh_d, dh_b, accumulate=True)
+        else:
+            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
+                                                  dG_step, dh_b, d_rh, MODE_RZ)
+            blas.gemm(dG_step[:, 2 * H:], W_hh_d[2 * H:], d_rh)
+            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
+                                                  dG_step, dh_b, d_rh, MODE_N)
+            blas.gemm(dG_step[:, :2 * H], W_hh_d[:2 * H], dh_b, accumulate=True)
+        dh_a, dh_b = dh_b, dh_a
+    # weight gradients and dx: one GEMM each over all B*T rows (zero rows at padding)
+    dGx2 = dGx.reshape(B * T, G3)
+    dGh2 = dGh.reshape(B * T, G3)
+    Hp2 = store[HP_].reshape(B * T, H)
+    dx = cuda.device_array((B, T, I), dtype=dt)
+    blas.gemm(dGx2, W_ih_d, dx.reshape(B * T, I))
+    dW_ih = cuda.device_array((G3, I), dtype=dt)
+    blas.gemm(dGx2, x_d.reshape(B * T, I), dW_ih, trans_a=True)
+    dW_hh = cuda.device_array((G3, H), dtype=dt)
+    if reset_after:
+        blas.gemm(dGh2, Hp2, dW_hh, trans_a=True)
+    else:
+        blas.gemm(dGh2[:, :2 * H], Hp2, dW_hh[:2 * H], trans_a=True)
+        blas.gemm(dGh2[:, 2 * H:], store[RH_].reshape(B * T, H), dW_hh[2 * H:], trans_a=True)
+    db_ih = cuda.device_array((G3,), dtype=dt)
+    blas.colsum(dGx2, db_ih)
+    db_hh = cuda.device_array((G3,), dtype=dt)
+    blas.colsum(dGh2, db_hh)
+    return tuple(launch.to_output(a, on_device) for a in (dx, dh_a, dW_ih, dW_hh, db_ih, db_hh))

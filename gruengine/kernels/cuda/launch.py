@@ -1,0 +1,109 @@
+"""Launch settings and host-side helpers shared by the CUDA launchers.
+
+Launchers accept NumPy arrays (copied to the device, results copied back) or device
+arrays (``numba.cuda`` device arrays, or anything exposing ``__cuda_array_interface__``);
+given device arrays they return device arrays, so a training step can keep parameters,
+gradients and optimizer state resident on the GPU.
+
+The launch configuration lives here as module-level settings that the launchers read at
+every call, so tests can patch them small (``monkeypatch.setattr(launch, ...)``).
+"""
+import numpy as np
+from numba import cuda, float64
+
+from ..._checks import check_array
+
+# threads per block of the 1-D elementwise / reduction kernels (a power of two, <= 1024)
+THREADS_PER_BLOCK = 256
+# cap on the grid of grid-stride kernels; beyond it each thread loops
+MAX_BLOCKS = 1024
+# size of the shared scratch of the block reductions: the largest THREADS_PER_BLOCK allowed
+REDUCE_SHARED = 1024
+
+
+def is_device_array(a):
+    """True for numba device arrays (real or simulated) and foreign CUDA arrays."""
+    if isinstance(a, np.ndarray):
+        return False
+    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
+
+
+def as_device(a):
+    """Device view of ``a``: device arrays pass through, NumPy arrays are copied over."""
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a))
+    if getattr(a, "__cuda_ndarray__", False):
+        return a
+    return cuda.as_cuda_array(a)
+
+
+def to_output(d, on_device):
+    """Return a device result as-is for device callers, else copied to the host."""
+    return d if on_device else d.copy_to_host()
+
+
+def check_input(name, a, shape, dtype=None):
+    """``check_array`` for NumPy inputs; shape and dtype only for device arrays.
+
+    Device arrays are not scanned for NaN/Inf: that would cost a copy to the host.
+    """
+    if isinstance(a, np.ndarray):
+        return check_array(name, a, shape, dtype)
+    if not is_device_array(a):
+        raise ValueError(f"{name}: expected a numpy.ndarray or a CUDA device array, "
+                         f"got {type(a).__name__}")
+    if len(a.shape) != len(shape) or any(w is not None and w != g for w, g in zip(shape, a.shape)):
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
+    if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {np.dtype(a.dtype)}")
+    return a
+
+
+def check_float(name, a):
+    """The dtype of a float input (float32 or float64), else a one-line ValueError."""
+    dt = np.dtype(a.dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"{name}: expected dtype float32 or float64, got {dt}")
+    return dt
+
+
+def grid_1d(n):
+    """(blocks, threads) for a grid-stride loop over ``n`` items."""
+    tpb = int(THREADS_PER_BLOCK)
+    blocks = max(1, min(int(MAX_BLOCKS), (int(n) + tpb - 1) // tpb))
+    return blocks, tpb
+
+
+# ----------------------------------------------------------------------------- reductions
+
+@cuda.jit(device=True)
+def block_reduce_store(acc, partial):
+    # acc: this thread's float64 partial sum ; partial: (blocks,) float64
+    # tree reduction in shared memory; blockDim.x must be a power of two <= REDUCE_SHARED
+    sh = cuda.shared.array(REDUCE_SHARED, float64)
+    tid = cuda.threadIdx.x
+    sh[tid] = acc
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            sh[tid] += sh[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        partial[cuda.blockIdx.x] = sh[0]
+
+
+def reduce_threads():
+    """THREADS_PER_BLOCK checked for the reduction kernels (power of two, <= REDUCE_SHARED)."""
+    tpb = int(THREADS_PER_BLOCK)
+    if tpb < 1 or tpb > REDUCE_SHARED or tpb & (tpb - 1):
+        raise ValueError(f"THREADS_PER_BLOCK: expected a power of two in [1, {REDUCE_SHARED}], "
+                         f"got {tpb}")
+    return tpb
+
+
+def finish_sum(partial_d):
+    """Sum the per-block float64 partials on the host (few values, a fixed order)."""
+    return float(np.sum(partial_d.copy_to_host()))

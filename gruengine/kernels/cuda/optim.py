@@ -1,0 +1,123 @@
+"""Optimizer steps on flat buffers on CUDA: Adam(W), SGD, the sum of squares for clipping.
+
+Same names, argument order and semantics as ``gruengine.reference.optim`` (PyTorch's):
+arithmetic in float64, stored back in the buffers' dtype. Updates are in place: device
+arrays are updated on the device; NumPy arrays are copied over, updated and copied back
+into the same NumPy arrays.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from . import blas, launch
+
+__all__ = ["adam_step", "sgd_step", "sum_of_squares"]
+
+
+@cuda.jit
+def adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, grad_scale,
+                step_size, sqrt_bc2):
+    # param, grad, m, v: (N,) ; step_size = lr / (1 - beta1**step), sqrt_bc2 = sqrt(1 - beta2**step)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, param.shape[0], stride):
+        p = float64(param[i])
+        g = float64(grad[i]) * grad_scale
+        if weight_decay != 0.0:
+            if decoupled:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m_old = float64(m[i])
+        m_new = m_old + (1.0 - beta1) * (g - m_old)
+        v_new = beta2 * float64(v[i]) + (1.0 - beta2) * (g * g)
+        denom = math.sqrt(v_new) / sqrt_bc2 + eps
+        param[i] = p - step_size * (m_new / denom)
+        m[i] = m_new
+        v[i] = v_new
+
+
+@cuda.jit
+def sgd_kernel(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, grad_scale,
+               first_step):
+    # param, grad: (N,)  buf: (N,) momentum buffer (a dummy when momentum == 0)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, param.shape[0], stride):
+        p = float64(param[i])
+        g = float64(grad[i]) * grad_scale
+        if weight_decay != 0.0:
+            g = g + weight_decay * p
+        if momentum != 0.0:
+            if first_step:
+                b = g
+            else:
+                b = momentum * float64(buf[i]) + (1.0 - dampening) * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = p - lr * g
+
+
+def _check_flat(name, a, n, dt):
+    launch.check_input(name, a, (n,), dt)
+
+
+def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled, grad_scale):
+    """One Adam (``decoupled=False``) or AdamW step; updates ``param``, ``m``, ``v`` in place."""
+    launch.check_input("param", param, (None,))
+    dt = launch.check_float("param", param)
+    n = param.shape[0]
+    for name, a in (("grad", grad), ("m", m), ("v", v)):
+        _check_flat(name, a, n, dt)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step: expected an integer >= 1 (1-based, after increment), got {step!r}")
+    step_size = float(lr) / (1.0 - float(beta1) ** int(step))
+    sqrt_bc2 = math.sqrt(1.0 - float(beta2) ** int(step))
+    arrays = [param, grad, m, v]
+    dev = [launch.as_device(a) for a in arrays]
+    if n:
+        blocks, tpb = launch.grid_1d(n)
+        adam_kernel[blocks, tpb](*dev, float(lr), float(beta1), float(beta2), float(eps),
+                                 float(weight_decay), bool(decoupled), float(grad_scale),
+                                 step_size, sqrt_bc2)
+    _copy_back((param, m, v), (dev[0], dev[2], dev[3]))
+
+
+def sgd_step(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, grad_scale,
+             first_step):
+    """One SGD step (PyTorch semantics); updates ``param`` and ``buf`` in place."""
+    launch.check_input("param", param, (None,))
+    dt = launch.check_float("param", param)
+    n = param.shape[0]
+    _check_flat("grad", grad, n, dt)
+    use_buf = float(momentum) != 0.0
+    if use_buf:
+        if buf is None:
+            raise ValueError("buf: expected a momentum buffer of shape "
+                             f"({n},) when momentum != 0, got None")
+        _check_flat("buf", buf, n, dt)
+    p_d, g_d = launch.as_device(param), launch.as_device(grad)
+    b_d = launch.as_device(buf) if use_buf else blas._dummy(dt)
+    if n:
+        blocks, tpb = launch.grid_1d(n)
+        sgd_kernel[blocks, tpb](p_d, g_d, b_d, float(lr), float(momentum), float(dampening),
+                                bool(nesterov), float(weight_decay), float(grad_scale),
+                                bool(first_step))
+    _copy_back((param, buf) if use_buf else (param,), (p_d, b_d) if use_buf else (p_d,))
+
+
+def sum_of_squares(grad):
+    """sum(grad**2) as a Python float, accumulated in float64."""
+    launch.check_input("grad", grad, (None,))
+    launch.check_float("grad", grad)
+    if grad.shape[0] == 0:
+        return 0.0
+    return blas.device_sum(launch.as_device(grad), square=True)
+
+
+def _copy_back(hosts, devs):
+    # NumPy callers: write the updated device copies back into their own arrays
+    for h, d in zip(hosts, devs):
+        if isinstance(h, np.ndarray):
+            d.copy_to_host(h)

@@ -1,0 +1,1 @@
+"""CUDA tests: run in their own process (simulator: NUMBA_ENABLE_CUDASIM=1)."""

@@ -1,0 +1,106 @@
+"""CUDA GRU forward/backward against the NumPy reference (simulator, or a real GPU).
+
+Run in a process of its own: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q
+"""
+import numpy as np
+import pytest
+from numba import cuda
+
+if not cuda.is_available():
+    pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+
+from gruengine import reference as ref  # noqa: E402
+from gruengine.kernels import cuda as kc  # noqa: E402
+from gruengine.kernels.cuda import launch  # noqa: E402
+
+from .helpers import assert_close  # noqa: E402
+
+NAMES = ("dx", "dh0", "dW_ih", "dW_hh", "db_ih", "db_hh")
+
+
+def _problem(rng, B, T, I, H, dtype, lengths):
+    def a(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+    args = (a(B, T, I), a(B, H), a(3 * H, I, scale=0.6), a(3 * H, H, scale=0.6), a(3 * H), a(3 * H),
+            lengths)
+    return args, a(B, T, H), a(B, H)
+
+
+def _compare(args, dy, dh_n, reset_after, reverse, dtype):
+    y, h_n, cache = kc.gru_forward(*args, reset_after=reset_after, reverse=reverse)
+    y_r, h_r, cache_r = ref.gru_forward(*args, reset_after=reset_after, reverse=reverse)
+    assert isinstance(y, np.ndarray) and isinstance(h_n, np.ndarray)
+    assert_close(y, y_r, dtype, "y")
+    assert_close(h_n, h_r, dtype, "h_n")
+    grads = kc.gru_backward(dy, dh_n, *args, cache, reset_after=reset_after, reverse=reverse)
+    grads_r = ref.gru_backward(dy, dh_n, *args, cache_r, reset_after=reset_after, reverse=reverse)
+    for name, g, g_r in zip(NAMES, grads, grads_r):
+        assert_close(g, g_r, dtype, name)
+    return y, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+def test_gru_matches_reference_with_lengths(rng, reset_after, reverse, dtype):
+    lengths = np.array([4, 2, 3], dtype=np.int64)     # unsorted, one full row
+    args, dy, dh_n = _problem(rng, 3, 4, 2, 5, dtype, lengths)
+    y, grads = _compare(args, dy, dh_n, reset_after, reverse, dtype)
+    # padding is zero in y and dx, and its content never reaches anything
+    assert not y[1, 2:].any() and not grads[0][1, 2:].any()
+    x2 = args[0].copy()
+    x2[1, 2:] = rng.standard_normal((2, 2)).astype(dtype) * 100
+    y2, h2, _ = kc.gru_forward(x2, *args[1:], reset_after=reset_after, reverse=reverse)
+    np.testing.assert_array_equal(y2, y)
+
+
+@pytest.mark.parametrize("reset_after, tpb, blocks", [(True, 4, 2), (False, 32, 1024)],
+                         ids=["reset_after-tpb4-blocks2", "reset_before-tpb32"])
+def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb, blocks):
+    # H > TJ and H > TK: two hidden tiles and two reduction chunks; B > TB: two batch tiles;
+    # B*T*3H > 16: several GEMM tiles; 4 threads x 2 blocks make the grid-stride loops wrap
+    monkeypatch.setattr(launch, "THREADS_PER_BLOCK", tpb)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", blocks)
+    B, T, I, H = 9, 2, 3, 33
+    lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
+    args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)
+    _compare(args, dy, dh_n, reset_after, True, np.float32)
+
+
+def test_gru_lengths_none_means_full(rng):
+    args, dy, dh_n = _problem(rng, 2, 3, 2, 3, np.float64, None)
+    y, h_n, _ = kc.gru_forward(*args)
+    y_full, h_full, _ = kc.gru_forward(*args[:-1], np.full(2, 3, dtype=np.int64))
+    np.testing.assert_array_equal(y, y_full)
+    np.testing.assert_allclose(h_n, y[:, -1])
+
+
+def test_gru_device_arrays_stay_on_device(rng):
+    lengths = np.array([3, 1], dtype=np.int64)
+    args, dy, dh_n = _problem(rng, 2, 3, 2, 4, np.float32, lengths)
+    d_args = tuple(cuda.to_device(a) for a in args)
+    y_d, h_d, cache = kc.gru_forward(*d_args)
+    assert not isinstance(y_d, np.ndarray) and hasattr(y_d, "copy_to_host")
+    grads_d = kc.gru_backward(cuda.to_device(dy), cuda.to_device(dh_n), *d_args, cache)
+    assert all(not isinstance(g, np.ndarray) for g in grads_d)
+    y_r, h_r, cache_r = ref.gru_forward(*args)
+    grads_r = ref.gru_backward(dy, dh_n, *args, cache_r)
+    assert_close(y_d.copy_to_host(), y_r, np.float32, "y")
+    assert_close(h_d.copy_to_host(), h_r, np.float32, "h_n")
+    for name, g, g_r in zip(NAMES, grads_d, grads_r):
+        assert_close(g.copy_to_host(), g_r, np.float32, name)
+
+
+def test_gru_rejects_bad_input_with_one_line_message(rng):
+    args, dy, dh_n = _problem(rng, 2, 3, 2, 4, np.float32, None)
+    bad_W = args[3][:, :3].copy()
+    with pytest.raises(ValueError, match=r"^W_hh: expected shape \(12, 4\), got \(12, 3\)$"):
+        kc.gru_forward(*args[:3], bad_W, *args[4:])
+    with pytest.raises(ValueError, match=r"^lengths: every length must be <= T=3"):
+        kc.gru_forward(*args[:-1], np.array([4, 1]))
+    mixed = args[1].astype(np.float64)
+    with pytest.raises(ValueError, match=r"^h0: expected dtype float32, got float64$"):
+        kc.gru_forward(args[0], mixed, *args[2:])
+    _, _, cache = kc.gru_forward(*args, reset_after=True)
+    with pytest.raises(ValueError, match=r"^cache: built with reset_after=True"):
+        kc.gru_backward(dy, dh_n, *args, cache, reset_after=False)
