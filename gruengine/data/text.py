@@ -11,6 +11,7 @@ import csv
 import os
 import re
 from collections import Counter
+from itertools import chain
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from ..errors import DataError
 from .dataset import Dataset, encode_labels, label_order, require_file, resolve_pair
 
 PAD, UNK = "<pad>", "<unk>"
+_EMPTY = [UNK]  # what a text with no tokens encodes as
 TRUNCATE = ("head", "tail")
 
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -119,18 +121,19 @@ def encode_texts(texts, vocab, max_len=None, truncate="head"):
         max_len = check_positive_int("max_len", max_len)
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
-    get = vocab.stoi.get
     rows = []
     for t in texts:
         toks = tokenize(t) if isinstance(t, str) else t
         if max_len is not None and len(toks) > max_len:
             toks = toks[:max_len] if truncate == "head" else toks[len(toks) - max_len:]
-        rows.append([get(w, 1) for w in toks] or [1])
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        rows.append(toks or _EMPTY)
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
     T = int(lengths.max()) if len(rows) else 1
     ids = np.zeros((len(rows), T), dtype=np.int64)
     if len(rows):
-        flat = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
+        get = vocab.stoi.get
+        # one lookup pass over all tokens, then one scatter into the padded matrix
+        flat = np.array([get(w, 1) for w in chain.from_iterable(rows)], dtype=np.int64)
         starts = np.cumsum(lengths) - lengths
         r_idx = np.repeat(np.arange(len(rows)), lengths)
         ids[r_idx, np.arange(flat.size) - np.repeat(starts, lengths)] = flat
