@@ -70,8 +70,8 @@ def download(url, dest_path, sha256, size=None, progress=True, *, retries=3, tim
             if attempt > retries:
                 have = os.path.getsize(part) if os.path.exists(part) else 0
                 reason = " ".join(str(getattr(e, "reason", e)).split()) or type(e).__name__
-                raise DataError(f"{url}: download failed after {attempt} attempt(s) ({reason}); "
-                                f"{have} bytes kept in {part}, run again to resume") from None
+                kept = f"; {have} bytes kept in {part}, run again to resume" if have else ""
+                raise DataError(f"{url}: download failed after {attempt} attempt(s) ({reason}){kept}") from None
             time.sleep(min(0.2 * attempt, 2.0))
     got_size = os.path.getsize(part)
     if size is not None and got_size != size:
