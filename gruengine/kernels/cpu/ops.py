@@ -185,15 +185,18 @@ def _softmax_cross_entropy(logits, targets, w, wsum):
                 m = np.float64(logits[i, c])
         s = 0.0
         for c in range(C):
-            s += np.exp(np.float64(logits[i, c]) - m)      # exponent <= 0: no overflow
+            e = np.exp(np.float64(logits[i, c]) - m)       # exponent <= 0: no overflow
+            d[i, c] = e                                     # one exp per logit, rescaled below
+            s += e
         lse = m + np.log(s)
         ti = targets[i]
         wi = np.float64(w[i])
         per[i] = wi * (lse - np.float64(logits[i, ti]))
         scale = wi / wsum
+        r = scale / s                                       # softmax * scale = e * r
         for c in range(C):
-            d[i, c] = np.exp(np.float64(logits[i, c]) - lse) * scale
-        d[i, ti] = (np.exp(np.float64(logits[i, ti]) - lse) - 1.0) * scale
+            d[i, c] = np.float64(d[i, c]) * r
+        d[i, ti] = np.float64(d[i, ti]) - scale
     return per.sum() / wsum, d
 
 
