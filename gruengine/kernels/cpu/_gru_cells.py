@@ -68,7 +68,7 @@ def fwd_step_after(s, n, off, nb_next, off_next, Gx, gh, b_ih, b_hh, Hp, G,
         for j in range(H):
             r = _ftz(sigmoid_(gx[j] + b_ih[j] + ghb[j] + b_hh[j]), tiny)
             z = _ftz(sigmoid_(gx[H + j] + b_ih[H + j] + ghb[H + j] + b_hh[H + j]), tiny)
-            hn = ghb[2 * H + j] + b_hh[2 * H + j]
+            hn = _ftz(ghb[2 * H + j] + b_hh[2 * H + j], tiny)
             nn = _ftz(tanh_(gx[2 * H + j] + b_ih[2 * H + j] + r * hn), tiny)
             gp[j] = r
             gp[H + j] = z
@@ -203,7 +203,9 @@ def bwd_step_before_r(s, n, off, d_rh, Hp, G, perm, lengths, reverse, dhz, dGx, 
 
 
 @njit(cache=True, error_model="numpy")
-def sum_rows_scatter(dhz, dhg, perm, out):
+def sum_rows_scatter(dhz, dhg, perm, out, tiny):
     # out[perm[b]] = dhz[b] + dhg[b]      dhz, dhg, out: (B, H)
     for b in range(dhz.shape[0]):
-        out[perm[b], :] = dhz[b] + dhg[b]
+        o, a, c = out[perm[b]], dhz[b], dhg[b]
+        for j in range(o.shape[0]):
+            o[j] = _ftz(a[j] + c[j], tiny)

@@ -114,7 +114,7 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
             K.bwd_step_before_r(s, n, o, d_rh, Hp, G, perm, lengths, rev, dhz, dGx, dGh, one, tiny)
             np.matmul(dGh[o:o + n, :2 * H], W_rz, out=dhg[:n])
     dh0 = np.empty((B, H), dt)
-    K.sum_rows_scatter(dhz, dhg, perm, dh0)
+    K.sum_rows_scatter(dhz, dhg, perm, dh0, tiny)
     dGx2 = dGx.reshape(B * T, 3 * H)
     dx = np.matmul(dGx2, W_ih).reshape(B, T, I)
     dW_ih = np.matmul(dGx2.T, x.reshape(B * T, I))
