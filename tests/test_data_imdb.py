@@ -61,7 +61,8 @@ def test_vocab_from_train_only(tar_path):
 def test_folder_equals_tar(tmp_path, tar_path, reviews):
     folder = write_imdb_folder(str(tmp_path), reviews)
     a = load_dataset("imdb", tar_path, max_len=10, vocab_size=12, seed=5)
-    for path in (folder, str(tmp_path)):  # the aclImdb folder, or the folder above it
+    plain = write_imdb_tar(str(tmp_path / "plain.tar"), reviews, root="imdb_copy", mode="w")
+    for path in (folder, str(tmp_path), plain):  # the folder, the folder above it, an uncompressed tar
         b = load_dataset("imdb", path, max_len=10, vocab_size=12, seed=5)
         for split in ("train", "test"):
             np.testing.assert_array_equal(a[split].inputs, b[split].inputs)
