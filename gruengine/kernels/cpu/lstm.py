@@ -35,30 +35,74 @@ def _ftz(v, tiny):
     return 0.0 if abs(v) < tiny else v
 
 
+@njit(cache=True, inline="always")
+def _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y):
+    # one batch row j (sorted order) of the fused forward gate kernel; writes only row j
+    H = c_prev.shape[1]
+    b = perm[j]
+    t = lengths[b] - 1 - s if reverse else s
+    for u in range(H):
+        i = _sigmoid(Gx[b, t, u] + gh[j, u])
+        f = _sigmoid(Gx[b, t, H + u] + gh[j, H + u])
+        g = math.tanh(Gx[b, t, 2 * H + u] + gh[j, 2 * H + u])
+        o = _sigmoid(Gx[b, t, 3 * H + u] + gh[j, 3 * H + u])
+        c = _ftz(f * c_prev[j, u] + i * g, tiny)
+        h = _ftz(o * math.tanh(c), tiny)
+        act[j, u] = i
+        act[j, H + u] = f
+        act[j, 2 * H + u] = g
+        act[j, 3 * H + u] = o
+        c_out[j, u] = c
+        h_out[j, u] = h
+        y[b, t, u] = h
+
+
 @njit(parallel=True, cache=True)
 def _lstm_fwd_step(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h_out, c_out, act, y):
     # Gx: (B, T, 4H) input projections + both biases, [row, time]
     # gh: (B, 4H) h_prev @ W_hh.T, rows [:nb] valid, sorted order
     # c_prev, h_out, c_out: (B, H) sorted order      act: (B, 4H) activated i, f, g, o
     # y: (B, T, H) [row, time]
-    H = c_prev.shape[1]
     for j in prange(nb):
-        b = perm[j]
-        t = lengths[b] - 1 - s if reverse else s
-        for u in range(H):
-            i = _sigmoid(Gx[b, t, u] + gh[j, u])
-            f = _sigmoid(Gx[b, t, H + u] + gh[j, H + u])
-            g = math.tanh(Gx[b, t, 2 * H + u] + gh[j, 2 * H + u])
-            o = _sigmoid(Gx[b, t, 3 * H + u] + gh[j, 3 * H + u])
-            c = _ftz(f * c_prev[j, u] + i * g, tiny)
-            h = _ftz(o * math.tanh(c), tiny)
-            act[j, u] = i
-            act[j, H + u] = f
-            act[j, 2 * H + u] = g
-            act[j, 3 * H + u] = o
-            c_out[j, u] = c
-            h_out[j, u] = h
-            y[b, t, u] = h
+        _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y)
+
+
+@njit(cache=True)
+def _lstm_fwd_step_serial(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h_out, c_out,
+                          act, y):
+    # same shapes as _lstm_fwd_step; for steps too small to pay for a parallel launch
+    for j in range(nb):
+        _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y)
+
+
+@njit(cache=True, inline="always")
+def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx):
+    # one batch row j (sorted order) of the fused backward gate kernel; writes only row j
+    # (of dh/dc/dG) and row perm[j] of dGx
+    H = c_cur.shape[1]
+    b = perm[j]
+    t = lengths[b] - 1 - s if reverse else s
+    for u in range(H):
+        i = act[j, u]
+        f = act[j, H + u]
+        g = act[j, 2 * H + u]
+        o = act[j, 3 * H + u]
+        dh_t = dh[j, u] + dy[b, t, u]
+        tc = math.tanh(c_cur[j, u])
+        dc_t = dc[j, u] + dh_t * o * (1.0 - tc * tc)
+        da_i = _ftz(dc_t * g * i * (1.0 - i), tiny)
+        da_f = _ftz(dc_t * c_prev[j, u] * f * (1.0 - f), tiny)
+        da_g = _ftz(dc_t * i * (1.0 - g * g), tiny)
+        da_o = _ftz(dh_t * tc * o * (1.0 - o), tiny)
+        dG[j, u] = da_i
+        dG[j, H + u] = da_f
+        dG[j, 2 * H + u] = da_g
+        dG[j, 3 * H + u] = da_o
+        dGx[b, t, u] = da_i
+        dGx[b, t, H + u] = da_f
+        dGx[b, t, 2 * H + u] = da_g
+        dGx[b, t, 3 * H + u] = da_o
+        dc[j, u] = _ftz(dc_t * f, tiny)
 
 
 @njit(parallel=True, cache=True)
@@ -67,31 +111,22 @@ def _lstm_bwd_step(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, tiny, 
     # c_prev, c_cur: (B, H) cell state before / after step s, sorted order
     # dh, dc: (B, H) adjoints of h, c after step s (sorted); dc is overwritten with dc_{s-1}
     # dG: (B, 4H) pre-activation gradients of step s (sorted)   dGx: (B, T, 4H) same, [row, time]
-    H = c_cur.shape[1]
     for j in prange(nb):
-        b = perm[j]
-        t = lengths[b] - 1 - s if reverse else s
-        for u in range(H):
-            i = act[j, u]
-            f = act[j, H + u]
-            g = act[j, 2 * H + u]
-            o = act[j, 3 * H + u]
-            dh_t = dh[j, u] + dy[b, t, u]
-            tc = math.tanh(c_cur[j, u])
-            dc_t = dc[j, u] + dh_t * o * (1.0 - tc * tc)
-            da_i = _ftz(dc_t * g * i * (1.0 - i), tiny)
-            da_f = _ftz(dc_t * c_prev[j, u] * f * (1.0 - f), tiny)
-            da_g = _ftz(dc_t * i * (1.0 - g * g), tiny)
-            da_o = _ftz(dh_t * tc * o * (1.0 - o), tiny)
-            dG[j, u] = da_i
-            dG[j, H + u] = da_f
-            dG[j, 2 * H + u] = da_g
-            dG[j, 3 * H + u] = da_o
-            dGx[b, t, u] = da_i
-            dGx[b, t, H + u] = da_f
-            dGx[b, t, 2 * H + u] = da_g
-            dGx[b, t, 3 * H + u] = da_o
-            dc[j, u] = _ftz(dc_t * f, tiny)
+        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx)
+
+
+@njit(cache=True)
+def _lstm_bwd_step_serial(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, tiny, dh, dc,
+                          dG, dGx):
+    # same shapes as _lstm_bwd_step; for steps too small to pay for a parallel launch
+    for j in range(nb):
+        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx)
+
+
+# Below this many gate elements (rows x H) per step a parallel launch costs more than it
+# saves: the serial kernel runs a (32, 128) step in ~0.2 ms, a fork/join is ~0.02-5 ms
+# depending on how busy the cores are.
+PARALLEL_MIN_ELEMENTS = 16384
 
 
 def _order(lengths):
@@ -127,8 +162,8 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     for s in range(T_run):
         nb = int(np.count_nonzero(sorted_len > s))
         np.matmul(hs[s, :nb], W_hh_T, out=gh[:nb])
-        _lstm_fwd_step(Gx, gh, cs[s], perm, lengths, s, reverse, nb, tiny,
-                       hs[s + 1], cs[s + 1], acts[s], y)
+        step = _lstm_fwd_step if nb * H >= PARALLEL_MIN_ELEMENTS else _lstm_fwd_step_serial
+        step(Gx, gh, cs[s], perm, lengths, s, reverse, nb, tiny, hs[s + 1], cs[s + 1], acts[s], y)
     h_n = np.empty((B, H), dtype=dt)
     c_n = np.empty((B, H), dtype=dt)
     h_n[perm] = hs[sorted_len, np.arange(B)]
@@ -158,8 +193,9 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     dGx = np.zeros((B, T, 4 * H), dtype=dt)       # [row, time]; zero at padding
     for s in range(cache["T_run"] - 1, -1, -1):
         nb = int(np.count_nonzero(sorted_len > s))
-        _lstm_bwd_step(dy, acts[s], cs[s], cs[s + 1], perm, lengths, s, reverse, nb, tiny,
-                       dh, dc, dGs[s], dGx)
+        step = _lstm_bwd_step if nb * H >= PARALLEL_MIN_ELEMENTS else _lstm_bwd_step_serial
+        step(dy, acts[s], cs[s], cs[s + 1], perm, lengths, s, reverse, nb, tiny, dh, dc, dGs[s],
+             dGx)
         np.matmul(dGs[s, :nb], W_hh, out=dh[:nb])
     dGx2 = dGx.reshape(B * T, 4 * H)
     dx = (dGx2 @ W_ih).reshape(B, T, I)
