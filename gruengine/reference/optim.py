@@ -11,8 +11,10 @@ against these. Semantics are PyTorch's (torch.optim.Adam, AdamW, SGD):
 - ``grad_scale`` multiplies the gradient before anything else: global-norm clipping
   folded into the step.
 
-Arithmetic is done in float64 and stored back in the arrays' dtype (float32 or float64),
-as the Numba kernels do. No validation here: ``gruengine.optim`` validates.
+Arithmetic is done in float64 and stored back in the arrays' dtype (float32 or float64).
+The Numba CPU kernels compute float32 buffers in float32 (as PyTorch does, for SIMD
+speed), so they agree with this to a few float32 ulps; float64 agrees to rounding.
+No validation here: ``gruengine.optim`` validates.
 """
 import math
 

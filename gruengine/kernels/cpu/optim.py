@@ -5,9 +5,11 @@ host function (scalar coercion, bias corrections) over a module-level
 ``@njit(parallel=True, cache=True)`` kernel: Adam and SGD are one fused loop over the
 buffer with the clipping scale folded in, so a training step reads each array once.
 
-Arithmetic is float64, stored back in the arrays' dtype. Every ``prange`` iteration
-writes only its own element (or its own chunk's partial sum), so results are identical
-on every run and for every thread count.
+Adam and SGD compute in the buffers' dtype (float32 SIMD for float32 buffers, as PyTorch
+does); the reference computes in float64, so float32 results agree with it to a few
+float32 ulps and float64 results to float64 rounding. Every ``prange`` iteration writes
+only its own element (or its own chunk's partial sum), so results are identical on every
+run and for every thread count.
 
 ``sum_of_squares`` is deterministic by construction: the buffer is cut into chunks of
 ``CHUNK`` elements at fixed positions, each chunk is reduced on its own (four interleaved
@@ -27,74 +29,90 @@ CHUNK = 8192  # elements per partial sum of sum_of_squares; fixed so results nev
 
 
 # ---------------------------------------------------------------- Adam / AdamW
+# Scalars reach the kernels already cast to the buffers' dtype, so float32 buffers run
+# float32 SIMD arithmetic, as PyTorch does (float64 math here would cost 3x: no 8-wide
+# division or sqrt). Options are chosen by which loop runs, never by a branch inside a
+# loop: a branch in the loop body stops LLVM from vectorizing it.
 
 @njit(parallel=True, cache=True)
-def _adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+def _adam_kernel(param, grad, m, v, decay, l2, one_minus_beta1, beta2, one_minus_beta2, eps,
                  grad_scale, step_size, bias_correction2_sqrt):
-    # param, grad, m, v: (N,) same dtype; scalars float64; updates param, m, v in place
-    decay = 1.0 - lr * weight_decay
-    one_minus_beta1 = 1.0 - beta1
-    one_minus_beta2 = 1.0 - beta2
-    for i in prange(param.shape[0]):
-        p = np.float64(param[i])
-        g = grad[i] * grad_scale
-        if weight_decay != 0.0:
-            if decoupled:
-                p = p * decay
-            else:
-                g = g + weight_decay * p
-        m_i = m[i] + one_minus_beta1 * (g - m[i])
-        v_i = beta2 * v[i] + one_minus_beta2 * (g * g)
-        m[i] = m_i
-        v[i] = v_i
-        param[i] = p - step_size * (m_i / (math.sqrt(v_i) / bias_correction2_sqrt + eps))
+    # param, grad, m, v: (N,) one dtype; scalars in that dtype; updates param, m, v in place
+    # decay = 1 - lr*wd (AdamW) or 1;  l2 = wd (Adam with weight decay) or 0
+    n = param.shape[0]
+    if l2 != 0:
+        for i in prange(n):
+            p = param[i]
+            g = grad[i] * grad_scale + l2 * p
+            m_i = m[i] + one_minus_beta1 * (g - m[i])          # torch's lerp(m, g, 1 - beta1)
+            v_i = beta2 * v[i] + one_minus_beta2 * (g * g)
+            m[i] = m_i
+            v[i] = v_i
+            param[i] = p - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
+    else:
+        for i in prange(n):
+            p = param[i] * decay
+            g = grad[i] * grad_scale
+            m_i = m[i] + one_minus_beta1 * (g - m[i])
+            v_i = beta2 * v[i] + one_minus_beta2 * (g * g)
+            m[i] = m_i
+            v[i] = v_i
+            param[i] = p - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
 
 
 def adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled, grad_scale):
     # param, grad, m, v: (N,) C-contiguous, one dtype   step: 1-based count after increment
-    step = int(step)
-    beta1 = float(beta1)
-    beta2 = float(beta2)
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
-    step_size = float(lr) / bias_correction1
-    _adam_kernel(param, grad, m, v, float(lr), beta1, beta2, float(eps), float(weight_decay),
-                 bool(decoupled), float(grad_scale), step_size, math.sqrt(bias_correction2))
+    dt = param.dtype.type
+    step, lr, beta1, beta2 = int(step), float(lr), float(beta1), float(beta2)
+    weight_decay = float(weight_decay)
+    decay = 1.0 - lr * weight_decay if decoupled else 1.0
+    l2 = 0.0 if decoupled else weight_decay
+    step_size = lr / (1.0 - beta1 ** step)
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    _adam_kernel(param, grad, m, v, dt(decay), dt(l2), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+                 dt(eps), dt(grad_scale), dt(step_size), dt(bias_correction2_sqrt))
 
 
 # ---------------------------------------------------------------- SGD
 
 @njit(parallel=True, cache=True)
-def _sgd_kernel(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay,
-                grad_scale, first_step):
+def _sgd_kernel(param, grad, buf, lr, momentum, one_minus_dampening, weight_decay, grad_scale,
+                first_step, coef_g, coef_b):
     # param, grad: (N,)   buf: (N,) momentum buffer, or (0,) when momentum == 0
-    one_minus_dampening = 1.0 - dampening
-    for i in prange(param.shape[0]):
-        p = np.float64(param[i])
-        g = grad[i] * grad_scale
-        if weight_decay != 0.0:
-            g = g + weight_decay * p
-        if momentum != 0.0:
-            if first_step:
-                b = g
-            else:
-                b = momentum * buf[i] + one_minus_dampening * g
+    # scalars in the buffers' dtype. The step direction is coef_g * g + coef_b * buf:
+    # (1, momentum) for Nesterov, (0, 1) for heavy ball; both exact for finite values
+    # (0 * g adds a zero, weight_decay = 0 likewise), so the loops stay branch-free.
+    n = param.shape[0]
+    if momentum == 0:
+        for i in prange(n):
+            p = param[i]
+            param[i] = p - lr * (grad[i] * grad_scale + weight_decay * p)
+    elif first_step:
+        for i in prange(n):
+            p = param[i]
+            g = grad[i] * grad_scale + weight_decay * p
+            buf[i] = g                                          # torch: buf = clone(grad)
+            param[i] = p - lr * (coef_g * g + coef_b * g)
+    else:
+        for i in prange(n):
+            p = param[i]
+            g = grad[i] * grad_scale + weight_decay * p
+            b = momentum * buf[i] + one_minus_dampening * g
             buf[i] = b
-            if nesterov:
-                g = g + momentum * b
-            else:
-                g = b
-        param[i] = p - lr * g
+            param[i] = p - lr * (coef_g * g + coef_b * b)
 
 
 def sgd_step(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, grad_scale, first_step):
     # param, grad: (N,) C-contiguous   buf: (N,) or None when momentum == 0
+    dt = param.dtype.type
+    momentum = float(momentum)
     if buf is None:
         if momentum != 0.0:
             raise ValueError("buf: expected an array of the parameters' shape when momentum != 0, got None")
         buf = np.empty(0, dtype=param.dtype)
-    _sgd_kernel(param, grad, buf, float(lr), float(momentum), float(dampening), bool(nesterov),
-                float(weight_decay), float(grad_scale), bool(first_step))
+    coef_g, coef_b = (1.0, momentum) if nesterov else (0.0, 1.0)
+    _sgd_kernel(param, grad, buf, dt(lr), dt(momentum), dt(1.0 - float(dampening)), dt(weight_decay),
+                dt(grad_scale), bool(first_step), dt(coef_g), dt(coef_b))
 
 
 # ---------------------------------------------------------------- sum of squares
