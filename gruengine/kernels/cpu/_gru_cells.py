@@ -13,20 +13,20 @@ Layout shared by every kernel here (built by ``gruengine.kernels.cpu.gru``):
   ``r * h_prev`` (reset_before, it is the GEMM operand of the n rows of dW_hh).
 
 Iteration ``b`` writes only its own sorted row: packed row ``off + b``, original row
-``perm[b]`` of y / h_n / dGx, and row ``b`` of the dh buffers, so the loop over rows is
-race-free and could be a ``prange``. It is deliberately serial: measured at B=64, H=128 a
-serial step kernel takes ~23 us and leaves both cores to OpenBLAS for the per-step GEMM,
-while a parallel one (12 us alone) makes Numba's OpenMP threads and OpenBLAS's threads
-spin against each other on a 2-core machine (70 us per GEMM+kernel pair with
-OMP_WAIT_POLICY=passive, milliseconds with the default busy wait under load).
+``perm[b]`` of y / h_n / dGx, and row ``b`` of the dh buffers, so the row loop is race-free
+and written as a ``prange``. The kernels are nevertheless compiled serial (``parallel=False``
+turns the prange into a range; ``benchmarks/bench_gru_cpu.py --gate-kernels`` builds the
+parallel variant from the same source and times both). On the 2-core machine a serial step
+kernel (B=64, H=128) takes ~25 us and leaves both cores to OpenBLAS for the per-step GEMM;
+the parallel one is faster alone (~12 us) but Numba's OpenMP threads and OpenBLAS's threads
+then spin against each other: ~70 us per GEMM + kernel pair with OMP_WAIT_POLICY=passive,
+milliseconds with the default busy wait once other processes share the cores.
 ``error_model="numpy"`` drops the zero-division checks so LLVM vectorizes the gate loops.
 Values below the dtype's smallest normal are flushed to zero (``tiny``), forward and
 backward, so a gradient that decays over many steps never enters the slow subnormal path.
 ``one`` and ``tiny`` arrive as scalars of the array dtype so float32 stays float32.
 """
-import math
-
-from numba import njit
+from numba import njit, prange
 
 from ._gru_math import sigmoid_, tanh_
 
@@ -60,7 +60,7 @@ def fwd_step_after(s, n, off, nb_next, off_next, Gx, gh, b_ih, b_hh, Hp, G,
     # Gx: (B, T, 3H) = x @ W_ih.T (no bias)  gh: (>=n, 3H) = h_prev @ W_hh.T (no bias)
     # b_ih, b_hh: (3H,)  Hp: (N, H)  G: (N, 4H)  perm, lengths: (B,)  y: (B, T, H)  h_n: (B, H)
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b
@@ -83,7 +83,7 @@ def fwd_step_before_rz(s, n, off, Gx, gh, b_ih, b_hh, Hp, G, perm, lengths, reve
     # reset_after=False, first half: r, z and r * h_prev (operand of the W_hn GEMM).
     # Gx: (B, T, 3H)  gh: (>=n, 2H) = h_prev @ W_hh[:2H].T  Hp: (N, H)  G: (N, 4H)
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b
@@ -100,7 +100,7 @@ def fwd_step_before_n(s, n, off, nb_next, off_next, Gx, ghn, b_ih, b_hh, Hp, G,
                       perm, lengths, reverse, y, h_n, one, tiny):
     # reset_after=False, second half: n and h_t.  ghn: (>=n, H) = (r * h_prev) @ W_hn.T
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b
@@ -137,7 +137,7 @@ def bwd_step_after(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, reverse,
     # dGx: (B, T, 3H) (zero at padding, written here at active positions)  dGh: (N, 3H)
     # On exit dhz[b] = dL/dh_t * z (direct path to h_prev); the caller puts dGh @ W_hh in dhg.
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b
@@ -166,7 +166,7 @@ def bwd_step_before_n(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, revers
     # reset_after=False, first half: da_n, da_z and the direct path g * z.
     # Same shapes as bwd_step_after.  The caller then forms d(r h) = da_n @ W_hn.
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b
@@ -189,7 +189,7 @@ def bwd_step_before_n(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, revers
 def bwd_step_before_r(s, n, off, d_rh, Hp, G, perm, lengths, reverse, dhz, dGx, dGh, one, tiny):
     # reset_after=False, second half.  d_rh: (>=n, H) = da_n @ W_hn  (gradient of r * h_prev)
     H = Hp.shape[1]
-    for b in range(n):
+    for b in prange(n):
         row = perm[b]
         t = _time(s, lengths[row], reverse)
         p = off + b

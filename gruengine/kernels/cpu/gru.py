@@ -51,7 +51,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     Hp = np.empty((N, H), dt)                 # packed h_prev of every active (step, row)
     Hp[:B] = h0[perm]
     G = np.empty((N, 4 * H), dt)              # packed r, z, n, (W_hn h + b_hn | r * h_prev)
-    y = np.zeros((B, T, H), dt)
+    full = N == B * T                          # no padding: every output slot gets written
+    y = np.empty((B, T, H), dt) if full else np.zeros((B, T, H), dt)
     h_n = np.empty((B, H), dt)
     rev = bool(reverse)
     if reset_after:
@@ -92,7 +93,8 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     lengths, Hp, G = cache["lengths"], cache["Hp"], cache["G"]
     N = off[steps]
     rev = bool(reverse)
-    dGx = np.zeros((B, T, 3 * H), dt)         # zero at padding: it never reaches dX or dW_ih
+    # zero at padding, so padding never reaches dX or dW_ih (no padding: all slots written)
+    dGx = np.empty((B, T, 3 * H), dt) if N == B * T else np.zeros((B, T, 3 * H), dt)
     dGh = np.empty((N, 3 * H), dt)            # packed gradients of the recurrent pre-activations
     dhz = np.empty((B, H), dt)                # direct path dL/dh_t * z, sorted rows
     dhg = np.empty((B, H), dt)                # GEMM path dGh @ W_hh, sorted rows
