@@ -33,7 +33,7 @@ _OPTIONS = [
     ("--seq-len", "seq_len", click.IntRange(1), "sequence length of the synthetic tasks"),
     ("--n-train", "n_train", click.IntRange(1), "number of training examples to use"),
     ("--n-test", "n_test", click.IntRange(1), "number of test examples to use"),
-    ("--cell", "cell", click.Choice(["gru", "lstm"]), "recurrent cell"),
+    ("--cell", "cell", click.Choice(["gru", "lstm", "mingru"]), "recurrent cell"),
     ("--hidden-size", "hidden_size", int, "hidden units per direction"),
     ("--num-layers", "num_layers", int, "stacked recurrent layers"),
     ("--dropout", "dropout", float, "dropout on the cell input, between layers and before the head"),

@@ -39,6 +39,16 @@ def _make_lstm(input_size, c):
                             seed=_sub_seed(c.seed, 1), dropout=c.dropout))
 
 
+def _make_mingru(input_size, c):
+    from .mingru import MinGRU
+    if not c.reset_after:
+        raise ValueError("reset_after: only the GRU has the reset_after=False form; "
+                         "use reset_after=True with cell 'mingru'")
+    return MinGRU(input_size, c.hidden_size, num_layers=c.num_layers,
+                  bidirectional=c.bidirectional, dtype=c.dtype, device=c.device,
+                  seed=_sub_seed(c.seed, 1), dropout=c.dropout)
+
+
 class _HiddenOnly:
     """An LSTM seen through the GRU interface: (y, h_n) out, (dx, dh0) back; the cell state
     stays inside (the head reads h_n only)."""
@@ -46,14 +56,6 @@ class _HiddenOnly:
     def __init__(self, inner):
         self.inner = inner
         self.params, self.grads = inner.params, inner.grads   # the same dicts (ParamBuffer)
-
-    @property
-    def _rng(self):
-        return self.inner._rng
-
-    @_rng.setter
-    def _rng(self, g):
-        self.inner._rng = g
 
     def forward(self, x, h0=None, lengths=None):
         y, (h_n, _) = self.inner.forward(x, None, lengths=lengths)
@@ -74,7 +76,7 @@ class _HiddenOnly:
 
 # cell name -> factory(input_size, ModelConfig) -> recurrent module with the GRU interface
 # (forward(x, h0, lengths) -> (y, h_n), backward(dy, dh_n) -> (dx, dh0)).
-CELLS = {"gru": _make_gru, "lstm": _make_lstm}
+CELLS = {"gru": _make_gru, "lstm": _make_lstm, "mingru": _make_mingru}
 
 
 @dataclass
@@ -189,10 +191,31 @@ class SequenceModel:
         self._cache = None
 
     # ------------------------------------------------------------------ modes
-    def dropout_modules(self):
-        """Every module that draws dropout masks (for reseeding per step)."""
-        mods = [m for m in (self._drop_in, self._drop_out) if m is not None]
-        return mods + [self.modules["rnn"]]
+    # the attribute under which each module keeps the Generator its dropout masks come from
+    _RNG_ATTRS = ("_dropout_rng", "_rng")
+
+    def _dropout_holders(self):
+        """(object, attribute) of every dropout Generator: ours and the cell's."""
+        out = []
+        rnn = self.modules["rnn"]
+        for m in (self._drop_in, self._drop_out, getattr(rnn, "inner", rnn)):
+            if m is None:
+                continue
+            for attr in self._RNG_ATTRS:
+                if isinstance(getattr(m, attr, None), np.random.Generator):
+                    out.append((m, attr))
+                    break
+        return out
+
+    def dropout_rngs(self):
+        """The dropout Generators, in a fixed order."""
+        return [getattr(m, a) for m, a in self._dropout_holders()]
+
+    def set_dropout_rngs(self, make):
+        """Replace the k-th dropout Generator by ``make(k)`` (a trainer reseeds them per step,
+        so the masks are a function of the step and a resumed run draws the same ones)."""
+        for k, (m, a) in enumerate(self._dropout_holders()):
+            setattr(m, a, make(k))
 
     def train(self):
         self.training = True

@@ -217,7 +217,7 @@ def split_validation(ds, fraction, seed):
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def evaluate(model, ds, batch_size=256, quiet=True, desc="eval"):
+def evaluate(model, ds, batch_size=256, quiet=True, desc="eval", stream=None):
     """Loss and accuracy (classify/tag) or MSE (regress) of ``model`` on ``ds``.
 
     Returns {'loss': , 'acc': } or {'loss': , 'mse': }, plus 'n' (examples) and 'tokens'.
@@ -228,7 +228,7 @@ def evaluate(model, ds, batch_size=256, quiet=True, desc="eval"):
     loss_sum, weight_sum, sums, tokens = 0.0, 0, {}, 0
     batches = sorted_batches(ds.lengths, batch_size)
     t0 = time.perf_counter()
-    bar = Progress(len(batches), desc=desc, enabled=not quiet)
+    bar = Progress(len(batches), desc=desc, enabled=not quiet, stream=stream)
     try:
         for idx in batches:
             x, L, y = make_batch(ds, idx, model.dtype)
@@ -293,6 +293,7 @@ class Trainer:
                              f"--resume {self.out_dir} or choose another --out")
         vocab = _state["vocab"] if _state is not None else None
         if datasets is None:
+            self._say(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ...")
             datasets = load_data(data_config(c), vocab=vocab)
         self.test_ds = datasets["test"]
         self.train_ds, self.val_ds = split_validation(datasets["train"], c["val_fraction"], c["seed"])
@@ -411,23 +412,12 @@ class Trainer:
         return ckpt.save_checkpoint(os.path.join(self.out_dir, name), self._arrays(), self._meta())
 
     # ------------------------------------------------------------------ dropout randomness
-    def _dropout_holders(self):
-        """Objects holding a dropout Generator as ``_rng`` (ours and those inside the cell)."""
-        holders = []
-        for m in self.model.dropout_modules():
-            if hasattr(m, "_rng"):
-                holders.append(m)
-            for sub in getattr(m, "dropouts", []) or []:
-                if hasattr(sub, "_rng"):
-                    holders.append(sub)
-        return holders
-
     def _dropout_rngs(self):
-        return [h._rng for h in self._dropout_holders()]
+        return self.model.dropout_rngs()
 
     def _reseed_dropout(self):
-        for k, h in enumerate(self._dropout_holders()):
-            h._rng = np.random.default_rng([self.config["seed"], 13, self.epoch, self.batch, k])
+        seed, epoch, batch = self.config["seed"], self.epoch, self.batch
+        self.model.set_dropout_rngs(lambda k: np.random.default_rng([seed, 13, epoch, batch, k]))
 
     # ------------------------------------------------------------------ the loop
     def fit(self):
@@ -521,7 +511,7 @@ class Trainer:
         value = None
         if self.val_ds is not None:
             v = evaluate(self.model, self.val_ds, c["eval_batch_size"], quiet=self.quiet,
-                         desc="  validation")
+                         desc="  validation", stream=self.stream)
             record.update({f"val_{k}": v[k] for k in ("loss", self.metric)})
             value = v[self.metric]
         self.epoch += 1
@@ -556,7 +546,7 @@ class Trainer:
             arrays, _ = ckpt.load_checkpoint(best_path)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
         res = evaluate(self.model, self.test_ds, c["eval_batch_size"], quiet=self.quiet,
-                       desc="test")
+                       desc="test", stream=self.stream)
         record = {"event": "test", "epoch": self.best_epoch, "step": self.step,
                   "test_loss": res["loss"], f"test_{self.metric}": res[self.metric],
                   "n": res["n"], "elapsed": self.elapsed}

@@ -1,0 +1,193 @@
+"""The trainer: it learns, it resumes bit-identically, and it fails safely (NaN, Ctrl-C, bad
+hyperparameters) without ever losing the last good checkpoint."""
+import hashlib
+import io
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from gruengine import checkpoint as ckpt
+from gruengine.errors import TrainingDivergedError
+from gruengine.schedule import Schedule
+from gruengine.train import (Trainer, epoch_batches, evaluate, resolve_config, read_metrics,
+                             train, load_model)
+
+# a tiny adding problem: seconds per run on 2 shared cores
+TINY = dict(task="adding", seq_len=12, n_train=192, n_test=64, hidden_size=8, batch_size=32,
+            epochs=3, lr=1e-2, warmup=3, eval_batch_size=64, seed=4)
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _model_arrays(path):
+    arrays, _ = ckpt.load_checkpoint(path)
+    return {k: v for k, v in arrays.items() if not k.startswith("rng/")}
+
+
+def test_training_reduces_loss(tmp_path):
+    t = Trainer(dict(TINY, epochs=4), tmp_path / "run", quiet=True)
+    before = evaluate(t.model, t.test_ds, 64)["mse"]
+    summary = t.fit()
+    records = [r for r in read_metrics(tmp_path / "run") if r["event"] == "epoch"]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert summary["test"]["mse"] < 0.5 * before
+    for key in ("step", "train_loss", "train_mse", "val_loss", "val_mse", "lr", "tokens_per_s",
+                "elapsed"):
+        assert key in records[-1]
+    # the run folder: resolved config, both checkpoints, loadable best model
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["hidden_size"] == 8 and cfg["clip"] == 1.0 and cfg["optimizer"] == "adamw"
+    model, meta = load_model(tmp_path / "run" / "best.npz")
+    assert meta["progress"]["epoch"] == summary["best_epoch"]
+    assert evaluate(model, t.test_ds, 64)["mse"] == pytest.approx(summary["test"]["mse"], rel=1e-6)
+
+
+def _interrupt_at(step):
+    def hook(trainer, info):
+        if info["step"] == step:
+            raise KeyboardInterrupt
+    return hook
+
+
+@pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
+def test_resume_is_bit_identical(tmp_path, where):
+    cfg = dict(TINY, dropout=0.25, num_layers=2, bidirectional=True, pooling="mean")
+    train(cfg, tmp_path / "a", quiet=True)
+    per_epoch = 6   # 173 training rows after the 10% validation split, batches of 32
+    if where == "mid_epoch":
+        hooks = {"step": _interrupt_at(per_epoch + 4)}
+    else:
+        def at_epoch(trainer, record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+        hooks = {"epoch": at_epoch}
+    err = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", hooks=hooks, stream=err)
+    assert f"resumable checkpoint saved to {tmp_path / 'b' / 'last.npz'}" in err.getvalue()
+    assert f"gruengine train --resume {tmp_path / 'b'}" in err.getvalue()
+    _, meta = ckpt.load_checkpoint(tmp_path / "b" / "last.npz")
+    assert meta["progress"]["step"] == (per_epoch + 4 if where == "mid_epoch" else per_epoch)
+    summary = train(None, tmp_path / "b", resume=True, quiet=True)
+    a, b = _model_arrays(tmp_path / "a" / "last.npz"), _model_arrays(tmp_path / "b" / "last.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k          # bit-identical weights and Adam moments
+    ra = [r for r in read_metrics(tmp_path / "a") if r["event"] == "epoch"]
+    rb = [r for r in read_metrics(tmp_path / "b") if r["event"] == "epoch"]
+    assert [(r["train_loss"], r["val_mse"]) for r in ra] == [(r["train_loss"], r["val_mse"]) for r in rb]
+    assert summary["steps"] == 3 * per_epoch
+    assert Trainer.resume(tmp_path / "b", quiet=True).batches_per_epoch == per_epoch
+
+
+def test_real_sigint_finishes_the_step_then_saves(tmp_path):
+    def hook(trainer, info):
+        if info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)    # what Ctrl-C delivers
+    err = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, tmp_path / "r", hooks={"step": hook}, stream=err)
+    _, meta = ckpt.load_checkpoint(tmp_path / "r" / "last.npz")
+    assert meta["progress"]["step"] == 5 and meta["progress"]["batch"] == 5
+    assert "interrupted: resumable checkpoint saved" in err.getvalue()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(trainer, loss):
+        return float("nan") if trainer.step == 8 else loss    # in the second epoch
+    snapshot = {}
+
+    def remember(trainer, record):
+        snapshot["sha"] = _sha(tmp_path / "n" / "last.npz")
+    with pytest.raises(TrainingDivergedError) as e:
+        train(TINY, tmp_path / "n", quiet=True, hooks={"loss": poison, "epoch": remember})
+    msg = str(e.value)
+    assert "loss became nan at epoch 2, step 9" in msg and "last good checkpoint kept" in msg
+    assert "\n" not in msg
+    assert _sha(tmp_path / "n" / "last.npz") == snapshot["sha"]
+    _, meta = ckpt.load_checkpoint(tmp_path / "n" / "last.npz")
+    assert meta["progress"]["epoch"] == 1
+
+
+def test_huge_learning_rate_diverges_cleanly(tmp_path):
+    cfg = dict(TINY, lr=1e30, clip=0.0, warmup=0, epochs=2, schedule="none")
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train(cfg, tmp_path / "h", quiet=True)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(lr=-0.1), r"lr: expected a value > 0, got -0.1"),
+    (dict(batch_size=0), r"batch_size: expected a value >= 1, got 0"),
+    (dict(hidden_size=0), r"hidden_size: expected a value >= 1, got 0"),
+    (dict(device="tpu"), r"device: expected one of 'cpu', 'cuda', 'auto', got 'tpu'"),
+    (dict(cell="rnn"), r"cell: expected one of \['gru'"),
+    (dict(pooling="sum"), r"pooling: expected one of \['last', 'mean', 'max'\], got 'sum'"),
+    (dict(optimizer="adagrad"), r"optimizer: expected one of"),
+    (dict(epochs=2.5), r"epochs: expected an integer"),
+    (dict(hiden_size=3), r"config: unknown keys \['hiden_size'\]"),
+])
+def test_bad_hyperparameters_are_named(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(dict(TINY, **bad), tmp_path / "x", quiet=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_refuses_to_overwrite_a_run_and_resume_checks(tmp_path):
+    train(dict(TINY, epochs=1), tmp_path / "o", quiet=True)
+    before = _sha(tmp_path / "o" / "last.npz")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TINY, tmp_path / "o", quiet=True)
+    with pytest.raises(ValueError, match="hidden_size cannot change when resuming"):
+        train(None, tmp_path / "o", resume=True, overrides={"hidden_size": 9})
+    assert _sha(tmp_path / "o" / "last.npz") == before
+    # extending the number of epochs is allowed
+    s = train(None, tmp_path / "o", resume=True, quiet=True, overrides={"epochs": 2})
+    assert s["epochs"] == 2
+
+
+def test_batches_are_a_function_of_seed_and_epoch_and_carry_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    b1 = epoch_batches(lengths, 16, seed=3, epoch=2)
+    b2 = epoch_batches(lengths, 16, seed=3, epoch=2)
+    assert all(np.array_equal(x, y) for x, y in zip(b1, b2))
+    b3 = epoch_batches(lengths, 16, seed=3, epoch=3)
+    assert not all(np.array_equal(x, y) for x, y in zip(b1, b3))
+    flat = np.concatenate(b1)
+    assert np.array_equal(np.sort(flat), np.arange(1000))    # each example once
+    padded = sum(len(b) * lengths[b].max() for b in b1)
+    rand = np.random.default_rng(1).permutation(1000)
+    padded_random = sum(16 * lengths[rand[i:i + 16]].max() for i in range(0, 1000, 16))
+    assert padded < 0.7 * padded_random
+    assert padded < 1.1 * lengths.sum()
+
+
+def test_schedules():
+    s = Schedule("cosine", 0.1, total_steps=110, warmup=10)
+    lrs = [s.lr(i) for i in range(110)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))       # non-increasing after warm-up
+    assert lrs[-1] < 0.001
+    p = Schedule("plateau", 0.1, total_steps=100, mode="max")
+    for metric in (0.5, 0.6, 0.55):
+        p.epoch_end(metric)
+    assert p.lr(50) == pytest.approx(0.05)
+    q = Schedule("plateau", 0.1, total_steps=100, mode="max")
+    q.load_state_dict(json.loads(json.dumps(p.state_dict())))
+    assert q.lr(50) == p.lr(50)
+    with pytest.raises(ValueError, match="schedule: expected one of"):
+        Schedule("linear", 0.1, 10)
+
+
+def test_resolve_config_layers_defaults():
+    c = resolve_config({"task": "adding", "hidden_size": 5})
+    assert c["hidden_size"] == 5 and c["seq_len"] == 50 and c["target"] == 0.01
+    c = resolve_config({"task": "imdb"})
+    assert c["seq_len"] is None and c["target"] is None
