@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 
 from .errors import GruengineError, DataError, CheckpointError, TrainingDivergedError  # noqa: F401
 from .gru import GRU  # noqa: F401
+from .lstm import LSTM  # noqa: F401
 from .layers import Embedding, Linear, Pool, Dropout  # noqa: F401
 from . import losses  # noqa: F401
+from .mingru import MinGRU  # noqa: F401
 from .optim import Adam, AdamW, SGD, clip_grad_norm, clip_grad_value  # noqa: F401
 from .params import ParamBuffer  # noqa: F401
