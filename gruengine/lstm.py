@@ -30,14 +30,12 @@ class _RecurrentStack:
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise ValueError(f"bidirectional: expected True or False, got {bidirectional!r}")
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         self.dtype = check_dtype("dtype", dtype)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
                 or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.device = check_device(device)
         self._kernels = get_kernels(self.device)
@@ -45,21 +43,26 @@ class _RecurrentStack:
             if not hasattr(self._kernels, name):
                 raise ValueError(f"device: {type(self).__name__} has no {self.device!r} kernels "
                                  f"(missing {name}); use device='cpu'")
-        self._rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.hidden_size)
         self.params = {}
         for k in range(self.num_layers):
             in_size = self.input_size if k == 0 else self.num_directions * self.hidden_size
             for sfx in self._suffixes():
                 for name, shape in self._param_shapes(k, in_size).items():
-                    w = self._rng.uniform(-bound, bound, size=shape)
+                    w = rng.uniform(-bound, bound, size=shape)
                     self.params[f"{name}_l{k}{sfx}"] = w.astype(self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # dropout masks come from their own stream, seeded from the same seed (as in GRU)
+        self._dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
         self.training = True
         self._saved = None
 
     def _suffixes(self):
         return ("", "_reverse") if self.bidirectional else ("",)
+
+    def parameters(self):
+        return self.params
 
     def train(self):
         self.training = True
@@ -84,8 +87,8 @@ class _RecurrentStack:
     def _check_x(self, x, lengths):
         check_array("x", x, (None, None, self.input_size), self.dtype)
         B, T, _ = x.shape
-        if T < 1:
-            raise ValueError(f"x: expected at least one timestep, got shape {x.shape}")
+        if B == 0 or T == 0:
+            raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
         return np.ascontiguousarray(x), check_lengths("lengths", lengths, B, T)
 
     def _check_state(self, name, a, B):
@@ -94,15 +97,21 @@ class _RecurrentStack:
             return np.zeros(shape, dtype=self.dtype)
         return np.ascontiguousarray(check_array(name, a, shape, self.dtype))
 
-    def _check_dy(self, dy):
+    def _check_dy(self, dy, have_dh_n):
         if self._saved is None:
-            raise ValueError("backward: called before forward")
+            raise ValueError("backward: no forward pass to differentiate; call forward first")
         B, T = self._saved["shape"]
-        check_array("dy", dy, (B, T, self.num_directions * self.hidden_size), self.dtype)
+        shape = (B, T, self.num_directions * self.hidden_size)
+        if dy is None:
+            if not have_dh_n:
+                raise ValueError(f"dy: expected an array of shape {shape} when the state "
+                                 "gradient is None, got None")
+            return np.zeros(shape, self.dtype)
+        check_array("dy", dy, shape, self.dtype)
         return np.ascontiguousarray(dy)
 
     def _dropout_mask(self, shape):
-        keep = self._rng.random(shape) >= self.dropout
+        keep = self._dropout_rng.random(shape) >= self.dropout
         return (keep / (1.0 - self.dropout)).astype(self.dtype)
 
     def _layer_names(self, k, sfx):
@@ -176,16 +185,17 @@ class LSTM(_RecurrentStack):
     def backward(self, dy, dh_n_dc_n=None):
         """dy (B,T,D*H), optional (dh_n, dc_n) each (L*D,B,H) or None -> dx (B,T,I), (dh0, dc0).
 
+        ``dy`` may be None when a state gradient is given. dy at padding positions is ignored.
         Writes every parameter gradient into ``self.grads`` (overwrites, in place).
         """
-        dy = self._check_dy(dy)
-        s = self._saved
-        B = s["shape"][0]
         if dh_n_dc_n is None:
             dh_n_dc_n = (None, None)
         if not isinstance(dh_n_dc_n, (tuple, list)) or len(dh_n_dc_n) != 2:
             raise ValueError("dh_n_dc_n: expected None or a pair (dh_n, dc_n), "
                              f"got {type(dh_n_dc_n).__name__}")
+        dy = self._check_dy(dy, any(a is not None for a in dh_n_dc_n))
+        s = self._saved
+        B = s["shape"][0]
         dh_n = self._check_state("dh_n_dc_n[0]", dh_n_dc_n[0], B)
         dc_n = self._check_state("dh_n_dc_n[1]", dh_n_dc_n[1], B)
         D, H, kern, p = self.num_directions, self.hidden_size, self._kernels, self.params
@@ -212,3 +222,5 @@ class LSTM(_RecurrentStack):
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp
         return dout, (dh0, dc0)
+
+    __call__ = forward

@@ -79,8 +79,11 @@ class MinGRU(_RecurrentStack):
         return (inp, h_n, gates) if return_gates else (inp, h_n)
 
     def backward(self, dy, dh_n=None):
-        """dy (B,T,D*H), dh_n (L*D,B,H) or None -> dx (B,T,I), dh0 (L*D,B,H); fills ``grads``."""
-        dy = self._check_dy(dy)
+        """dy (B,T,D*H) or None, dh_n (L*D,B,H) or None -> dx (B,T,I), dh0 (L*D,B,H).
+
+        Writes every parameter gradient into ``self.grads`` (overwrites, in place).
+        """
+        dy = self._check_dy(dy, dh_n is not None)
         s = self._saved
         dh_n = self._check_state("dh_n", dh_n, s["shape"][0])
         D, H, kern = self.num_directions, self.hidden_size, self._kernels
@@ -105,3 +108,5 @@ class MinGRU(_RecurrentStack):
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp
         return dout, dh0
+
+    __call__ = forward

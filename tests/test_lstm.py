@@ -148,10 +148,10 @@ def test_layer_bidirectional_two_layers_matches_finite_differences(dropout):
     lengths = np.array([4, 1, 3])
     dy = rng.standard_normal((B, T, 2 * H))
     dh, dc = rng.standard_normal((2, L * 2, B, H))
-    rng_state = lstm._rng.bit_generator.state   # the same dropout masks on every forward
+    rng_state = lstm._dropout_rng.bit_generator.state   # same dropout masks every forward
 
     def loss():
-        lstm._rng.bit_generator.state = rng_state
+        lstm._dropout_rng.bit_generator.state = rng_state
         return layer_loss(lstm, x, h0, c0, lengths, dy, dh, dc)
 
     loss()
@@ -172,7 +172,7 @@ def test_layer_bidirectional_two_layers_matches_finite_differences(dropout):
             num = (lp - lm) / (2 * eps)
             assert abs(g.reshape(-1)[i] - num) <= 1e-6 * max(1.0, abs(num)), (name, i)
     if dropout:
-        lstm._rng.bit_generator.state = rng_state
+        lstm._dropout_rng.bit_generator.state = rng_state
         y_train, _ = lstm.forward(x, (h0, c0), lengths)
         y_eval, _ = lstm.eval().forward(x, (h0, c0), lengths)
         assert not np.allclose(y_train, y_eval)
@@ -206,6 +206,13 @@ def test_layer_gates_state_dict_and_devices_agree():
     assert rel_err(dxa, dxb) < 1e-12
     for k in a.grads:
         assert rel_err(a.grads[k], b.grads[k]) < 1e-11, k
+    # dy may be None when only a state gradient flows back; it then equals dy = 0
+    dh = rng.standard_normal(ha.shape)
+    dx_none, (dh0_none, _) = a.backward(None, (dh, None))
+    dx_zero, (dh0_zero, _) = a.backward(np.zeros_like(ya), (dh, np.zeros_like(ca)))
+    assert np.abs(dx_none).max() > 0
+    np.testing.assert_array_equal(dx_none, dx_zero)
+    np.testing.assert_array_equal(dh0_none, dh0_zero)
     # init: uniform in ±1/sqrt(H), reproducible from the seed
     c = gruengine.LSTM(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
     for k, v in c.params.items():
@@ -224,13 +231,13 @@ def test_layer_rejects_bad_input_with_one_line_messages():
         lstm.forward(x, lengths=np.array([5, 6]))
     with pytest.raises(ValueError, match=r"h0_c0\[1\]: expected shape \(1, 2, 3\)"):
         lstm.forward(x, (None, np.zeros((1, 3, 3), np.float32)))
-    with pytest.raises(ValueError, match="backward: called before forward"):
+    with pytest.raises(ValueError, match="backward: no forward pass to differentiate"):
         lstm.backward(np.zeros((2, 5, 3), np.float32))
     with pytest.raises(ValueError, match=r"missing \['bias_hh_l0'\]"):
         sd = lstm.state_dict()
         del sd["bias_hh_l0"]
         lstm.load_state_dict(sd)
-    with pytest.raises(ValueError, match="dropout: expected a probability"):
+    with pytest.raises(ValueError, match=r"dropout: expected a float in \[0, 1\)"):
         gruengine.LSTM(4, 3, dropout=1.0)
     with pytest.raises(ValueError, match="hidden_size: expected an integer >= 1"):
         gruengine.LSTM(4, 0)

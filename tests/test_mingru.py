@@ -157,10 +157,10 @@ def test_layer_bidirectional_two_layers_matches_finite_differences(dropout):
     lengths = np.array([2, 4, 1])
     dy = rng.standard_normal((B, T, 2 * H))
     dh = rng.standard_normal((L * 2, B, H))
-    rng_state = m._rng.bit_generator.state    # the same dropout masks on every forward
+    rng_state = m._dropout_rng.bit_generator.state    # same dropout masks every forward
 
     def loss():
-        m._rng.bit_generator.state = rng_state
+        m._dropout_rng.bit_generator.state = rng_state
         y, h_n = m.forward(x, h0, lengths)
         return np.sum(y * dy) + np.sum(h_n * dh)
 
@@ -219,6 +219,12 @@ def test_layer_devices_gates_names_and_state_dict():
     assert rel_err(dxa, dxb) < 1e-12 and rel_err(dha, dhb) < 1e-12
     for k in a.grads:
         assert rel_err(a.grads[k], b.grads[k]) < 1e-11, k
+    dh = rng.standard_normal(ha.shape)
+    dx_none, dh0_none = a.backward(None, dh)
+    dx_zero, dh0_zero = a.backward(np.zeros_like(ya), dh)
+    assert np.abs(dx_none).max() > 0
+    np.testing.assert_array_equal(dx_none, dx_zero)
+    np.testing.assert_array_equal(dh0_none, dh0_zero)
 
 
 def test_layer_rejects_bad_input():
