@@ -15,7 +15,7 @@ TILE = 16
 TILE_PAD = 17
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gemm_kernel(A, B, C, bias, M, N, K, trans_a, trans_b, accumulate, use_bias):
     # C: (M, N) = [C +] op(A) @ op(B) [+ bias]
     # op(A): (M, K), A is (M, K), or (K, M) when trans_a
@@ -61,7 +61,7 @@ def gemm_kernel(A, B, C, bias, M, N, K, trans_a, trans_b, accumulate, use_bias):
             C[m, n] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def colsum_kernel(A, out, M, N, accumulate):
     # A: (M, N) -> out: (N,) = [out +] sum over rows; one thread owns one column
     start = cuda.grid(1)
@@ -76,7 +76,7 @@ def colsum_kernel(A, out, M, N, accumulate):
             out[n] = s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def transpose_kernel(A, out, M, N):
     # A: (M, N) -> out: (N, M)
     start = cuda.grid(1)
@@ -87,7 +87,7 @@ def transpose_kernel(A, out, M, N):
         out[n, m] = A[m, n]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill_kernel(out, value, n):
     # out: (n,) flat
     start = cuda.grid(1)
@@ -165,7 +165,7 @@ def _is_contiguous(a):
 
 # ----------------------------------------------------------------------------- sums
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sum_kernel(a, partial, square):
     # a: (n,) flat  -> partial: (blocks,) float64 per-block sums of a (or of a*a)
     start = cuda.grid(1)

@@ -38,7 +38,7 @@ def time_index(s, length, reverse):
     return length - 1 - s if reverse else s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gru_step_forward_kernel(Gx, WT, b_hh, src, h_prev, h_next, rh_out, y, cache,
                             lengths, s, reverse, mode):
     # Gx: (B, T, 3H) = x W_ih^T + b_ih   WT: (H, 3H) = W_hh^T   b_hh: (3H,)
@@ -112,7 +112,7 @@ def gru_step_forward_kernel(Gx, WT, b_hh, src, h_prev, h_next, rh_out, y, cache,
     h_next[b, j] = h
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gru_step_backward_kernel(dy, dh, cache, lengths, s, reverse, dGx, dGh, dG_step, base,
                              d_rh, mode):
     # dy: (B, T, H)  dh: (B, H) dL/dh after step s  cache: (6, B, T, H)  lengths: (B,)

@@ -25,7 +25,7 @@ POOL_MODES = ("last", "mean", "max")
 
 # ----------------------------------------------------------------------------- kernels
 
-@cuda.jit
+@cuda.jit(cache=True)
 def embedding_forward_kernel(ids, W, out):
     # ids: (N,) int64   W: (V, E)   out: (N, E)
     E = W.shape[1]
@@ -37,7 +37,7 @@ def embedding_forward_kernel(ids, W, out):
         out[n, e] = W[ids[n], e]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def embedding_backward_kernel(dy, order, starts, rows, padding_idx, dW):
     # dy: (N, E)   order: (N,) token positions sorted by id (stable)
     # starts: (U+1,) segment bounds in order   rows: (U,) the id of each segment   dW: (V, E)
@@ -57,7 +57,7 @@ def embedding_backward_kernel(dy, order, starts, rows, padding_idx, dW):
         dW[rows[u], e] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def pool_forward_kernel(y, lengths, mode, p, idx):
     # y: (B, T, H)  lengths: (B,)  mode: 0 last, 1 mean, 2 max  -> p: (B, H), idx: (B, H) int64
     B = y.shape[0]
@@ -88,7 +88,7 @@ def pool_forward_kernel(y, lengths, mode, p, idx):
             idx[b, h] = arg
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def pool_backward_kernel(dp, lengths, mode, idx, dy):
     # dp: (B, H)  lengths: (B,)  idx: (B, H) from pool_forward  -> dy: (B, T, H), zero at padding
     B = dy.shape[0]
@@ -115,7 +115,7 @@ def pool_backward_kernel(dp, lengths, mode, idx, dy):
         dy[b, t, h] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_xent_kernel(logits, targets, weight, use_weight, inv_wsum, dlogits, partial):
     # logits: (N, C)  targets: (N,) int64  weight: (N,) (ignored unless use_weight)
     # -> dlogits: (N, C) ; partial: (blocks,) float64 sums of w_i * (lse_i - logit_i[t_i])
@@ -145,7 +145,7 @@ def softmax_xent_kernel(logits, targets, weight, use_weight, inv_wsum, dlogits, 
     launch.block_reduce_store(acc, partial)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def bce_kernel(logits, targets, weight, use_weight, inv_wsum, dlogits, partial):
     # logits, targets: (N,)  weight: (N,)  -> dlogits: (N,) ; partial: (blocks,) float64
     one = logits.dtype.type(1)
@@ -165,7 +165,7 @@ def bce_kernel(logits, targets, weight, use_weight, inv_wsum, dlogits, partial):
     launch.block_reduce_store(acc, partial)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def mse_kernel(pred, target, weight, use_weight, inv_denom, dpred, partial):
     # pred, target: (N, K)  weight: (N,)  -> dpred: (N, K) ; partial: (blocks,) float64
     K = pred.shape[1]
@@ -182,7 +182,7 @@ def mse_kernel(pred, target, weight, use_weight, inv_denom, dpred, partial):
     launch.block_reduce_store(acc, partial)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def multiply_kernel(a, b, out):
     # a, b, out: (n,) flat
     start = cuda.grid(1)

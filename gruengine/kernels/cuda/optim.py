@@ -15,7 +15,7 @@ from . import blas, launch
 __all__ = ["adam_step", "sgd_step", "sum_of_squares"]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, grad_scale,
                 step_size, sqrt_bc2):
     # param, grad, m, v: (N,) ; step_size = lr / (1 - beta1**step), sqrt_bc2 = sqrt(1 - beta2**step)
@@ -38,7 +38,7 @@ def adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decouple
         v[i] = v_new
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sgd_kernel(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, grad_scale,
                first_step):
     # param, grad: (N,)  buf: (N,) momentum buffer (a dummy when momentum == 0)
