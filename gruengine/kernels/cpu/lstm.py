@@ -9,45 +9,44 @@
 Rows are processed in order of decreasing length (``perm``), so the rows active at step s are
 the prefix ``[:nb]`` and the recurrent GEMM shrinks with the sequences. State arrays kept
 for backward (``hs``, ``cs``, ``acts``) are indexed [step, sorted row]; ``y``/``dx`` use the
-caller's [row, time] layout. Results and subnormals: every value a kernel stores is flushed
-to zero below the dtype's smallest normal number, so long sequences never crawl on denormals.
-"""
-import math
+caller's [row, time] layout. Every value a kernel stores is flushed to zero below the dtype's
+smallest normal number, so long sequences never crawl on denormals.
 
+Activations come from ``_gru_math`` (shared with the GRU): libm in float64, a vectorizable
+rational tanh/sigmoid in float32 (error < 3.2e-7); ``one``/``tiny`` arrive as scalars of the
+array dtype so float32 math stays float32. Each step kernel exists as a ``prange`` version and
+a serial one from the same row function; steps with fewer than ``PARALLEL_MIN_ELEMENTS`` gate
+elements take the serial one (a parallel launch next to OpenBLAS's threads costs more than
+the work, see ``_gru_cells``).
+"""
 import numpy as np
 from numba import njit, prange
 
 from ...reference.lstm import check_lstm_args, check_lstm_grads
+from ._gru_math import sigmoid_, tanh_
 
 __all__ = ["lstm_forward", "lstm_backward", "lstm_gates"]
 
 
-@njit(cache=True, inline="always")
-def _sigmoid(a):
-    if a >= 0:
-        return 1.0 / (1.0 + math.exp(-a))
-    e = math.exp(a)
-    return e / (1.0 + e)
-
-
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _ftz(v, tiny):
-    return 0.0 if abs(v) < tiny else v
+    # flush subnormals to an exact zero, staying in v's dtype
+    return v if abs(v) >= tiny else v - v
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y):
     # one batch row j (sorted order) of the fused forward gate kernel; writes only row j
     H = c_prev.shape[1]
     b = perm[j]
     t = lengths[b] - 1 - s if reverse else s
     for u in range(H):
-        i = _sigmoid(Gx[b, t, u] + gh[j, u])
-        f = _sigmoid(Gx[b, t, H + u] + gh[j, H + u])
-        g = math.tanh(Gx[b, t, 2 * H + u] + gh[j, 2 * H + u])
-        o = _sigmoid(Gx[b, t, 3 * H + u] + gh[j, 3 * H + u])
+        i = sigmoid_(Gx[b, t, u] + gh[j, u])
+        f = sigmoid_(Gx[b, t, H + u] + gh[j, H + u])
+        g = tanh_(Gx[b, t, 2 * H + u] + gh[j, 2 * H + u])
+        o = sigmoid_(Gx[b, t, 3 * H + u] + gh[j, 3 * H + u])
         c = _ftz(f * c_prev[j, u] + i * g, tiny)
-        h = _ftz(o * math.tanh(c), tiny)
+        h = _ftz(o * tanh_(c), tiny)
         act[j, u] = i
         act[j, H + u] = f
         act[j, 2 * H + u] = g
@@ -57,7 +56,7 @@ def _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_o
         y[b, t, u] = h
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _lstm_fwd_step(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h_out, c_out, act, y):
     # Gx: (B, T, 4H) input projections + both biases, [row, time]
     # gh: (B, 4H) h_prev @ W_hh.T, rows [:nb] valid, sorted order
@@ -67,7 +66,7 @@ def _lstm_fwd_step(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h_out, c
         _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _lstm_fwd_step_serial(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h_out, c_out,
                           act, y):
     # same shapes as _lstm_fwd_step; for steps too small to pay for a parallel launch
@@ -75,8 +74,9 @@ def _lstm_fwd_step_serial(Gx, gh, c_prev, perm, lengths, s, reverse, nb, tiny, h
         _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_out, act, y)
 
 
-@njit(cache=True, inline="always")
-def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx):
+@njit(inline="always")
+def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, one, tiny, dh, dc, dG,
+                  dGx):
     # one batch row j (sorted order) of the fused backward gate kernel; writes only row j
     # (of dh/dc/dG) and row perm[j] of dGx
     H = c_cur.shape[1]
@@ -88,12 +88,12 @@ def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh
         g = act[j, 2 * H + u]
         o = act[j, 3 * H + u]
         dh_t = dh[j, u] + dy[b, t, u]
-        tc = math.tanh(c_cur[j, u])
-        dc_t = dc[j, u] + dh_t * o * (1.0 - tc * tc)
-        da_i = _ftz(dc_t * g * i * (1.0 - i), tiny)
-        da_f = _ftz(dc_t * c_prev[j, u] * f * (1.0 - f), tiny)
-        da_g = _ftz(dc_t * i * (1.0 - g * g), tiny)
-        da_o = _ftz(dh_t * tc * o * (1.0 - o), tiny)
+        tc = tanh_(c_cur[j, u])
+        dc_t = dc[j, u] + dh_t * o * (one - tc * tc)
+        da_i = _ftz(dc_t * g * i * (one - i), tiny)
+        da_f = _ftz(dc_t * c_prev[j, u] * f * (one - f), tiny)
+        da_g = _ftz(dc_t * i * (one - g * g), tiny)
+        da_o = _ftz(dh_t * tc * o * (one - o), tiny)
         dG[j, u] = da_i
         dG[j, H + u] = da_f
         dG[j, 2 * H + u] = da_g
@@ -105,22 +105,25 @@ def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh
         dc[j, u] = _ftz(dc_t * f, tiny)
 
 
-@njit(parallel=True, cache=True)
-def _lstm_bwd_step(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, tiny, dh, dc, dG, dGx):
+@njit(parallel=True, cache=True, error_model="numpy")
+def _lstm_bwd_step(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, one, tiny, dh, dc, dG,
+                   dGx):
     # dy: (B, T, H) [row, time]     act: (B, 4H) activated gates of step s, sorted order
     # c_prev, c_cur: (B, H) cell state before / after step s, sorted order
     # dh, dc: (B, H) adjoints of h, c after step s (sorted); dc is overwritten with dc_{s-1}
     # dG: (B, 4H) pre-activation gradients of step s (sorted)   dGx: (B, T, 4H) same, [row, time]
     for j in prange(nb):
-        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx)
+        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, one, tiny, dh, dc, dG,
+                      dGx)
 
 
-@njit(cache=True)
-def _lstm_bwd_step_serial(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, tiny, dh, dc,
-                          dG, dGx):
+@njit(cache=True, error_model="numpy")
+def _lstm_bwd_step_serial(dy, act, c_prev, c_cur, perm, lengths, s, reverse, nb, one, tiny, dh,
+                          dc, dG, dGx):
     # same shapes as _lstm_bwd_step; for steps too small to pay for a parallel launch
     for j in range(nb):
-        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, tiny, dh, dc, dG, dGx)
+        _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, one, tiny, dh, dc, dG,
+                      dGx)
 
 
 # Below this many gate elements (rows x H) per step a parallel launch costs more than it
@@ -146,7 +149,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    tiny = float(np.finfo(dt).tiny)
+    tiny = dt.type(np.finfo(dt).tiny)
     perm, T_run = _order(lengths)
     sorted_len = lengths[perm]
     Gx = (np.ascontiguousarray(x).reshape(B * T, I) @ W_ih.T).reshape(B, T, 4 * H)
@@ -184,7 +187,7 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    tiny = float(np.finfo(dt).tiny)
+    one, tiny = dt.type(1), dt.type(np.finfo(dt).tiny)
     perm, sorted_len, hs, cs, acts = (cache[k] for k in ("perm", "sorted_len", "hs", "cs", "acts"))
     dy = np.ascontiguousarray(dy)
     dh = np.ascontiguousarray(dh_n[perm])
@@ -194,8 +197,8 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     for s in range(cache["T_run"] - 1, -1, -1):
         nb = int(np.count_nonzero(sorted_len > s))
         step = _lstm_bwd_step if nb * H >= PARALLEL_MIN_ELEMENTS else _lstm_bwd_step_serial
-        step(dy, acts[s], cs[s], cs[s + 1], perm, lengths, s, reverse, nb, tiny, dh, dc, dGs[s],
-             dGx)
+        step(dy, acts[s], cs[s], cs[s + 1], perm, lengths, s, reverse, nb, one, tiny, dh, dc,
+             dGs[s], dGx)
         np.matmul(dGs[s, :nb], W_hh, out=dh[:nb])
     dGx2 = dGx.reshape(B * T, 4 * H)
     dx = (dGx2 @ W_ih).reshape(B, T, I)
