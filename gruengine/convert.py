@@ -78,7 +78,8 @@ def describe(state_dict):
                              f"bias_ih_l{k}{sfx}": (GH,), f"bias_hh_l{k}{sfx}": (GH,)})
     missing = sorted(set(expected) - set(state_dict))
     if missing:
-        raise ValueError(f"state_dict: keys do not match a {L}-layer {cell.upper()}; missing {missing}")
+        raise ValueError(f"state_dict: keys do not match a {L}-layer {cell.upper()}; "
+                         f"missing {missing}")
     for name, shape in expected.items():
         check_array(f"state_dict[{name!r}]", state_dict[name], shape, w_hh.dtype)
     return cell, L, D == 2, I, H
@@ -134,13 +135,15 @@ def from_keras(layers, reset_after=True):
     D = None
     for k, weights in enumerate(layers):
         if not isinstance(weights, (list, tuple)) or len(weights) not in (3, 6):
+            got = (f"{len(weights)} arrays" if isinstance(weights, (list, tuple))
+                   else type(weights).__name__)
             raise ValueError(f"layers[{k}]: expected 3 arrays [kernel, recurrent_kernel, bias] "
-                             f"or 6 (bidirectional), got "
-                             f"{len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__}")
+                             f"or 6 (bidirectional), got {got}")
         if D is None:
             D = len(weights) // 3
         elif len(weights) // 3 != D:
-            raise ValueError(f"layers[{k}]: expected {3 * D} arrays like layer 0, got {len(weights)}")
+            raise ValueError(f"layers[{k}]: expected {3 * D} arrays like layer 0, "
+                             f"got {len(weights)}")
         for d, sfx in enumerate(("", "_reverse")[:D]):
             kernel, recurrent, bias = weights[3 * d:3 * d + 3]
             where = f"layers[{k}][{3 * d + 1}]"

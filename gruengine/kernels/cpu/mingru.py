@@ -62,7 +62,8 @@ def _mingru_fwd_scan(G, h0, lengths, reverse, tiny, y, h_n):
                 u = u0 + q
                 a = np.float64(G[b, t, u])
                 k = np.float64(G[b, t, H + u])
-                sp = _softplus(a)                     # log(1-z) = -sp, log z = a - sp
+                e = math.exp(-abs(a))
+                sp = max(a, 0.0) + math.log1p(e)      # softplus(a): log(1-z) = -sp, log z = a - sp
                 log_g = math.log(k + 0.5) if k >= 0 else k - _softplus(k)
                 lb = a - sp + log_g
                 if logP[q] == -np.inf:
@@ -70,7 +71,7 @@ def _mingru_fwd_scan(G, h0, lengths, reverse, tiny, y, h_n):
                 else:
                     la = logP[q] - sp
                     logP[q] = max(la, lb) + math.log1p(math.exp(-abs(la - lb)))
-                A[q] *= math.exp(-sp)
+                A[q] *= e / (1.0 + e) if a >= 0 else 1.0 / (1.0 + e)     # 1 - z = σ(-a)
                 y[b, t, u] = _ftz(math.exp(logP[q]) + A[q] * h0[b, u], tiny)
         for q in range(n):
             h_n[b, u0 + q] = y[b, 0 if reverse else L - 1, u0 + q]
