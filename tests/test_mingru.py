@@ -49,7 +49,7 @@ def test_log_space_scan_matches_sequential_loop(reverse):
         assert np.all(y[b, L:] == 0) and np.all(g["dx"][b, L:] == 0)
 
 
-def test_log_space_scan_is_stable_on_long_saturated_sequences():
+def test_log_space_scan_is_stable_on_long_saturated_sequences(monkeypatch):
     # z near 0 and near 1, T = 600: the cumulative products A_t underflow far below float64's
     # range, yet the log-space scan agrees with the loop (which never forms A_t).
     rng = np.random.default_rng(3)
@@ -64,10 +64,12 @@ def test_log_space_scan_is_stable_on_long_saturated_sequences():
     assert rel_err(y, ys) < 1e-10
     for k in GRADS:
         assert rel_err(g[k], gs[k]) < 1e-9, k
-    (yc, hnc), gc = run(cpu.mingru_forward, cpu.mingru_backward, args, lengths, False, dy, dh)
-    assert rel_err(yc, ys) < 1e-12
-    for k in GRADS:
-        assert rel_err(gc[k], gs[k]) < 1e-11, k
+    for scan in ("log", "linear"):
+        monkeypatch.setattr(cpu, "SCAN", scan)
+        (yc, hnc), gc = run(cpu.mingru_forward, cpu.mingru_backward, args, lengths, False, dy, dh)
+        assert rel_err(yc, ys) < 1e-12
+        for k in GRADS:
+            assert rel_err(gc[k], gs[k]) < 1e-11, k
 
 
 @pytest.mark.parametrize("impl", ["scan", "sequential"])
@@ -104,7 +106,9 @@ def test_reference_matches_finite_differences(impl, reverse):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("H", [17, 40])      # 40: two hidden chunks per row, the last partial
 @pytest.mark.parametrize("reverse", [False, True])
-def test_cpu_kernels_match_reference(dtype, tol, H, reverse):
+@pytest.mark.parametrize("scan", ["log", "linear"])
+def test_cpu_kernels_match_reference(dtype, tol, H, reverse, scan, monkeypatch):
+    monkeypatch.setattr(cpu, "SCAN", scan)
     rng = np.random.default_rng(H + 3 * reverse + (dtype == np.float32))
     B, T, I = 3, 6, 5
     args, lengths = make_inputs(rng, B, T, I, H, dtype, lengths=[2, 6, 1])

@@ -4,10 +4,11 @@
 * The recurrence has no matrix product (gates read only x_t), so a Numba kernel scans over time
   with ``prange`` over (batch row, chunk of ``_CHUNK`` hidden units): every job owns its row's
   slice of y, h_n, dG and dh0.
-* Forward: the log-space scan evaluated step by step, in float64 whatever the storage dtype:
-  ``logP_t = logaddexp(log a_t + logP_{t-1}, log b_t)`` (the log-cumsum-exp of the reference,
-  term by term, without its growing cumsum offset) and ``A_t = a_t A_{t-1}`` for the h0 term;
-  ``h_t = exp(logP_t) + A_t h0``.
+* Forward (``SCAN = "log"``, the default): the log-space scan evaluated step by step, in float64
+  whatever the storage dtype: ``logP_t = logaddexp(log a_t + logP_{t-1}, log b_t)`` (the
+  log-cumsum-exp of the reference, term by term, without its growing cumsum offset) and
+  ``A_t = a_t A_{t-1}`` for the h0 term; ``h_t = exp(logP_t) + A_t h0``.
+  ``SCAN = "linear"``: ``h_t = h_{t-1} + z_t (h̃_t - h_{t-1})``, also in float64.
 * Backward: the adjoint recurrence ``dh_{t-1} = a_t dh_t + dy_{t-1}`` has terms of either sign,
   and with 0 < a_t < 1 it is contractive, so it runs as a plain reverse linear scan.
 * ``dX``, ``dW``, ``db`` are single GEMMs/sums after the scan. Stored values are flushed to zero
@@ -23,6 +24,11 @@ from ...reference.mingru import check_mingru_args, check_mingru_grads
 __all__ = ["mingru_forward", "mingru_backward", "mingru_gates"]
 
 _CHUNK = 32   # hidden units per prange job: contiguous loads, enough jobs for small batches
+
+# Forward scan: "log" evaluates the log-space scan (logaddexp per step, ~6 libm calls per
+# element); "linear" runs the same recurrence as h += z (h̃ - h) (2 exp per element, ~7x faster
+# on one core, equal results to float32 rounding). Both are tested against the reference.
+SCAN = "log"
 
 
 @njit(cache=True, inline="always")
@@ -75,6 +81,34 @@ def _mingru_fwd_scan(G, h0, lengths, reverse, tiny, y, h_n):
                 y[b, t, u] = _ftz(math.exp(logP[q]) + A[q] * h0[b, u], tiny)
         for q in range(n):
             h_n[b, u0 + q] = y[b, 0 if reverse else L - 1, u0 + q]
+
+
+@njit(parallel=True, cache=True)
+def _mingru_fwd_scan_linear(G, h0, lengths, reverse, tiny, y, h_n):
+    # same shapes as _mingru_fwd_scan; h_t = h_{t-1} + z_t (h̃_t - h_{t-1}) in float64, a convex
+    # combination per step: sequentially as stable as the log-space form, 2 exp per element
+    B, T, H2 = G.shape
+    H = H2 // 2
+    nch = (H + _CHUNK - 1) // _CHUNK
+    for job in prange(B * nch):
+        b = job // nch
+        u0 = (job % nch) * _CHUNK
+        n = min(_CHUNK, H - u0)
+        h = np.empty(n)
+        for q in range(n):
+            h[q] = h0[b, u0 + q]
+        L = lengths[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            for q in range(n):
+                u = u0 + q
+                z = _sigmoid(np.float64(G[b, t, u]))
+                k = np.float64(G[b, t, H + u])
+                h_tilde = k + 0.5 if k >= 0 else _sigmoid(k)
+                h[q] = _ftz(h[q] + z * (h_tilde - h[q]), tiny)
+                y[b, t, u] = h[q]
+        for q in range(n):
+            h_n[b, u0 + q] = h[q]
 
 
 @njit(parallel=True, cache=True)
@@ -131,8 +165,11 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     G += bias
     y = np.zeros((B, T, H), dtype=x.dtype)
     h_n = np.empty((B, H), dtype=x.dtype)
-    _mingru_fwd_scan(G, np.ascontiguousarray(h0), lengths, bool(reverse),
-                     float(np.finfo(x.dtype).tiny), y, h_n)
+    if SCAN not in ("log", "linear"):
+        raise ValueError(f"SCAN: expected 'log' or 'linear', got {SCAN!r}")
+    scan = _mingru_fwd_scan if SCAN == "log" else _mingru_fwd_scan_linear
+    scan(G, np.ascontiguousarray(h0), lengths, bool(reverse), float(np.finfo(x.dtype).tiny),
+         y, h_n)
     return y, h_n, {"G": G, "y": y, "lengths": lengths, "reverse": bool(reverse)}
 
 
