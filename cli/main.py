@@ -25,6 +25,7 @@ def _register():
     # one import per command module; each adds its commands to ``app``
     from . import data  # noqa: F401
     from . import train, plot  # noqa: F401
+    from . import inspect  # noqa: F401
 
 
 def main(argv=None):

@@ -1,0 +1,244 @@
+"""Gate inspection: record_gates vs an independent NumPy GRU, retention curves vs direct
+products, and the ``gruengine inspect`` command on a checkpoint trained here."""
+import os
+
+import numpy as np
+import pytest
+
+import gruengine
+from gruengine import inspect as gi
+from gruengine.models import SequenceModel
+
+
+# ---------------------------------------------------------------------------------- references
+def _sig(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def numpy_gru_gates(x, lengths, sd, layer=0, reverse=False):
+    """A plain per-step GRU (reset_after=True, PyTorch gate order r, z, n) in float64.
+    x (B, T, I) -> dict of r, z, n, h (B, T, H), zero past each length."""
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    W_ih, W_hh = sd["weight_ih" + sfx].astype(np.float64), sd["weight_hh" + sfx].astype(np.float64)
+    b_ih, b_hh = sd["bias_ih" + sfx].astype(np.float64), sd["bias_hh" + sfx].astype(np.float64)
+    B, T, _ = x.shape
+    H = W_hh.shape[1]
+    out = {k: np.zeros((B, T, H)) for k in "rznh"}
+    for b in range(B):                       # reference: one sequence at a time, step by step
+        h = np.zeros(H)
+        steps = range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])
+        for t in steps:
+            gx = W_ih @ x[b, t] + b_ih
+            gh = W_hh @ h + b_hh
+            r = _sig(gx[:H] + gh[:H])
+            z = _sig(gx[H:2 * H] + gh[H:2 * H])
+            n = np.tanh(gx[2 * H:] + r * gh[2 * H:])
+            h = (1 - z) * n + z * h
+            for k, v in zip("rznh", (r, z, n, h)):
+                out[k][b, t] = v
+    return out
+
+
+def _tiny_token_model(rng, bidirectional=False, num_layers=1):
+    return SequenceModel({"input": "tokens", "vocab_size": 30, "embed_dim": 5, "hidden_size": 6,
+                          "num_layers": num_layers, "bidirectional": bidirectional,
+                          "task": "classify", "num_outputs": 2, "dtype": "float64",
+                          "seed": int(rng.integers(1 << 30)), "dropout": 0.2})
+
+
+# ---------------------------------------------------------------------------------- library
+def test_record_gates_matches_numpy_gru_from_state_dict():
+    rng = np.random.default_rng(11)
+    model = _tiny_token_model(rng, bidirectional=True, num_layers=2)
+    B, T = 3, 9
+    ids = rng.integers(1, 30, size=(B, T)).astype(np.int64)
+    lengths = np.array([9, 4, 7])
+    model.train()
+    gates = gi.record_gates(model, ids, lengths)
+    assert model.training                           # mode restored
+    sd = model.state_dict()
+    x = sd["embedding.weight"][ids]                 # (B, T, E), independent of the Embedding
+    rnn = {k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")}
+    ref_f = numpy_gru_gates(x, lengths, rnn, 0)
+    ref_r = numpy_gru_gates(x, lengths, rnn, 0, reverse=True)
+    for key, ref in (("l0", ref_f), ("l0_reverse", ref_r)):
+        for g in "rznh":
+            np.testing.assert_allclose(gates[key][g], ref[g], rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{key} {g}")
+    # layer 1 reads both directions of layer 0, no dropout (eval mode)
+    x1 = np.concatenate([ref_f["h"], ref_r["h"]], axis=2)
+    ref1 = numpy_gru_gates(x1, lengths, rnn, 1)
+    for g in "rznh":
+        np.testing.assert_allclose(gates["l1"][g], ref1[g], rtol=1e-9, atol=1e-12)
+
+
+def test_record_gates_bare_layers():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 3))
+    lengths = np.array([6, 3])
+    gru = gruengine.GRU(3, 4, dtype=np.float64, seed=1)
+    g = gi.record_gates(gru, x, lengths)
+    ref = numpy_gru_gates(x, lengths, gru.state_dict())
+    np.testing.assert_allclose(g["l0"]["z"], ref["z"], rtol=1e-9, atol=1e-12)
+    lstm = gruengine.LSTM(3, 4, dtype=np.float64, seed=2)
+    gl = gi.record_gates(lstm, x, lengths)["l0"]
+    assert gi.cell_of(gl) == "lstm"
+    # the LSTM cell update c_t = f c_{t-1} + i g holds on the recorded values
+    c_prev = np.concatenate([np.zeros((2, 1, 4)), gl["c"][:, :-1]], axis=1)
+    np.testing.assert_allclose(gl["c"][0], (gl["f"] * c_prev + gl["i"] * gl["g"])[0], atol=1e-12)
+    np.testing.assert_array_equal(gi.keep_gate(gl), gl["f"])
+    mg = gruengine.MinGRU(3, 4, dtype=np.float64, seed=3)
+    gm = gi.record_gates(mg, x, lengths)["l0"]
+    np.testing.assert_allclose(gi.keep_gate(gm), 1 - gm["z"])
+    with pytest.raises(ValueError, match="inputs: expected shape"):
+        gi.record_gates(gru, rng.standard_normal((2, 6, 5)), lengths)
+
+
+def test_retention_curve_direct_products():
+    rng = np.random.default_rng(3)
+    T, H = 7, 5
+    z = rng.uniform(0.05, 1.0, (T, H))
+    R = gi.retention_curve(z)
+    Rr = gi.retention_curve(z, reverse=True)
+    for t in range(T):
+        np.testing.assert_allclose(R[t], np.prod(z[t + 1:], axis=0), rtol=1e-13)
+        np.testing.assert_allclose(Rr[t], np.prod(z[:t], axis=0), rtol=1e-13)
+    # batched with lengths: each row equals the 2-D curve of its valid part, zero after
+    zb = rng.uniform(0.05, 1.0, (3, T, H)).astype(np.float32)
+    L = np.array([7, 2, 5])
+    Rb = gi.retention_curve(zb, L)
+    for b in range(3):
+        np.testing.assert_allclose(Rb[b, :L[b]], gi.retention_curve(zb[b, :L[b]]), rtol=1e-12)
+        assert not Rb[b, L[b]:].any()
+    # horizon: trailing steps whose retention stays >= 0.5, counted directly
+    Rm = R.mean(axis=1)
+    direct = 0
+    while direct < T and Rm[T - 1 - direct] >= 0.5:
+        direct += 1
+    assert gi.retention_horizon(Rm) == direct
+    with pytest.raises(ValueError, match="z: expected gate values in"):
+        gi.retention_curve(z + 1.5)
+    with pytest.raises(ValueError, match="z: expected a 2-D"):
+        gi.retention_curve(z[0])
+
+
+def test_summarize_drops_and_order():
+    rng = np.random.default_rng(8)
+    T, H = 12, 4
+    z = rng.uniform(0.9, 1.0, (T, H))
+    where = int(rng.integers(2, T - 1))
+    z[where] = rng.uniform(0.0, 0.1, H)             # the gate opens everywhere at one step
+    g = {"r": z, "z": z, "n": z, "h": z}
+    s = gi.summarize(g)
+    assert s["drops"][0][0] == where
+    assert s["horizon"] <= T - where                # the state before the write is gone
+    totals = s["retention"].sum(axis=0)
+    assert np.all(np.diff(totals[s["order"]]) <= 0)
+
+
+# ---------------------------------------------------------------------------------- the CLI
+@pytest.fixture(scope="module")
+def adding_ckpt(tmp_path_factory):
+    from gruengine.train import train
+    out = tmp_path_factory.mktemp("run")
+    train({"task": "adding", "seq_len": 16, "n_train": 64, "n_test": 16, "hidden_size": 8,
+           "epochs": 1, "batch_size": 32, "val_fraction": 0.25}, str(out), quiet=True)
+    return os.path.join(out, "best.npz")
+
+
+def _run(argv, capsys):
+    from cli.main import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def test_cli_inspect_adding_writes_npz_and_png(adding_ckpt, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "insp"
+    code, stdout, err = _run(["inspect", adding_ckpt, "adding:4", "--out", str(out)], capsys)
+    assert code == 0, err
+    png = out / "gates.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 300_000
+    with np.load(out / "gates.npz", allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    from gruengine.data.synthetic import adding_problem
+    from gruengine.train import load_model
+    X, _ = adding_problem(1, 16, seed=4)
+    assert d["marks"].tolist() == np.nonzero(X[0, :, 1])[0].tolist()
+    np.testing.assert_array_equal(d["inputs"], X[0])
+    # the saved gates are those of the model on that input, and the curve their products
+    model, _ = load_model(adding_ckpt)
+    g = gi.record_gates(model, X, None)["l0"]
+    for k in "rznh":
+        np.testing.assert_array_equal(d[k], g[k][0])
+    np.testing.assert_allclose(d["retention"], gi.retention_curve(g["z"][0]), rtol=1e-12)
+    assert "marked steps " + ", ".join(map(str, d["marks"])) in stdout
+    assert f"retention horizon: the state of the last {gi.retention_horizon(d['retention'].mean(1))}" in stdout
+
+
+def test_cli_inspect_npz_row_and_errors(adding_ckpt, tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    X = rng.random((3, 10, 2)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", X=X, y=rng.random((3, 1)).astype(np.float32),
+             lengths=np.array([10, 6, 8]))
+    code, stdout, err = _run(["inspect", adding_ckpt, f"{tmp_path}/rows.npz:1", "--no-plot",
+                              "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "o" / "gates.npz") as z:
+        assert z["z"].shape == (6, 8)
+        np.testing.assert_array_equal(z["inputs"], X[1, :6])
+    assert not (tmp_path / "o" / "gates.png").exists()
+    cases = [
+        (["inspect", str(tmp_path / "nope.npz"), "adding:1"], "no such file"),
+        (["inspect", adding_ckpt, "adding:x"], "INPUT: expected a seed"),
+        (["inspect", adding_ckpt, "a lovely film"], "INPUT: expected 'adding:SEED'"),
+        (["inspect", adding_ckpt, f"{tmp_path}/rows.npz:7"], "INPUT: expected a row index in [0, 3)"),
+        (["inspect", adding_ckpt, "adding:1", "--layer", "1"], "layer: expected an integer in [0, 0]"),
+        (["inspect", adding_ckpt, "adding:1", "--layer", "-1"], "layer: expected an integer in [0, 0]"),
+        (["inspect", adding_ckpt, "adding:1", "--reverse"], "reverse: the model is not bidirectional"),
+    ]
+    for argv, msg in cases:
+        code, stdout, err = _run(argv + ["--no-plot", "--out", str(tmp_path / "e")], capsys)
+        assert code == 2, (argv, err)
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, (argv, err)
+
+
+def test_cli_inspect_without_matplotlib(adding_ckpt, tmp_path, capsys, monkeypatch):
+    import sys
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib -> ImportError
+    code, _, err = _run(["inspect", adding_ckpt, "adding:1", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "plotting needs matplotlib" in err and err.count("\n") == 1
+    assert not (tmp_path / "gates.npz").exists()
+
+
+def test_cli_inspect_text_model(tmp_path, capsys):
+    from gruengine.data import tokenize
+    from gruengine.train import train
+    words = ["good", "great", "bad", "awful", "film", "plot", "the", "was"]
+    rng = np.random.default_rng(4)
+    for split, n in (("train", 40), ("test", 10)):
+        with open(tmp_path / f"{split}.tsv", "w") as f:
+            for _ in range(n):
+                f.write(f"{rng.choice(['pos', 'neg'])}\t{' '.join(rng.choice(words, 6))}\n")
+    run = tmp_path / "run"
+    train({"task": "text", "data": str(tmp_path), "epochs": 1, "hidden_size": 6, "embed_dim": 4,
+           "batch_size": 16, "cell": "lstm"}, str(run), quiet=True)
+    review = tmp_path / "review.txt"
+    review.write_text("The plot was great, the film awful.")
+    code, stdout, err = _run(["inspect", str(run / "best.npz"), f"@{review}", "--no-plot",
+                              "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "o" / "gates.npz") as z:
+        seen = [w if w in words else "<unk>" for w in tokenize(review.read_text())]
+        assert z["tokens"].tolist() == seen
+        assert str(z["cell"]) == "lstm"
+        np.testing.assert_allclose(z["retention"], gi.retention_curve(z["f"]), rtol=1e-12)
+    assert "prediction: " in stdout and "(p = " in stdout
+    code, _, err = _run(["inspect", str(run / "best.npz"), "<br />", "--no-plot",
+                         "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "holds no words" in err
