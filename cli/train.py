@@ -19,7 +19,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def _default(key):
     from gruengine.train import DEFAULTS, TASK_DEFAULTS
     d = DEFAULTS[key]
-    extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v]
+    extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
 

@@ -50,7 +50,7 @@ DEFAULTS = {
 # Defaults per dataset, under explicit settings: ``gruengine train`` with no options runs the
 # embedded adding problem (T=50), which reaches test MSE < 0.01 in well under two minutes.
 TASK_DEFAULTS = {
-    "adding": {"seq_len": 50, "n_train": 8000, "n_test": 1000, "hidden_size": 64, "epochs": 8,
+    "adding": {"seq_len": 50, "n_train": 8000, "n_test": 1000, "hidden_size": 64, "epochs": 6,
                "batch_size": 64, "lr": 5e-3, "warmup": 50, "target": 0.01},
 }
 

@@ -191,3 +191,15 @@ def test_resolve_config_layers_defaults():
     assert c["hidden_size"] == 5 and c["seq_len"] == 50 and c["target"] == 0.01
     c = resolve_config({"task": "imdb"})
     assert c["seq_len"] is None and c["target"] is None
+
+
+def test_tag_task_end_to_end(tmp_path):
+    # copy memory: one label per step; the loss falls as the blanks are learned
+    cfg = dict(task="copy", seq_len=5, n_train=256, n_test=32, hidden_size=12, embed_dim=6,
+               epochs=3, lr=1e-2, batch_size=32, seed=1)
+    summary = train(cfg, tmp_path / "c", quiet=True)
+    records = [r for r in read_metrics(tmp_path / "c") if r["event"] == "epoch"]
+    assert summary["task"] == "tag" and "train_acc" in records[0] and "val_acc" in records[0]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    model, _ = load_model(tmp_path / "c" / "best.npz")
+    assert model.config.task == "tag" and model.config.padding_idx == 0
