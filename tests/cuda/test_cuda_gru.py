@@ -54,13 +54,16 @@ def test_gru_matches_reference_with_lengths(rng, reset_after, reverse, dtype):
     np.testing.assert_array_equal(y2, y)
 
 
-@pytest.mark.parametrize("reset_after, tpb, blocks", [(True, 4, 2), (False, 32, 1024)],
-                         ids=["reset_after-tpb4-blocks2", "reset_before-tpb32"])
-def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb, blocks):
+@pytest.mark.parametrize("reset_after, tpb, blocks, gemm_min",
+                         [(True, 4, 2, 64), (False, 32, 1024, 1)],
+                         ids=["reset_after-tpb4-blocks2", "reset_before-tpb32-blocked-gemm"])
+def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb, blocks,
+                                              gemm_min):
     # H > TJ and H > TK: two hidden tiles and two reduction chunks; B > TB: two batch tiles;
     # B*T*3H > 16: several GEMM tiles; 4 threads x 2 blocks make the grid-stride loops wrap
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", tpb)
     monkeypatch.setattr(launch, "MAX_BLOCKS", blocks)
+    monkeypatch.setattr(launch, "GEMM_BLOCKED_MIN", gemm_min)     # 1: every GEMM register-blocked
     B, T, I, H = 9, 2, 3, 33
     lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
     args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)

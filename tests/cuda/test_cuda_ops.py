@@ -12,6 +12,7 @@ if not cuda.is_available():
 
 from gruengine import reference as ref  # noqa: E402
 from gruengine.kernels import cuda as kc  # noqa: E402
+from gruengine.kernels.cuda import launch  # noqa: E402
 
 from .helpers import assert_close  # noqa: E402
 
@@ -50,6 +51,20 @@ def test_linear_several_tiles(rng, dtype):
         assert_close(g, g_r, dtype, name)
     with pytest.raises(ValueError, match=r"^W: expected shape \(\?, 18\), got \(33, 17\)$"):
         kc.linear_forward(x, W[:, :17].copy(), b)
+
+
+@pytest.mark.parametrize("shape", [(17, 18, 33), (65, 66, 67)], ids=["one-tile", "2x2-tiles"])
+def test_linear_register_blocked_gemm(rng, monkeypatch, shape):
+    # every product through the (64 x 64)-tile kernel, all three operand layouts (NT, NN, TN)
+    monkeypatch.setattr(launch, "GEMM_BLOCKED_MIN", 1)
+    N, In, Out = shape
+    dtype = np.float32
+    x, W, b = _a(rng, (N, In), dtype), _a(rng, (Out, In), dtype), _a(rng, (Out,), dtype)
+    assert_close(kc.linear_forward(x, W, b), ref.linear_forward(x, W, b), dtype, "y")
+    dy = _a(rng, (N, Out), dtype)
+    for name, g, g_r in zip(("dx", "dW", "db"), kc.linear_backward(dy, x, W),
+                            ref.linear_backward(dy, x, W)):
+        assert_close(g, g_r, dtype, name)
 
 
 @pytest.mark.parametrize("mode", ["last", "mean", "max"])

@@ -7,12 +7,17 @@ from numba import cuda, float64
 
 from . import launch
 
-# edge of the square GEMM tile: blocks are (TILE, TILE) threads, one output each.
-# A compile-time constant (it sizes shared arrays), not a launch setting.
+# Two GEMM kernels; shared-array shapes must be compile-time literals, so these are
+# constants, not launch settings (launch.GEMM_BLOCKED_MIN picks the kernel per call).
+# gemm_kernel: (TILE, TILE) threads, one output each: for skinny products (a few batch rows)
 TILE = 16
-# padded row of the shared tiles (no bank conflicts on the transposed loads); a literal,
-# since shared-array shapes must be compile-time constants
-TILE_PAD = 17
+TILE_PAD = 17          # padded rows: no bank conflicts on the transposed loads
+# gemm_blocked_kernel: (16, 16) threads, each a (4, 4) register block of a (64, 64) tile
+BM = 64
+BM_PAD = 65
+BK = 16
+BK_PAD = 17
+RT = 4                 # register tile edge: BM = 16 * RT
 
 
 @cuda.jit(cache=True)
@@ -59,6 +64,77 @@ def gemm_kernel(A, B, C, bias, M, N, K, trans_a, trans_b, accumulate, use_bias):
             C[m, n] += acc
         else:
             C[m, n] = acc
+
+
+@cuda.jit(cache=True)
+def gemm_blocked_kernel(A, B, C, bias, M, N, K, trans_a, trans_b, accumulate, use_bias):
+    # C: (M, N) = [C +] op(A) @ op(B) [+ bias]; arguments as gemm_kernel
+    # block (16, 16) threads computes a (BM, BM) tile of C; thread (tx, ty) owns the
+    # outputs (m0 + ty + 16 i, n0 + tx + 16 j), i, j < RT: stores along n are coalesced
+    As = cuda.shared.array((BK, BM_PAD), dtype=C.dtype)      # As[k][m]
+    Bs = cuda.shared.array((BK, BM_PAD), dtype=C.dtype)      # Bs[k][n]
+    acc = cuda.local.array((RT, RT), dtype=C.dtype)
+    a_reg = cuda.local.array(RT, dtype=C.dtype)
+    b_reg = cuda.local.array(RT, dtype=C.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * 16 + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BM
+    zero = C.dtype.type(0)
+    for i in range(RT):
+        for j in range(RT):
+            acc[i, j] = zero
+    for k0 in range(0, K, BK):
+        # each tile is BK * BM = 1024 elements, 4 per thread, read along the contiguous axis
+        for e in range(RT):
+            idx = tid + e * 256
+            if trans_a:                       # A (K, M): m fastest
+                kk = idx // BM
+                mm = idx - kk * BM
+            else:                             # A (M, K): k fastest
+                mm = idx // BK
+                kk = idx - mm * BK
+            m = m0 + mm
+            k = k0 + kk
+            if m < M and k < K:
+                As[kk, mm] = A[k, m] if trans_a else A[m, k]
+            else:
+                As[kk, mm] = zero
+            if trans_b:                       # B (N, K): k fastest
+                nn = idx // BK
+                kk = idx - nn * BK
+            else:                             # B (K, N): n fastest
+                kk = idx // BM
+                nn = idx - kk * BM
+            n = n0 + nn
+            k = k0 + kk
+            if n < N and k < K:
+                Bs[kk, nn] = B[n, k] if trans_b else B[k, n]
+            else:
+                Bs[kk, nn] = zero
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(RT):
+                a_reg[i] = As[kk, ty + 16 * i]
+                b_reg[i] = Bs[kk, tx + 16 * i]
+            for i in range(RT):
+                for j in range(RT):
+                    acc[i, j] += a_reg[i] * b_reg[j]
+        cuda.syncthreads()
+    for i in range(RT):
+        m = m0 + ty + 16 * i
+        if m < M:
+            for j in range(RT):
+                n = n0 + tx + 16 * j
+                if n < N:
+                    v = acc[i, j]
+                    if use_bias:
+                        v += bias[n]
+                    if accumulate:
+                        C[m, n] += v
+                    else:
+                        C[m, n] = v
 
 
 @cuda.jit(cache=True)
@@ -119,10 +195,14 @@ def gemm(A, B, C, bias=None, trans_a=False, trans_b=False, accumulate=False):
         return C
     if K == 0 and not accumulate:
         fill(C.reshape(M * N) if _is_contiguous(C) else C, 0.0)
-    grid = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
     b = bias if bias is not None else _dummy(C.dtype)
-    gemm_kernel[grid, (TILE, TILE)](A, B, C, b, M, N, K, bool(trans_a), bool(trans_b),
-                                    bool(accumulate), bias is not None)
+    flags = (bool(trans_a), bool(trans_b), bool(accumulate), bias is not None)
+    if min(M, N) >= launch.GEMM_BLOCKED_MIN:
+        grid = ((N + BM - 1) // BM, (M + BM - 1) // BM)
+        gemm_blocked_kernel[grid, (16, 16)](A, B, C, b, M, N, K, *flags)
+    else:
+        grid = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
+        gemm_kernel[grid, (TILE, TILE)](A, B, C, b, M, N, K, *flags)
     return C
 
 

@@ -10,7 +10,8 @@ from numba import cuda
 from ..._checks import check_lengths
 from . import blas, launch
 from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
-                          gru_step_backward_kernel, gru_step_forward_kernel)
+                          gru_step_backward_fused_kernel, gru_step_backward_kernel,
+                          gru_step_forward_kernel)
 
 __all__ = ["gru_forward", "gru_backward"]
 
@@ -114,12 +115,13 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dh_a.copy_to_device(dh_d)
     dh_b = cuda.device_array((B, H), dtype=dt)
     blocks, tpb = launch.grid_1d(B * H)
+    grid = ((H + TJ - 1) // TJ, (B + TB - 1) // TB)
     rev = bool(reverse)
     for s in range(T - 1, -1, -1):
         if reset_after:
-            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
-                                                  dG_step, dh_b, d_rh, MODE_FULL)
-            blas.gemm(dG_step, W_hh_d, dh_b, accumulate=True)
+            # one launch: gate backward + the dh_{t-1} product
+            gru_step_backward_fused_kernel[grid, (TJ, TB)](dy_d, dh_a, store, lengths_d, s, rev,
+                                                           W_hh_d, dGx, dGh, dh_b)
         else:
             gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
                                                   dG_step, dh_b, d_rh, MODE_RZ)

@@ -17,6 +17,9 @@ from ..._checks import check_array
 THREADS_PER_BLOCK = 256
 # cap on the grid of grid-stride kernels; beyond it each thread loops
 MAX_BLOCKS = 1024
+# GEMMs whose output has at least this many rows and columns use the register-blocked
+# (64 x 64 tile) kernel; skinnier ones (per-step products over a few batch rows) the 16 x 16
+GEMM_BLOCKED_MIN = 64
 # size of the shared scratch of the block reductions: the largest THREADS_PER_BLOCK allowed
 REDUCE_SHARED = 1024
 

@@ -37,6 +37,7 @@ def signatures(f=float32):
     return {
         # blas: the GEMM also runs on strided views (column slices of dG), layout "A"
         "gemm_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
+        "gemm_blocked_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
         "colsum_kernel": (m, v, i, i, b),
         "transpose_kernel": (m, m, i, i),
         "fill_kernel": (v, d, i),
@@ -44,6 +45,7 @@ def signatures(f=float32):
         # GRU recurrence
         "gru_step_forward_kernel": (t3, m, v, m, m, m, m, t3, t4, i1, i, b, i),
         "gru_step_backward_kernel": (t3, m, t4, i1, i, b, t3, t3, m, m, m, i),
+        "gru_step_backward_fused_kernel": (t3, m, t4, i1, i, b, m, t3, t3, m),
         # ops
         "embedding_forward_kernel": (i1, m, m),
         "embedding_backward_kernel": (m, i1, i1, i1, i, m),
