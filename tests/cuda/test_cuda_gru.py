@@ -64,6 +64,7 @@ def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", tpb)
     monkeypatch.setattr(launch, "MAX_BLOCKS", blocks)
     monkeypatch.setattr(launch, "GEMM_BLOCKED_MIN", gemm_min)     # 1: every GEMM register-blocked
+    monkeypatch.setattr(launch, "COLSUM_CHUNK", 4)      # bias gradients: two-pass column sums
     B, T, I, H = 9, 2, 3, 33
     lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
     args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)

@@ -18,6 +18,9 @@ BM_PAD = 65
 BK = 16
 BK_PAD = 17
 RT = 4                 # register tile edge: BM = 16 * RT
+# colsum_partial_kernel: blocks of (CS_COLS columns, CS_ROWS row-strided threads)
+CS_COLS = 32
+CS_ROWS = 8
 
 
 @cuda.jit(cache=True)
@@ -153,6 +156,30 @@ def colsum_kernel(A, out, M, N, accumulate):
 
 
 @cuda.jit(cache=True)
+def colsum_partial_kernel(A, partial, M, N, chunk):
+    # A: (M, N) -> partial: (chunks, N), partial[c, n] = sum of A[c*chunk : (c+1)*chunk, n]
+    # block (CS_COLS, CS_ROWS): threads of one column stride the chunk's rows, then thread
+    # row 0 adds the CS_ROWS partial sums in a fixed order
+    sh = cuda.shared.array((CS_ROWS, CS_COLS), dtype=partial.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    n = cuda.blockIdx.x * CS_COLS + tx
+    c = cuda.blockIdx.y
+    stop = min(M, (c + 1) * chunk)
+    acc = partial.dtype.type(0)
+    if n < N:
+        for m in range(c * chunk + ty, stop, CS_ROWS):
+            acc += A[m, n]
+    sh[ty, tx] = acc
+    cuda.syncthreads()
+    if ty == 0 and n < N:
+        total = sh[0, tx]
+        for r in range(1, CS_ROWS):
+            total += sh[r, tx]
+        partial[c, n] = total
+
+
+@cuda.jit(cache=True)
 def transpose_kernel(A, out, M, N):
     # A: (M, N) -> out: (N, M)
     start = cuda.grid(1)
@@ -207,8 +234,18 @@ def gemm(A, B, C, bias=None, trans_a=False, trans_b=False, accumulate=False):
 
 
 def colsum(A, out, accumulate=False):
-    """out = [out +] A.sum(axis=0) on device arrays."""
+    """out = [out +] A.sum(axis=0) on device arrays.
+
+    Tall inputs (B*T rows) are summed in two passes: row chunks in parallel into a
+    (chunks, N) partial array, then the partials; both in a fixed order (deterministic).
+    """
     M, N = A.shape
+    if M > launch.COLSUM_CHUNK:
+        chunks = (M + launch.COLSUM_CHUNK - 1) // launch.COLSUM_CHUNK
+        partial = cuda.device_array((chunks, N), dtype=out.dtype)
+        grid = ((N + CS_COLS - 1) // CS_COLS, chunks)
+        colsum_partial_kernel[grid, (CS_COLS, CS_ROWS)](A, partial, M, N, int(launch.COLSUM_CHUNK))
+        A, M = partial, chunks
     blocks, tpb = launch.grid_1d(N)
     colsum_kernel[blocks, tpb](A, out, M, N, bool(accumulate))
     return out

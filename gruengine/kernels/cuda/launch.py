@@ -20,6 +20,8 @@ MAX_BLOCKS = 1024
 # GEMMs whose output has at least this many rows and columns use the register-blocked
 # (64 x 64 tile) kernel; skinnier ones (per-step products over a few batch rows) the 16 x 16
 GEMM_BLOCKED_MIN = 64
+# column sums over more rows than this run in two passes, this many rows per chunk
+COLSUM_CHUNK = 256
 # size of the shared scratch of the block reductions: the largest THREADS_PER_BLOCK allowed
 REDUCE_SHARED = 1024
 

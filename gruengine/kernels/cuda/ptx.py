@@ -39,6 +39,7 @@ def signatures(f=float32):
         "gemm_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
         "gemm_blocked_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
         "colsum_kernel": (m, v, i, i, b),
+        "colsum_partial_kernel": (m, m, i, i, i),
         "transpose_kernel": (m, m, i, i),
         "fill_kernel": (v, d, i),
         "sum_kernel": (v, p, b),
