@@ -26,6 +26,10 @@ def summary_lines(s):
     lines.append(f"retention horizon: the state of the last {h} of {L} steps keeps >= "
                  f"{s['threshold']:g} on average (product of {s['keep_name']}) at the {end} step; "
                  f"per unit median {int(sorted(hu)[len(hu) // 2])}, max {int(hu.max())}")
+    if info["marks"]:
+        lines.append("at the marked steps: " + ", ".join(
+            f"t={t}: retention {s['retention_mean'][t]:.2f} (mean), "
+            f"{s['retaining'][t]:.0%} of units >= {s['threshold']:g}" for t in info["marks"]))
     if s["drops"]:
         tok = info["labels"]
         lines.append(f"largest drops of the mean {s['keep_name']} (where the cell writes): "

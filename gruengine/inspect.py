@@ -153,6 +153,7 @@ def summarize(layer_gates, reverse=False, top=5, threshold=0.5):
     """Numbers that sum up one sequence's gates (each (L, H), trimmed to its length).
 
     Returns {'cell', 'keep_name', 'length', 'units', 'retention' (L, H), 'retention_mean' (L,),
+    'retaining' (L,) the share of units whose retention is >= ``threshold``,
     'horizon' (of the mean curve), 'horizon_units' (H,), 'order' (units, most retentive
     first), 'drops' [(t, change of the mean keep gate from t-1 to t)] for the ``top`` largest
     drops, i.e. where the cell writes the most}.
@@ -169,6 +170,7 @@ def summarize(layer_gates, reverse=False, top=5, threshold=0.5):
     drops = [(int(L - 2 - i if reverse else i + 1), float(step[i])) for i in idx if step[i] < 0]
     return {"cell": cell, "keep_name": KEEP_NAME[cell], "length": L, "units": H,
             "retention": R, "retention_mean": Rm,
+            "retaining": (R >= threshold).mean(axis=1),
             "horizon": int(retention_horizon(Rm, threshold, reverse)),
             "horizon_units": retention_horizon(R, threshold, reverse).astype(np.int64),
             "order": order, "drops": drops, "threshold": threshold}
@@ -228,6 +230,8 @@ def plot_gates(layer_gates, path, *, marks=(), labels=None, units=None, reverse=
     for u in s["order"][:top]:
         ax.plot(np.arange(L), R[:, u], lw=0.8, alpha=0.7)
     ax.plot(np.arange(L), s["retention_mean"], color="k", lw=2, label="mean over units")
+    ax.plot(np.arange(L), s["retaining"], color="k", lw=1.2, ls="--",
+            label=f"share of units >= {s['threshold']:g}")
     ax.axhline(s["threshold"], color="gray", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
     end = "first" if reverse else "last"
@@ -238,7 +242,7 @@ def plot_gates(layer_gates, path, *, marks=(), labels=None, units=None, reverse=
     ax.set_ylabel("retention", fontsize=8)
     for a in axes:
         for m in marks:
-            a.axvline(m, color="red", lw=1.0, ls="--", alpha=0.8)
+            a.axvline(m, color="red", lw=0.8, ls="--", alpha=0.7)
     if labels is not None:
         k = max(1, math.ceil(L / 60))
         ticks = np.arange(0, L, k)
@@ -405,7 +409,8 @@ def inspect_checkpoint(path, input_spec, out_dir=".", *, layer=None, units=None,
              prediction=_prediction(model, meta, inputs, lengths))
     os.makedirs(out_dir, exist_ok=True)
     extra = {"keep": keep_gate(g), "retention": s["retention"],
-             "retention_mean": s["retention_mean"], "horizon_units": s["horizon_units"],
+             "retention_mean": s["retention_mean"], "retaining": s["retaining"],
+             "horizon_units": s["horizon_units"],
              "unit_order": s["order"], "marks": np.asarray(info["marks"], dtype=np.int64),
              "inputs": inputs[0, :n], "cell": np.array(s["cell"]), "layer": np.array(layer),
              "reverse": np.array(bool(reverse))}
