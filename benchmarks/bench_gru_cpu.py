@@ -32,6 +32,11 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--no-torch", action="store_true", help="time the engine alone")
+    p.add_argument("--parallel-gates", action="store_true",
+                   help="swap in gate kernels compiled with parallel=True (same source) to "
+                        "compare with the serial ones the engine ships")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the engine's forward, backward and the big GEMMs alone, and exit")
     p.add_argument("--gate-kernels", action="store_true",
                    help="time one step's GEMM and gate kernel, serial against parallel, and exit")
     p.add_argument("--compile-time", action="store_true",
@@ -106,6 +111,32 @@ def gate_kernels():
         print(f"  {name:24s} min {min(ts) * 1e6:7.1f} us   median {statistics.median(ts) * 1e6:7.1f} us")
 
 
+def breakdown():
+    # best of 7: where a training step's time goes
+    import gruengine
+    B, T, I, H = ARGS.batch, ARGS.steps, ARGS.input, ARGS.hidden
+    dt = np.dtype(ARGS.dtype)
+    rng = np.random.default_rng(0)
+    gru = gruengine.GRU(I, H, dtype=dt, seed=0)
+    x = rng.standard_normal((B, T, I)).astype(dt)
+    dy = rng.standard_normal((B, T, H)).astype(dt)
+    dh_n = rng.standard_normal((1, B, H)).astype(dt)
+    X, W = x.reshape(B * T, I), gru.params["weight_ih_l0"]
+    dG = rng.standard_normal((B * T, 3 * H)).astype(dt)
+    gru.forward(x)
+    gru.backward(dy)
+    parts = {"forward": lambda: gru.forward(x),
+             "backward, dy every step": lambda: gru.backward(dy),
+             "backward, dh_n only": lambda: gru.backward(None, dh_n),
+             "GEMM X @ W_ih.T": lambda: X @ W.T,
+             "GEMM dGx @ W_ih": lambda: dG @ W,
+             "GEMM dGx.T @ X": lambda: dG.T @ X}
+    print(f"breakdown, B={B} T={T} I={I} H={H} {dt}, {ARGS.threads} threads (best of 7)"
+          + (", parallel gate kernels" if ARGS.parallel_gates else ""))
+    for name, fn in parts.items():
+        print(f"  {name:24s} {min(_timed(fn) for _ in range(7)) * 1e3:7.1f} ms")
+
+
 def gemm_peak(dtype):
     n = 2048
     rng = np.random.default_rng(0)
@@ -122,12 +153,26 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
+def use_parallel_gates():
+    import numba
+    from gruengine.kernels.cpu import _gru_cells as K
+    for name in ("fwd_step_after", "bwd_step_after"):
+        serial = getattr(K, name)
+        setattr(K, name, numba.njit(parallel=True, error_model="numpy",
+                                    fastmath={"contract"})(serial.py_func))
+
+
 def main():
+    if ARGS.parallel_gates:
+        use_parallel_gates()
     if ARGS.compile_time:
         compile_times()
         return
     if ARGS.gate_kernels:
         gate_kernels()
+        return
+    if ARGS.breakdown:
+        breakdown()
         return
     import gruengine
     B, T, I, H, L = ARGS.batch, ARGS.steps, ARGS.input, ARGS.hidden, ARGS.layers
@@ -181,7 +226,8 @@ def main():
     flops_per_token = 18 * (I + H) * H * L
     ceiling = peak / flops_per_token
     tokens = B * T
-    print(f"config: B={B} T={T} I={I} H={H} layers={L} {ARGS.dtype}, {ARGS.threads} threads; "
+    print(f"config: B={B} T={T} I={I} H={H} layers={L} {ARGS.dtype}, {ARGS.threads} threads"
+          + (" (parallel gate kernels)" if ARGS.parallel_gates else "") + "; "
           f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else ""))
     print(f"GEMM peak {peak / 1e9:.0f} GFLOP/s -> ceiling {ceiling:,.0f} tokens/s "
           f"({flops_per_token:,} flop/token)")

@@ -146,26 +146,27 @@ def bwd_step_after(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, reverse,
         p = off + b
         g = _dh_in(b, row, t, nb_next, dhz, dhg, dh_n, dy, tiny)
         hp, gp, dgx, dgh, dbb = Hp[p], G[p], dGx[row, t], dGh[p], db[b]
+        # several short loops, each touching few arrays: one long loop storing into five
+        # views needed more runtime alias checks than LLVM allows and stayed scalar (2x slower)
         for j in range(H):
             gj = g[j]
             r = gp[j]
             z = gp[H + j]
             nn = gp[2 * H + j]
             da_n = _ftz(gj * (one - z) * (one - nn * nn), tiny)
-            da_z = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)
-            da_r = _ftz(da_n * gp[3 * H + j] * r * (one - r), tiny)
-            dgx[j] = da_r
-            dgx[H + j] = da_z
-            dgx[2 * H + j] = da_n
-            dgh[j] = da_r
-            dgh[H + j] = da_z
-            da_hn = _ftz(da_n * r, tiny)
-            dgh[2 * H + j] = da_hn
-            dbb[j] += da_r
-            dbb[H + j] += da_z
-            dbb[2 * H + j] += da_n
-            dbb[3 * H + j] += da_hn
-            g[j] = _ftz(gj * z, tiny)
+            dgh[j] = _ftz(da_n * gp[3 * H + j] * r * (one - r), tiny)       # da_r
+            dgh[H + j] = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
+            dgh[2 * H + j] = da_n
+        for j in range(H):
+            g[j] = _ftz(g[j] * gp[H + j], tiny)
+        for k in range(3 * H):
+            v = dgh[k]
+            dgx[k] = v
+            dbb[k] += v
+        for j in range(H):
+            v = _ftz(dgh[2 * H + j] * gp[j], tiny)                           # da_n * r
+            dgh[2 * H + j] = v
+            dbb[3 * H + j] += v
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -180,20 +181,20 @@ def bwd_step_before_n(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, revers
         p = off + b
         g = _dh_in(b, row, t, nb_next, dhz, dhg, dh_n, dy, tiny)
         hp, gp, dgx, dgh, dbb = Hp[p], G[p], dGx[row, t], dGh[p], db[b]
-        for j in range(H):
+        for j in range(H):                       # short loops: see bwd_step_after
             gj = g[j]
             z = gp[H + j]
             nn = gp[2 * H + j]
-            da_n = _ftz(gj * (one - z) * (one - nn * nn), tiny)
-            da_z = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)
-            dgx[H + j] = da_z
-            dgx[2 * H + j] = da_n
-            dgh[H + j] = da_z
-            dgh[2 * H + j] = da_n
-            dbb[H + j] += da_z
-            dbb[2 * H + j] += da_n
-            dbb[3 * H + j] += da_n
-            g[j] = gj * z
+            dgh[H + j] = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
+            dgh[2 * H + j] = _ftz(gj * (one - z) * (one - nn * nn), tiny)  # da_n
+        for j in range(H):
+            g[j] = g[j] * gp[H + j]
+        for k in range(H, 3 * H):
+            v = dgh[k]
+            dgx[k] = v
+            dbb[k] += v
+        for j in range(H):
+            dbb[3 * H + j] += dgh[2 * H + j]
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -206,13 +207,15 @@ def bwd_step_before_r(s, n, off, d_rh, Hp, G, perm, lengths, reverse, dhz, dGx, 
         t = _time(s, lengths[row], reverse)
         p = off + b
         d, hp, gp, dgx, dgh, g, dbb = d_rh[b], Hp[p], G[p], dGx[row, t], dGh[p], dhz[b], db[b]
-        for j in range(H):
+        for j in range(H):                       # short loops: see bwd_step_after
             r = gp[j]
-            da_r = _ftz(d[j] * hp[j] * r * (one - r), tiny)
-            dgx[j] = da_r
-            dgh[j] = da_r
-            dbb[j] += da_r
-            g[j] = _ftz(g[j] + d[j] * r, tiny)
+            dgh[j] = _ftz(d[j] * hp[j] * r * (one - r), tiny)                # da_r
+        for j in range(H):
+            g[j] = _ftz(g[j] + d[j] * gp[j], tiny)
+        for j in range(H):
+            v = dgh[j]
+            dgx[j] = v
+            dbb[j] += v
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
