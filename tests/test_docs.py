@@ -1,0 +1,44 @@
+"""The python code blocks of docs/tutorial.md run, in order, in one namespace."""
+import importlib.util
+import os
+import re
+
+import pytest
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def python_blocks(name):
+    with open(os.path.join(DOCS, name), encoding="utf-8") as f:
+        return _BLOCK.findall(f.read())
+
+
+def test_tutorial_blocks_run(capsys):
+    blocks = python_blocks("tutorial.md")
+    assert len(blocks) >= 8
+    have_torch = importlib.util.find_spec("torch") is not None
+    ns = {"__name__": "tutorial"}
+    ran = 0
+    for k, code in enumerate(blocks):
+        if "import torch" in code and not have_torch:
+            continue                       # the PyTorch round trip needs the optional peer
+        exec(compile(code, f"docs/tutorial.md block {k}", "exec"), ns)
+        ran += 1
+    out = capsys.readouterr().out
+    # printed claims in the text match what the code prints
+    assert "x: expected dtype float32, got float64" in out
+    assert "('gru', 1, False, 2, 32)" in out
+    assert "[(2, 96), (32, 96), (2, 96)]" in out
+    assert "(1, 96, 2) 1" in out
+    assert ran == len(blocks) - (0 if have_torch else 1)
+    # the ParamBuffer size the text states: GRU(2, 32) + Linear(32, 1), counted by hand
+    text = open(os.path.join(DOCS, "tutorial.md"), encoding="utf-8").read()
+    claimed = int(re.search(r"# (\d+) \(\d+,\) \['gru.bias_hh_l0'", text).group(1))
+    H, I = 32, 2
+    assert claimed == ns["buf"].size == 3 * H * I + 3 * H * H + 6 * H + H + 1
+    assert f"{claimed} ({claimed},)" in out
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-q"])
