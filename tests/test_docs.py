@@ -42,3 +42,21 @@ def test_tutorial_blocks_run(capsys):
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+@pytest.mark.parametrize("cmd", ["train", "evaluate", "predict", "plot", "inspect",
+                                 "data download", "data info"])
+def test_cli_md_lists_every_option(cmd):
+    from click.testing import CliRunner
+    from cli.main import app, _register
+    _register()
+    res = CliRunner().invoke(app, cmd.split() + ["--help"])
+    assert res.exit_code == 0, res.output
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", res.output))
+    assert flags, res.output
+    text = open(os.path.join(DOCS, "cli.md"), encoding="utf-8").read()
+    section = text.split(f"## gruengine {cmd}\n", 1)
+    assert len(section) == 2, f"docs/cli.md has no section for gruengine {cmd}"
+    body = section[1].split("\n## ", 1)[0]
+    missing = sorted(f for f in flags if f not in body)
+    assert not missing, f"docs/cli.md, gruengine {cmd}: options missing {missing}"
