@@ -60,3 +60,53 @@ def test_cli_md_lists_every_option(cmd):
     body = section[1].split("\n## ", 1)[0]
     missing = sorted(f for f in flags if f not in body)
     assert not missing, f"docs/cli.md, gruengine {cmd}: options missing {missing}"
+
+
+def _documented_signatures(name):
+    """(dotted name, parameter text) of every 'gruengine.x.y(...)' line in the code blocks."""
+    text = open(os.path.join(DOCS, name), encoding="utf-8").read()
+    out = []
+    for block in re.findall(r"^```\n(.*?)^```", text, re.S | re.M):
+        for line in block.splitlines():
+            m = re.match(r"(gruengine(?:\.\w+)+)\(", line)
+            if not m:
+                continue
+            depth, start = 0, m.end() - 1
+            for i in range(start, len(line)):   # the matching parenthesis
+                depth += {"(": 1, ")": -1}.get(line[i], 0)
+                if depth == 0:
+                    out.append((m.group(1), line[start + 1:i]))
+                    break
+    return out
+
+
+def _resolve(dotted):
+    import importlib
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for p in parts[k:]:
+            obj = getattr(obj, p)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_api_md_signatures_match_the_code():
+    import inspect
+    sigs = _documented_signatures("api.md")
+    assert len(sigs) >= 60
+    wrong = []
+    for dotted, documented in sigs:
+        obj = _resolve(dotted)
+        sig = inspect.signature(obj)
+        params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()
+                  if p.name != "self"]
+        actual = str(sig.replace(parameters=params,
+                                 return_annotation=inspect.Signature.empty))[1:-1]
+        norm = lambda s: re.sub(r"<class 'numpy\.(\w+)'>", r"np.\1", s).replace(" ", "")  # noqa: E731
+        if norm(actual) != norm(documented):
+            wrong.append(f"{dotted}({documented})  !=  ({actual})")
+    assert not wrong, "docs/api.md signatures out of date:\n" + "\n".join(wrong)
