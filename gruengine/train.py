@@ -670,7 +670,7 @@ def baseline(task, train_ds, test_ds):
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
     return str(v)
 
 
