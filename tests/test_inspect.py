@@ -242,3 +242,60 @@ def test_cli_inspect_text_model(tmp_path, capsys):
     code, _, err = _run(["inspect", str(run / "best.npz"), "<br />", "--no-plot",
                          "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "holds no words" in err
+
+
+def test_retention_curve_reverse_batched():
+    rng = np.random.default_rng(9)
+    z = rng.uniform(0.05, 1.0, (2, 6, 3))
+    L = np.array([4, 6])
+    R = gi.retention_curve(z, L, reverse=True)
+    for b in range(2):
+        for t in range(L[b]):
+            np.testing.assert_allclose(R[b, t], np.prod(z[b, :t], axis=0), rtol=1e-13)
+        assert not R[b, L[b]:].any()
+    # reverse horizon: leading steps whose retention stays >= 0.5
+    Rm = R[0, :L[0]].mean(axis=1)
+    direct = 0
+    while direct < L[0] and Rm[direct] >= 0.5:
+        direct += 1
+    assert gi.retention_horizon(Rm, reverse=True) == direct
+
+
+@pytest.mark.parametrize("cell", ["lstm", "mingru"])
+def test_plot_gates_other_cells(cell, tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(1)
+    layer = (gruengine.LSTM if cell == "lstm" else gruengine.MinGRU)(2, 5, dtype=np.float64, seed=0)
+    x = rng.standard_normal((1, 12, 2))
+    g = {k: v[0] for k, v in gi.record_gates(layer, x)["l0"].items()}
+    path = gi.plot_gates(g, str(tmp_path / "g.png"), marks=[3], units=3,
+                         labels=[f"w{t}" for t in range(12)], inputs=x[0])
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert set(k for k, _ in gi.PANELS[cell]) <= set(g)
+
+
+def test_cli_inspect_copy_task_reverse_direction(tmp_path, capsys):
+    # a checkpoint built and saved here (no training): bidirectional minGRU on the copy task
+    from gruengine import checkpoint as ck
+    from gruengine.data.synthetic import copy_memory, load_copy
+    vocab = load_copy(n_train=1, n_test=1, seq_len=5)["train"].vocab
+    cfg = {"input": "tokens", "vocab_size": len(vocab), "embed_dim": 4, "padding_idx": None,
+           "hidden_size": 5, "cell": "mingru", "bidirectional": True, "task": "tag",
+           "num_outputs": 9, "seed": 3}
+    model = SequenceModel(cfg)
+    meta = {"model_config": model.config.to_dict(), "vocab": vocab.to_json(),
+            "data_config": {"name": "copy", "seq_len": 5}, "classes": None}
+    path = str(tmp_path / "copy.npz")
+    ck.save_checkpoint(path, ck.join_arrays(model=model.state_dict()), meta)
+    code, stdout, err = _run(["inspect", path, "copy:2", "--reverse", "--no-plot",
+                              "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    X, _ = copy_memory(1, 5, seed=2)
+    ref = gi.record_gates(model, X + 2, None)["l0_reverse"]
+    with np.load(tmp_path / "o" / "gates.npz") as z:
+        np.testing.assert_array_equal(z["z"], ref["z"][0])
+        np.testing.assert_allclose(z["retention"],
+                                   gi.retention_curve(1 - ref["z"][0], reverse=True), rtol=1e-12)
+        assert bool(z["reverse"]) and z["tokens"].tolist() == vocab.decode(X[0] + 2)
+    assert "reverse direction" in stdout
