@@ -39,10 +39,25 @@ def _compare(args, dy, dh_n, reset_after, reverse, dtype):
     return y, grads
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.fixture
+def path(request, monkeypatch):
+    """The one-block persistent recurrence (few threads: each loops over several units), or
+    the tiled per-step launches."""
+    if request.param == "persistent":
+        monkeypatch.setattr(launch, "PERSISTENT_THREADS", 8)
+    else:
+        monkeypatch.setattr(launch, "PERSISTENT_MAX_BH", 0)
+    return request.param
+
+
+# float64 on the persistent path only (the simulator is slow): the tiled kernels are the same
+# code for both dtypes, and tests/test_ptx.py compiles them for float64
+@pytest.mark.parametrize("path, dtype", [("persistent", np.float32), ("persistent", np.float64),
+                                         ("tiled", np.float32)],
+                         indirect=["path"], ids=["persistent-f32", "persistent-f64", "tiled-f32"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
-def test_gru_matches_reference_with_lengths(rng, reset_after, reverse, dtype):
+def test_gru_matches_reference_with_lengths(rng, path, reset_after, reverse, dtype):
     lengths = np.array([4, 2, 3], dtype=np.int64)     # unsorted, one full row
     args, dy, dh_n = _problem(rng, 3, 4, 2, 5, dtype, lengths)
     y, grads = _compare(args, dy, dh_n, reset_after, reverse, dtype)
@@ -59,8 +74,10 @@ def test_gru_matches_reference_with_lengths(rng, reset_after, reverse, dtype):
                          ids=["reset_after-tpb4-blocks2", "reset_before-tpb32-blocked-gemm"])
 def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb, blocks,
                                               gemm_min):
-    # H > TJ and H > TK: two hidden tiles and two reduction chunks; B > TB: two batch tiles;
-    # B*T*3H > 16: several GEMM tiles; 4 threads x 2 blocks make the grid-stride loops wrap
+    # the tiled path: H > TJ and H > TK: two hidden tiles and two reduction chunks; B > TB:
+    # two batch tiles; B*T*3H > 16: several GEMM tiles; 4 threads x 2 blocks make the
+    # grid-stride loops wrap
+    monkeypatch.setattr(launch, "PERSISTENT_MAX_BH", 0)
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", tpb)
     monkeypatch.setattr(launch, "MAX_BLOCKS", blocks)
     monkeypatch.setattr(launch, "GEMM_BLOCKED_MIN", gemm_min)     # 1: every GEMM register-blocked
@@ -69,6 +86,18 @@ def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb
     lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
     args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)
     _compare(args, dy, dh_n, reset_after, True, np.float32)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+def test_gru_persistent_at_its_size_limit(rng, monkeypatch, reset_after):
+    # B*H = 297 units over 32 threads of the one block: each thread loops over ~10 units;
+    # the limit is inclusive, one unit more takes the tiled path with the same results
+    monkeypatch.setattr(launch, "PERSISTENT_THREADS", 32)
+    B, T, I, H = 9, 2, 3, 33
+    monkeypatch.setattr(launch, "PERSISTENT_MAX_BH", B * H)
+    lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
+    args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)
+    _compare(args, dy, dh_n, reset_after, False, np.float32)
 
 
 def test_gru_lengths_none_means_full(rng):

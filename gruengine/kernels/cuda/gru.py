@@ -9,7 +9,8 @@ from numba import cuda
 
 from ..._checks import check_lengths
 from . import blas, launch
-from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
+from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, PERSIST_MAX, RH_, TB,
+                          TJ, gru_backward_persistent_kernel, gru_forward_persistent_kernel,
                           gru_step_backward_fused_kernel, gru_step_backward_kernel,
                           gru_step_forward_kernel)
 
@@ -32,6 +33,11 @@ def _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths):
     else:
         lengths_d = cuda.to_device(check_lengths("lengths", lengths, B, T))
     return dt, B, T, I, H, lengths_d
+
+
+def _persistent(B, H):
+    # the one-block path: no per-step launches, for layers small enough for one SM
+    return B * H <= min(int(launch.PERSISTENT_MAX_BH), PERSIST_MAX)
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
@@ -59,6 +65,13 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     WT = blas.transpose(W_hh_d)                      # (H, 3H): coalesced reads per gate row
     y = blas.zeros((B, T, H), dt)
     store = blas.zeros((CACHE_SLOTS, B, T, H), dt)   # zero at padding: backward reads it
+    cache = {"store": store, "reset_after": bool(reset_after), "reverse": bool(reverse),
+             "shape": (B, T, I, H)}
+    if _persistent(B, H):
+        h_n = cuda.device_array((B, H), dtype=dt)
+        gru_forward_persistent_kernel[1, int(launch.PERSISTENT_THREADS)](
+            Gx, WT, b_hh_d, h0_d, y, store, h_n, lengths_d, bool(reverse), bool(reset_after))
+        return launch.to_output(y, on_device), launch.to_output(h_n, on_device), cache
     h_a = cuda.device_array((B, H), dtype=dt)
     h_a.copy_to_device(h0_d)
     h_b = cuda.device_array((B, H), dtype=dt)
@@ -76,8 +89,6 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
             gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, rh, h_a, h_b, rh, y, store,
                                                  lengths_d, s, rev, MODE_N)
         h_a, h_b = h_b, h_a
-    cache = {"store": store, "reset_after": bool(reset_after), "reverse": rev,
-             "shape": (B, T, I, H)}
     return launch.to_output(y, on_device), launch.to_output(h_a, on_device), cache
 
 
@@ -109,6 +120,11 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     G3 = 3 * H
     dGx = blas.zeros((B, T, G3), dt)
     dGh = blas.zeros((B, T, G3), dt)
+    if _persistent(B, H):
+        dh0 = cuda.device_array((B, H), dtype=dt)
+        gru_backward_persistent_kernel[1, int(launch.PERSISTENT_THREADS)](
+            dy_d, dh_d, store, lengths_d, bool(reverse), bool(reset_after), W_hh_d, dGx, dGh, dh0)
+        return _weight_gradients(dGx, dGh, dh0, store, x_d, W_ih_d, reset_after, on_device)
     dG_step = cuda.device_array((B, G3), dtype=dt)
     d_rh = cuda.device_array((B, H), dtype=dt)
     dh_a = cuda.device_array((B, H), dtype=dt)
@@ -130,7 +146,15 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
                                                   dG_step, dh_b, d_rh, MODE_N)
             blas.gemm(dG_step[:, :2 * H], W_hh_d[:2 * H], dh_b, accumulate=True)
         dh_a, dh_b = dh_b, dh_a
-    # weight gradients and dx: one GEMM each over all B*T rows (zero rows at padding)
+    return _weight_gradients(dGx, dGh, dh_a, store, x_d, W_ih_d, reset_after, on_device)
+
+
+def _weight_gradients(dGx, dGh, dh0, store, x_d, W_ih_d, reset_after, on_device):
+    # dx and the weight gradients: one GEMM each over all B*T rows (zero rows at padding)
+    B, T, G3 = dGx.shape
+    H = G3 // 3
+    I = x_d.shape[2]
+    dt = dGx.dtype
     dGx2 = dGx.reshape(B * T, G3)
     dGh2 = dGh.reshape(B * T, G3)
     Hp2 = store[HP_].reshape(B * T, H)
@@ -148,4 +172,4 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     blas.colsum(dGx2, db_ih)
     db_hh = cuda.device_array((G3,), dtype=dt)
     blas.colsum(dGh2, db_hh)
-    return tuple(launch.to_output(a, on_device) for a in (dx, dh_a, dW_ih, dW_hh, db_ih, db_hh))
+    return tuple(launch.to_output(a, on_device) for a in (dx, dh0, dW_ih, dW_hh, db_ih, db_hh))

@@ -22,6 +22,11 @@ MAX_BLOCKS = 1024
 GEMM_BLOCKED_MIN = 64
 # column sums over more rows than this run in two passes, this many rows per chunk
 COLSUM_CHUNK = 256
+# GRU layers with B*H at most this (and at most gru_kernels.PERSIST_MAX) run the whole
+# recurrence in one block (one launch forward, one backward); 0 = always the tiled per-step path
+PERSISTENT_MAX_BH = 1024
+# threads of that one block
+PERSISTENT_THREADS = 512
 # size of the shared scratch of the block reductions: the largest THREADS_PER_BLOCK allowed
 REDUCE_SHARED = 1024
 

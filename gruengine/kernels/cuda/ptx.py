@@ -47,6 +47,8 @@ def signatures(f=float32):
         "gru_step_forward_kernel": (t3, m, v, m, m, m, m, t3, t4, i1, i, b, i),
         "gru_step_backward_kernel": (t3, m, t4, i1, i, b, t3, t3, m, m, m, i),
         "gru_step_backward_fused_kernel": (t3, m, t4, i1, i, b, m, t3, t3, m),
+        "gru_forward_persistent_kernel": (t3, m, v, m, t3, t4, m, i1, b, b),
+        "gru_backward_persistent_kernel": (t3, m, t4, i1, b, b, m, t3, t3, m),
         # ops
         "embedding_forward_kernel": (i1, m, m),
         "embedding_backward_kernel": (m, i1, i1, i1, i, m),
