@@ -45,6 +45,16 @@ def test_bad_hyperparameters_exit_2_with_one_line(tmp_path):
     p = _cli("train", *TINY, "--hidden-size", "0", "--out", str(tmp_path / "b"))
     _one_error_line(p, 2, "hidden_size: expected a value >= 1, got 0")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('pooling = "sum"\ncell = "gru"\n')
+    p = _cli("train", "--config", str(bad), "--out", str(tmp_path / "c"))
+    _one_error_line(p, 2, "pooling: expected one of ['last', 'mean', 'max'], got 'sum'")
+    bad.write_text('hidden_size = 8\nlearning_rate = 0.1\n')
+    p = _cli("train", "--config", str(bad), "--out", str(tmp_path / "c"))
+    _one_error_line(p, 2, "config: unknown keys ['learning_rate']")
+    bad.write_text('hidden_size = \n')
+    p = _cli("train", "--config", str(bad), "--out", str(tmp_path / "c"))
+    _one_error_line(p, 2, f"{bad}: not valid TOML")
 
 
 def test_unknown_choice_is_a_usage_error(tmp_path):
