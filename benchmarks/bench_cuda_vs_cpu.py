@@ -292,7 +292,13 @@ def run(a):
                 except Exception as exc:
                     notes.append(f"B={B} H={H} T={T} {e.name} {mode}: failed: {exc}")
                     continue
+                if e.name == "engine-cuda":
+                    from gruengine.kernels.cuda import gru as cuda_gru
+                    path = "persistent" if cuda_gru._persistent(B, H) else "tiled"
+                else:
+                    path = None
                 rows.append(dict(B=B, H=H, T=T, I=H, engine=e.name, mode=mode, ms=sec * 1e3,
+                                 cuda_path=path,
                                  tokens_per_s=B * T / sec, timed_calls=n,
                                  gflops=flops_per_token(H, H, mode) * B * T / sec / 1e9,
                                  agree_ref=ref_name, max_rel_err=agree.get(e.name, 0.0),
