@@ -7,7 +7,7 @@ wall time, training throughput (tokens/s), parameter count, peak resident memory
 the run's process) and the peak of NumPy/Python allocations during training (tracemalloc).
 
     python benchmarks/study_cells.py --quick                      # ~1 minute: proves it works
-    NUMBA_NUM_THREADS=2 python benchmarks/study_cells.py           # the full study, ~15 min
+    NUMBA_NUM_THREADS=2 python benchmarks/study_cells.py           # the full study, ~10-15 min
     python benchmarks/study_cells.py --imdb-train 2000 --adding-T 50,100 --out runs/study_small
 
 Writes OUT/results.json (every run and the machine), OUT/results.md (a markdown table) and
@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_IMDB = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
                                              "aclImdb_labeled.tar.gz"))
 
-# the full study: ~15 minutes on 2 cores (adding ~2.5 min per cell, IMDB ~1.5 min per cell)
+# the full study: an estimated ~10 minutes on 2 idle cores (docs/study.md explains the estimate)
 FULL = {"adding_T": [50, 100, 200], "adding_train": 5000, "adding_test": 1000, "adding_epochs": 5,
         "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200, "hidden": 64,
         "embed": 64}
