@@ -299,3 +299,60 @@ def test_cli_inspect_copy_task_reverse_direction(tmp_path, capsys):
                                    gi.retention_curve(1 - ref["z"][0], reverse=True), rtol=1e-12)
         assert bool(z["reverse"]) and z["tokens"].tolist() == vocab.decode(X[0] + 2)
     assert "reverse direction" in stdout
+
+
+# ---------------------------------------------------------------------------------- the study script
+def _study():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "study_cells.py")
+    spec = importlib.util.spec_from_file_location("study_cells", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_configs_are_valid_and_matched(tmp_path):
+    from gruengine.train import resolve_config
+    study = _study()
+    for p in (study.FULL, study.QUICK):
+        p = dict(p, cells=list(study.CELLS), seed=0)
+        runs = study.run_configs(p, imdb_dir=str(tmp_path))
+        assert len(runs) == len(study.CELLS) * (len(p["adding_T"]) + 1)
+        for name, cfg in runs:
+            resolve_config(cfg)                        # the trainer accepts every run
+        # per task and length the cells differ in the cell only
+        groups = {}
+        for name, cfg in runs:
+            groups.setdefault((cfg["task"], cfg.get("seq_len")), []).append(
+                {k: v for k, v in cfg.items() if k != "cell"})
+        for key, cfgs in groups.items():
+            assert len(cfgs) == len(study.CELLS) and all(c == cfgs[0] for c in cfgs), key
+
+
+def test_study_imdb_subset_round_trip(tmp_path):
+    import io
+    import tarfile
+    from gruengine.data.imdb import read_imdb
+    from gruengine.data.text import read_labelled_text
+    rng = np.random.default_rng(6)
+    words = ["fine", "dull", "superb", "awful", "plot", "cast"]
+    archive = tmp_path / "imdb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            for cls in ("neg", "pos"):
+                for i in range(3):
+                    text = " ".join(rng.choice(words, 5)) + "\t<br /><br />" + str(i) + "\n!"
+                    data = text.encode()
+                    info = tarfile.TarInfo(f"aclImdb/{split}/{cls}/{i}_{7 if cls == 'pos' else 2}.txt")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    study = _study()
+    folder = study.imdb_subset(str(archive), 4, 2, str(tmp_path / "out"))
+    ref = read_imdb(str(archive), n_train=4, n_test=2)
+    from gruengine.data import tokenize
+    for split in ("train", "test"):
+        labels, texts, _ = read_labelled_text(os.path.join(folder, f"{split}.tsv"))
+        texts_ref, labels_ref = ref[split]
+        assert labels == [["neg", "pos"][k] for k in labels_ref.tolist()]
+        assert [tokenize(t) for t in texts] == [tokenize(t) for t in texts_ref]
