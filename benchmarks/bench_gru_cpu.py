@@ -108,7 +108,8 @@ def gate_kernels():
     for name, fn in runs.items():
         fn()
         ts = [_timed(fn) for _ in range(500)]
-        print(f"  {name:24s} min {min(ts) * 1e6:7.1f} us   median {statistics.median(ts) * 1e6:7.1f} us")
+        print(f"  {name:24s} min {min(ts) * 1e6:7.1f} us   "
+              f"median {statistics.median(ts) * 1e6:7.1f} us")
 
 
 def breakdown():
@@ -135,6 +136,49 @@ def breakdown():
           + (", parallel gate kernels" if ARGS.parallel_gates else ""))
     for name, fn in parts.items():
         print(f"  {name:24s} {min(_timed(fn) for _ in range(7)) * 1e3:7.1f} ms")
+    # one more forward + backward with every GEMM and kernel call timed (median of 5 runs)
+    from gruengine.kernels.cpu import gru as C, _gru_cells as K
+    acc = {}
+
+    def timer(label, fn):
+        def wrapped(*a, **kw):
+            t0 = time.perf_counter()
+            r = fn(*a, **kw)
+            acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
+            return r
+        return wrapped
+
+    class _NP:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        def matmul(self, a, b, out=None):
+            label = "per-step GEMMs" if a.shape[0] <= B and a.ndim == 2 and a.shape[0] != 3 * H \
+                else "big GEMMs"
+            return timer(label, np.matmul)(a, b, out=out)
+
+    saved = C.np, {k: getattr(K, k) for k in dir(K) if k.startswith(("fwd_", "bwd_", "sum_"))}
+    C.np = _NP()
+    for k, fn in saved[1].items():
+        setattr(K, k, timer("gate kernels", fn))
+    runs = []
+    try:
+        for _ in range(5):
+            acc.clear()
+            t0 = time.perf_counter()
+            gru.forward(x)
+            gru.backward(dy)
+            total = time.perf_counter() - t0
+            runs.append(dict(acc, total=total))
+    finally:
+        C.np = saved[0]
+        for k, fn in saved[1].items():
+            setattr(K, k, fn)
+    run = sorted(runs, key=lambda r: r["total"])[2]
+    rest = run["total"] - sum(v for k, v in run.items() if k != "total")
+    print("  one training step (dy every step), median run:")
+    for k, v in list(run.items()) + [("everything else", rest)]:
+        print(f"    {k:22s} {v * 1e3:7.1f} ms")
 
 
 def gemm_peak(dtype):

@@ -113,7 +113,8 @@ class GRU:
         check_array("x", x, (None, None, self.input_size), self.dtype)
         B, T = x.shape[:2]
         if B == 0 or T == 0:
-            raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
+            raise ValueError("x: expected at least one sequence and one step, "
+                             f"got shape {x.shape}")
         lengths = np.ascontiguousarray(check_lengths("lengths", lengths, B, T))
         if h0 is None:
             h0 = np.zeros((L * D, B, H), self.dtype)

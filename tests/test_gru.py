@@ -346,7 +346,8 @@ def test_matches_torch_packed_sequences(dtype, tol, num_layers, bidirectional):
     rng = np.random.default_rng([100, num_layers, bidirectional])
     B, T, I, H = 4, 7, 5, 6
     gru = GRU(I, H, num_layers, bidirectional, dtype=dtype, seed=num_layers)
-    ref_gru = torch.nn.GRU(I, H, num_layers, batch_first=True, bidirectional=bidirectional).to(tdtype)
+    ref_gru = torch.nn.GRU(I, H, num_layers, batch_first=True,
+                           bidirectional=bidirectional).to(tdtype)
     with torch.no_grad():
         for k, v in gru.params.items():
             getattr(ref_gru, k).copy_(torch.from_numpy(v))

@@ -67,16 +67,17 @@ def fwd_step_after(s, n, off, nb_next, off_next, Gx, gh, b_ih, b_hh, Hp, G,
         t = _time(s, lengths[row], reverse)
         p = off + b
         gx, ghb, hp, gp, yr = Gx[row, t], gh[b], Hp[p], G[p], y[row, t]
-        for j in range(H):
-            r = _ftz(sigmoid_(gx[j] + b_ih[j] + ghb[j] + b_hh[j]), tiny)
-            z = _ftz(sigmoid_(gx[H + j] + b_ih[H + j] + ghb[H + j] + b_hh[H + j]), tiny)
-            hn = _ftz(ghb[2 * H + j] + b_hh[2 * H + j], tiny)
-            nn = _ftz(tanh_(gx[2 * H + j] + b_ih[2 * H + j] + r * hn), tiny)
-            gp[j] = r
-            gp[H + j] = z
-            gp[2 * H + j] = nn
-            gp[3 * H + j] = hn
-            yr[j] = _ftz((one - z) * nn + z * hp[j], tiny)
+        # short loops over few arrays vectorize best (see bwd_step_after)
+        for k in range(2 * H):                                          # r, z
+            gp[k] = _ftz(sigmoid_(gx[k] + b_ih[k] + ghb[k] + b_hh[k]), tiny)
+        for j in range(H):                                              # W_hn h + b_hn
+            gp[3 * H + j] = _ftz(ghb[2 * H + j] + b_hh[2 * H + j], tiny)
+        for j in range(H):                                              # n
+            a_n = gx[2 * H + j] + b_ih[2 * H + j] + gp[j] * gp[3 * H + j]
+            gp[2 * H + j] = _ftz(tanh_(a_n), tiny)
+        for j in range(H):                                              # h_t
+            z = gp[H + j]
+            yr[j] = _ftz((one - z) * gp[2 * H + j] + z * hp[j], tiny)
         _store_h(b, row, b < nb_next, off_next, yr, Hp, h_n)
 
 
