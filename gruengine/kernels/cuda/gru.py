@@ -37,7 +37,12 @@ def _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths):
 
 def _persistent(B, H):
     # the one-block path: no per-step launches, for layers small enough for one SM
-    return B * H <= min(int(launch.PERSISTENT_MAX_BH), PERSIST_MAX)
+    if not B * H <= min(int(launch.PERSISTENT_MAX_BH), PERSIST_MAX):
+        return False
+    if not 1 <= int(launch.PERSISTENT_THREADS) <= 1024:
+        raise ValueError(f"PERSISTENT_THREADS: expected an integer in [1, 1024], "
+                         f"got {launch.PERSISTENT_THREADS}")
+    return True
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):

@@ -25,8 +25,9 @@ COLSUM_CHUNK = 256
 # GRU layers with B*H at most this (and at most gru_kernels.PERSIST_MAX) run the whole
 # recurrence in one block (one launch forward, one backward); 0 = always the tiled per-step path
 PERSISTENT_MAX_BH = 1024
-# threads of that one block
-PERSISTENT_THREADS = 512
+# threads of that one block; 256 x 255 registers fit any SM, so the launch cannot fail for
+# lack of registers whatever ptxas allocates
+PERSISTENT_THREADS = 256
 # size of the shared scratch of the block reductions: the largest THREADS_PER_BLOCK allowed
 REDUCE_SHARED = 1024
 
