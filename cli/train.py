@@ -176,7 +176,7 @@ def _print_summary(s):
 
 
 @app.command("evaluate")
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=click.Path(), metavar="CKPT")
 @click.option("--data", type=click.Path(), help="data to test on [default: the run's own]")
 @click.option("--task", type=click.Choice(["adding", "copy", "imdb", "npz", "text", "ucr"]),
               help="dataset kind of --data [default: the run's own]")
@@ -184,7 +184,8 @@ def _print_summary(s):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet):
-    """Evaluate a checkpoint on the test split of a dataset.
+    """Evaluate a checkpoint (a .npz, or a run folder: its best.npz) on the test split of
+    a dataset: the run's own unless --data / --task say otherwise.
 
     \b
     Examples:
@@ -202,7 +203,7 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet):
 
 
 @app.command("predict")
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=click.Path(), metavar="CKPT")
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.Path(), help="one input text per line")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input")

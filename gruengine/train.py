@@ -706,7 +706,11 @@ def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=No
 
 
 def load_model(path):
-    """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz)."""
+    """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
+    from a run folder (its best.npz)."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "best.npz")):
+        path = os.path.join(path, "best.npz")
     arrays, meta = ckpt.load_checkpoint(path)
     if "model_config" not in meta:
         raise CheckpointError(f"checkpoint {path}: metadata has no model_config")

@@ -152,7 +152,7 @@ def test_evaluate_predict_and_plot_on_a_text_run(tmp_path):
     assert r.exit_code == 0, r.output
     assert "test accuracy" in r.output
     assert open(run / "curves.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    r = CliRunner().invoke(app, ["evaluate", str(run / "best.npz"), "--json", "--quiet"])
+    r = CliRunner().invoke(app, ["evaluate", str(run), "--json", "--quiet"])   # folder: best.npz
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["n"] == 40 and 0 <= res["acc"] <= 1
