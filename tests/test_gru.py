@@ -370,3 +370,26 @@ def test_matches_torch_packed_sequences(dtype, tol, num_layers, bidirectional):
 
 def test_gru_exported_from_package():
     assert gruengine.GRU is GRU
+
+
+def test_reads_params_and_writes_grads_through_a_flat_buffer():
+    from gruengine.params import ParamBuffer
+    rng = np.random.default_rng(110)
+    gru = GRU(3, 4, num_layers=2, bidirectional=True, seed=8)
+    x, lengths, h0, dy, dh_n = layer_case(rng, gru, 2, 5, F32)
+    y0, _ = gru.forward(x, h0, lengths)
+    gru.backward(dy, dh_n)
+    g0 = {k: v.copy() for k, v in gru.grads.items()}
+    p0 = gru.state_dict()
+    buf = ParamBuffer({"gru": gru})
+    y1, _ = gru.forward(x, h0, lengths)
+    gru.backward(dy, dh_n)
+    np.testing.assert_array_equal(y0, y1)
+    for k in g0:                                  # gradients land in the flat buffer
+        np.testing.assert_array_equal(buf.grads["gru." + k], g0[k])
+    buf.data *= 2                                 # the layer sees updates made to the buffer
+    y2, _ = gru.forward(x, h0, lengths)
+    other = GRU(3, 4, num_layers=2, bidirectional=True, seed=0)
+    other.load_state_dict({k: v * 2 for k, v in p0.items()})
+    np.testing.assert_array_equal(other.forward(x, h0, lengths)[0], y2)
+    assert not np.allclose(y2, y1)
