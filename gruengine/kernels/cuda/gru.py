@@ -9,10 +9,11 @@ from numba import cuda
 
 from ..._checks import check_lengths
 from . import blas, launch
-from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, PERSIST_MAX, RH_, TB,
-                          TJ, gru_backward_persistent_kernel, gru_forward_persistent_kernel,
+from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
                           gru_step_backward_fused_kernel, gru_step_backward_kernel,
                           gru_step_forward_kernel)
+from .gru_persistent import (PERSIST_MAX, gru_backward_persistent_kernel,
+                             gru_forward_persistent_kernel)
 
 __all__ = ["gru_forward", "gru_backward"]
 

@@ -13,9 +13,9 @@ import types
 
 from numba import boolean, cuda, float32, float64, int64
 
-from . import blas, gru_kernels, ops, optim
+from . import blas, gru_kernels, gru_persistent, ops, optim
 
-MODULES = (blas, gru_kernels, ops, optim)
+MODULES = (blas, gru_kernels, gru_persistent, ops, optim)
 
 
 def kernels():
