@@ -6,3 +6,5 @@ Launch settings (threads per block, grid cap) live in ``gruengine.kernels.cuda.l
 from .gru import *  # noqa: F401,F403
 from .ops import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
+from .lstm import *  # noqa: F401,F403
+from .mingru import *  # noqa: F401,F403
