@@ -18,7 +18,22 @@ OUT="$(cd "$OUT" && pwd)"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset NUMBA_ENABLE_CUDASIM
 export PYTHONDONTWRITEBYTECODE=1
-PY="${PYTHON:-python3}"
+# the first Python that imports numba (override with PYTHON=...)
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+    for cand in python3 python; do
+        if command -v "$cand" >/dev/null && "$cand" -c "import numba" 2>/dev/null; then
+            PY="$cand"; break
+        fi
+    done
+fi
+PY="${PY:-python3}"
+# without coreutils' timeout, stages run unlimited (the total budget is then not enforced)
+if command -v timeout >/dev/null; then
+    limit_cmd() { local s="$1"; shift; timeout --kill-after=10 "$s" "$@"; }
+else
+    limit_cmd() { shift; "$@"; }
+fi
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 START=$SECONDS
@@ -35,7 +50,7 @@ run_stage() {
     fi
     (( limit > remaining - 5 )) && limit=$(( remaining - 5 ))
     local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    limit_cmd "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     local what="ok"
     (( rc == 124 || rc == 137 )) && what="TIMED OUT after ${limit}s"
