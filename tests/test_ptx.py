@@ -77,3 +77,48 @@ def test_no_local_memory_in_the_hot_kernels():
         assert P.local_bytes_in_ptx(text) == 0, name
         assert use["lmem"] == 0, (name, use)
         assert 0 < use["registers"] <= 128, (name, use)
+
+
+# ----------------------------------------------------------------------------- LSTM and minGRU
+# Their signatures live beside the kernels (``ptx_signatures(f)`` in lstm.py / mingru.py) until
+# ptx.MODULES / ptx.signatures() take them in; compiled here the way ``P.compile_kernel`` does.
+
+from gruengine.kernels.cuda import lstm as _lstm, mingru as _mingru  # noqa: E402
+
+CELL_KERNELS = sorted((mod.__name__.rsplit(".", 1)[1], name)
+                      for mod in (_lstm, _mingru) for name, obj in vars(mod).items()
+                      if hasattr(obj, "py_func") and getattr(obj, "targetoptions", None) is not None
+                      and not obj.targetoptions.get("device", False))
+
+
+def _compile_cell_kernel(modname, name, cc, f=None):
+    from numba import float32
+    mod = {"lstm": _lstm, "mingru": _mingru}[modname]
+    with P._device_cc_without_gpu(cc):
+        sig = mod.ptx_signatures(f or float32)[name]
+        ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sig, cc=cc)
+    return ptx
+
+
+def test_every_cell_kernel_has_a_signature():
+    from numba import float32
+    assert len(CELL_KERNELS) == 5, CELL_KERNELS
+    for modname, name in CELL_KERNELS:
+        assert name in {"lstm": _lstm, "mingru": _mingru}[modname].ptx_signatures(float32), name
+
+
+@pytest.mark.parametrize("cc", [(9, 0), (8, 0)], ids=["sm_90", "sm_80"])
+@pytest.mark.parametrize("modname, name", CELL_KERNELS, ids=[n for _, n in CELL_KERNELS])
+def test_cell_kernel_compiles_to_ptx_without_spills(modname, name, cc):
+    from numba import float32, float64
+    for f in (float32, float64):
+        text = _compile_cell_kernel(modname, name, cc, f)
+        assert f".target sm_{cc[0]}{cc[1]}" in text
+        assert ".entry" in text
+        assert P.local_bytes_in_ptx(text) == 0, (name, f)
+        use = P.resource_usage(text, cc)
+        if use is not None:
+            # float64 doubles the LSTM's shared tiles: they must stay under the 48 KiB static limit
+            assert use["lmem"] == 0, (name, f, use)
+            assert use["smem"] <= 48 * 1024 + 1024, (name, f, use)
+            assert 0 < use["registers"] <= 128, (name, f, use)

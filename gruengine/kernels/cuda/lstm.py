@@ -264,7 +264,8 @@ def _check_cache(cache, shape, reverse):
         raise ValueError("cache: expected the cache lstm_forward (cuda) returned for these "
                          f"shapes, got {type(cache).__name__}")
     if cache["reverse"] != bool(reverse):
-        raise ValueError(f"cache: built with reverse={cache['reverse']}, got reverse={bool(reverse)}")
+        raise ValueError(f"cache: built with reverse={cache['reverse']}, "
+                         f"got reverse={bool(reverse)}")
 
 
 def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, cache,

@@ -195,7 +195,8 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
         raise ValueError("cache: expected the cache mingru_forward (cuda) returned for these "
                          f"shapes, got {type(cache).__name__}")
     if cache["reverse"] != bool(reverse):
-        raise ValueError(f"cache: built with reverse={cache['reverse']}, got reverse={bool(reverse)}")
+        raise ValueError(f"cache: built with reverse={cache['reverse']}, "
+                         f"got reverse={bool(reverse)}")
     dy_d, dh_d, x_d, h0_d, W_z_d, W_h_d = (launch.as_device(a) for a in
                                            (dy, dh_n, x, h0, W_z, W_h))
     dGz = blas.zeros((B, T, H), dt)
