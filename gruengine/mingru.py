@@ -29,7 +29,8 @@ class MinGRU(_RecurrentStack):
     input_size, hidden_size, num_layers : int
     bidirectional : bool
     dtype : float32 or float64
-    device : 'cpu' (Numba kernels), 'reference' (NumPy log-space scan) or 'auto'
+    device : 'cpu' (Numba kernels), 'cuda' (numba.cuda kernels), 'reference' (NumPy log-space
+        scan) or 'auto'
     seed : int or None -- weights ~ U(-1/sqrt(H), 1/sqrt(H)); also seeds dropout masks
     dropout : float in [0, 1) -- on the outputs of every layer but the last, in training only
     """
