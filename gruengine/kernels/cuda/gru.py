@@ -82,18 +82,15 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     h_a.copy_to_device(h0_d)
     h_b = cuda.device_array((B, H), dtype=dt)
     rh = cuda.device_array((B, H), dtype=dt)
-    grid = ((H + TJ - 1) // TJ, (B + TB - 1) // TB)
-    block = (TJ, TB)
+    # configured once: the loop below is launch-bound at small sizes
+    step = gru_step_forward_kernel[((H + TJ - 1) // TJ, (B + TB - 1) // TB), (TJ, TB)]
     rev = bool(reverse)
     for s in range(T):
         if reset_after:
-            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store,
-                                                 lengths_d, s, rev, MODE_FULL)
+            step(Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store, lengths_d, s, rev, MODE_FULL)
         else:
-            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store,
-                                                 lengths_d, s, rev, MODE_RZ)
-            gru_step_forward_kernel[grid, block](Gx, WT, b_hh_d, rh, h_a, h_b, rh, y, store,
-                                                 lengths_d, s, rev, MODE_N)
+            step(Gx, WT, b_hh_d, h_a, h_a, h_b, rh, y, store, lengths_d, s, rev, MODE_RZ)
+            step(Gx, WT, b_hh_d, rh, h_a, h_b, rh, y, store, lengths_d, s, rev, MODE_N)
         h_a, h_b = h_b, h_a
     return launch.to_output(y, on_device), launch.to_output(h_a, on_device), cache
 
@@ -136,21 +133,21 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dh_a = cuda.device_array((B, H), dtype=dt)
     dh_a.copy_to_device(dh_d)
     dh_b = cuda.device_array((B, H), dtype=dt)
-    blocks, tpb = launch.grid_1d(B * H)
-    grid = ((H + TJ - 1) // TJ, (B + TB - 1) // TB)
+    # configured once: the loop below is launch-bound at small sizes
+    fused = gru_step_backward_fused_kernel[((H + TJ - 1) // TJ, (B + TB - 1) // TB), (TJ, TB)]
+    gates = gru_step_backward_kernel[launch.grid_1d(B * H)]
+    dG_n, W_n = dG_step[:, 2 * H:], W_hh_d[2 * H:]
+    dG_rz, W_rz = dG_step[:, :2 * H], W_hh_d[:2 * H]
     rev = bool(reverse)
     for s in range(T - 1, -1, -1):
         if reset_after:
             # one launch: gate backward + the dh_{t-1} product
-            gru_step_backward_fused_kernel[grid, (TJ, TB)](dy_d, dh_a, store, lengths_d, s, rev,
-                                                           W_hh_d, dGx, dGh, dh_b)
+            fused(dy_d, dh_a, store, lengths_d, s, rev, W_hh_d, dGx, dGh, dh_b)
         else:
-            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
-                                                  dG_step, dh_b, d_rh, MODE_RZ)
-            blas.gemm(dG_step[:, 2 * H:], W_hh_d[2 * H:], d_rh)
-            gru_step_backward_kernel[blocks, tpb](dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh,
-                                                  dG_step, dh_b, d_rh, MODE_N)
-            blas.gemm(dG_step[:, :2 * H], W_hh_d[:2 * H], dh_b, accumulate=True)
+            gates(dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh, dG_step, dh_b, d_rh, MODE_RZ)
+            blas.gemm(dG_n, W_n, d_rh)
+            gates(dy_d, dh_a, store, lengths_d, s, rev, dGx, dGh, dG_step, dh_b, d_rh, MODE_N)
+            blas.gemm(dG_rz, W_rz, dh_b, accumulate=True)
         dh_a, dh_b = dh_b, dh_a
     return _weight_gradients(dGx, dGh, dh_a, store, x_d, W_ih_d, reset_after, on_device)
 
