@@ -12,7 +12,9 @@ full lengths, float32. For each point and each engine it times
 
 on ``engine-cpu`` (gruengine.kernels.cpu, NumPy arrays), ``engine-cuda``
 (gruengine.kernels.cuda with inputs, weights and gradients resident on the GPU: the
-host<->device copies of a NumPy caller are left out), ``torch-cpu`` (torch.nn.GRU) and
+host<->device copies of a NumPy caller are left out), ``engine-cuda-tiled`` (the same forced
+onto the tiled per-step kernels, only where ``engine-cuda`` takes the one-block persistent
+path: it checks that threshold), ``torch-cpu`` (torch.nn.GRU) and
 ``torch-cuda`` (cuDNN) where importable. Before timing, the engine's devices (and torch)
 are checked to agree on y, h_n and every gradient. Timings synchronise the device before
 reading the clock, run warm-up calls first (JIT compilation excluded) and report the
@@ -29,7 +31,7 @@ import numpy as np
 
 FULL_GRID = dict(batch=[1, 16, 64, 128], hidden=[64, 128, 256, 512], steps=[50, 200])
 QUICK_GRID = dict(batch=[1, 16], hidden=[32, 64], steps=[20])
-ENGINES = ("engine-cpu", "engine-cuda", "torch-cpu", "torch-cuda")
+ENGINES = ("engine-cpu", "engine-cuda", "engine-cuda-tiled", "torch-cpu", "torch-cuda")
 
 
 def flops_per_token(I, H, mode):
@@ -118,6 +120,28 @@ class EngineCUDA(EngineCPU):
 
     def host(self, out):
         return tuple(a.copy_to_host() for a in out)
+
+
+class EngineCUDATiled(EngineCUDA):
+    """The CUDA engine forced onto the tiled per-step path (launch.PERSISTENT_MAX_BH = 0):
+    run only at points where ``engine-cuda`` takes the one-block persistent path, to check
+    that threshold."""
+    name = "engine-cuda-tiled"
+
+    def _tiled(self, fn):
+        from gruengine.kernels.cuda import launch
+        saved = launch.PERSISTENT_MAX_BH
+        launch.PERSISTENT_MAX_BH = 0
+        try:
+            return fn()
+        finally:
+            launch.PERSISTENT_MAX_BH = saved
+
+    def infer(self):
+        return self._tiled(super().infer)
+
+    def train(self):
+        return self._tiled(super().train)
 
 
 class EngineTorch:
@@ -264,6 +288,8 @@ def run(a):
                 engines.append(EngineCPU(p))
             if "engine-cuda" in wanted and cuda_ok:
                 engines.append(EngineCUDA(p))
+            if "engine-cuda-tiled" in wanted and cuda_ok and _cuda_path(B, H) == "persistent":
+                engines.append(EngineCUDATiled(p))
             if torch is not None and "torch-cpu" in wanted and cpu_ok:
                 engines.append(EngineTorch(p, torch, "cpu"))
             if torch is not None and torch_cuda and "torch-cuda" in wanted:
@@ -292,11 +318,7 @@ def run(a):
                 except Exception as exc:
                     notes.append(f"B={B} H={H} T={T} {e.name} {mode}: failed: {exc}")
                     continue
-                if e.name == "engine-cuda":
-                    from gruengine.kernels.cuda import gru as cuda_gru
-                    path = "persistent" if cuda_gru._persistent(B, H) else "tiled"
-                else:
-                    path = None
+                path = {"engine-cuda": _cuda_path(B, H), "engine-cuda-tiled": "tiled"}.get(e.name)
                 rows.append(dict(B=B, H=H, T=T, I=H, engine=e.name, mode=mode, ms=sec * 1e3,
                                  cuda_path=path,
                                  tokens_per_s=B * T / sec, timed_calls=n,
@@ -312,13 +334,18 @@ def run(a):
                 skipped=skipped, notes=notes, seconds=time.perf_counter() - t_start)
 
 
+def _cuda_path(B, H):
+    from gruengine.kernels.cuda import gru as cuda_gru
+    return "persistent" if cuda_gru._persistent(B, H) else "tiled"
+
+
 def _print_point(rows, B, H, T, tol):
     mine = [r for r in rows if (r["B"], r["H"], r["T"]) == (B, H, T)]
     for r in mine:
         base = next((q for q in mine if q["mode"] == r["mode"] and q["engine"] == "engine-cpu"), None)
         speed = f"{base['ms'] / r['ms']:8.2f}x" if base else "       - "
         ok = "ok" if r["agrees"] else f"DISAGREES (>{tol:g})"
-        print(f"B={B:4d} H={H:4d} T={T:4d}  {r['engine']:<12} {r['mode']:<5} {r['ms']:10.3f} ms "
+        print(f"B={B:4d} H={H:4d} T={T:4d}  {r['engine']:<17} {r['mode']:<5} {r['ms']:10.3f} ms "
               f"{r['tokens_per_s']:12.0f} tok/s {r['gflops']:8.1f} GFLOP/s {speed}  "
               f"err {r['max_rel_err']:.1e} vs {r['agree_ref']} {ok}", flush=True)
 
