@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -252,8 +253,11 @@ def parse_args(argv=None):
     return a
 
 
-def run(a):
+def run(a, result=None):
+    """Run the sweep; ``result`` (a dict) is filled as points finish, so an interrupted run
+    still has every finished row."""
     t_start = time.perf_counter()
+    result = {} if result is None else result
     cuda_ok, cuda_info = cuda_status()
     torch, torch_cuda = torch_status()
     notes = []
@@ -273,6 +277,7 @@ def run(a):
         torch.set_num_threads(int(numba.config.NUMBA_NUM_THREADS))
         env["torch_threads"] = torch.get_num_threads()
     rows, skipped = [], []
+    result.update(env=env, args=dict(vars(a)), rows=rows, skipped=skipped, notes=notes)
     points = [(B, H, T) for T in a.steps for H in a.hidden for B in a.batch]
     for B, H, T in points:
         if time.perf_counter() - t_start > a.budget:
@@ -326,12 +331,19 @@ def run(a):
                                  agree_ref=ref_name, max_rel_err=agree.get(e.name, 0.0),
                                  agrees=agree.get(e.name, 0.0) <= a.tol))
         _print_point(rows, B, H, T, a.tol)
+    result["seconds"] = time.perf_counter() - t_start
+    return result
+
+
+def add_speedups(rows):
     for r in rows:
         base = next((q for q in rows if (q["B"], q["H"], q["T"], q["mode"]) ==
                      (r["B"], r["H"], r["T"], r["mode"]) and q["engine"] == "engine-cpu"), None)
         r["speedup_vs_engine_cpu"] = base["ms"] / r["ms"] if base else None
-    return dict(env=env, args={k: v for k, v in vars(a).items() if k != "func"}, rows=rows,
-                skipped=skipped, notes=notes, seconds=time.perf_counter() - t_start)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _cuda_path(B, H):
@@ -406,8 +418,16 @@ def main(argv=None):
     a = parse_args(argv)
     print(f"grid: B={a.batch} H={a.hidden} T={a.steps} engines={a.engines} modes={a.modes}",
           flush=True)
-    result = run(a)
-    for n in result["notes"]:
+    result = {}
+    signal.signal(signal.SIGTERM, _interrupt)       # a timeout kills politely: keep the rows
+    try:
+        run(a, result)
+    except KeyboardInterrupt as e:
+        result.setdefault("notes", []).append(f"interrupted ({e or 'Ctrl-C'}): partial results")
+    result.setdefault("rows", [])
+    result.setdefault("skipped", [])
+    add_speedups(result["rows"])
+    for n in result.get("notes", []):
         print("note:", n)
     for s in result["skipped"]:
         print(f"skipped: B={s['B']} H={s['H']} T={s['T']}: {s['why']}")

@@ -38,6 +38,25 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 START=$SECONDS
 
+# Some images pair numba-cuda with a NumPy that removed numpy.row_stack (NumPy 2.5), and
+# `from numba import cuda` fails; then a sitecustomize.py on PYTHONPATH restores the alias.
+if ! "$PY" -c "from numba import cuda" 2> "$OUT/numba_cuda_import.err"; then
+    SHIM="$OUT/pyshim"
+    mkdir -p "$SHIM"
+    cat > "$SHIM/sitecustomize.py" <<'PYEOF'
+# added by benchmarks/gpu_check.sh: numba-cuda still calls numpy.row_stack (gone in NumPy 2.5)
+import numpy
+if not hasattr(numpy, "row_stack"):
+    numpy.row_stack = numpy.vstack
+PYEOF
+    export PYTHONPATH="$SHIM:$PYTHONPATH"
+    if "$PY" -c "from numba import cuda"; then
+        echo "numba.cuda: import needed the numpy.row_stack shim ($SHIM)" | tee -a "$SUMMARY"
+    else
+        echo "numba.cuda: NOT importable even with the shim (numba_cuda_import.err)" | tee -a "$SUMMARY"
+    fi
+fi
+
 left() { echo $(( TOTAL_BUDGET - (SECONDS - START) )); }
 
 # run_stage NAME SECONDS CMD... : log to $OUT/NAME.log, record status, never abort the script
@@ -165,9 +184,11 @@ cp "$OUT/03_kernel_resources.log" "$OUT/kernel_resources.md" 2>/dev/null
 # ---------------------------------------------------------------- 3. the sweep
 # CPU engines only where a training step costs <= 60 GFLOP (the rest would eat the budget);
 # the bench stops starting new points when its own budget is spent and lists what it skipped.
+# the bench stops starting points at --budget; past the stage limit `timeout` sends SIGTERM,
+# on which it still writes the rows it has
 remaining=$(left)
-bench_budget=$(( remaining - 40 ))
-(( bench_budget < 30 )) && bench_budget=30
+bench_budget=$(( remaining - 60 ))
+(( bench_budget < 10 )) && bench_budget=10
 run_stage 04_bench "$(( remaining - 10 ))" "$PY" benchmarks/bench_cuda_vs_cpu.py \
     --out "$OUT" --budget "$bench_budget" --cpu-max-gflop 60 --warmup 2 --repeats 5 \
     --max-seconds 2
