@@ -88,16 +88,17 @@ def test_gru_several_tiles_and_small_launches(rng, monkeypatch, reset_after, tpb
     _compare(args, dy, dh_n, reset_after, True, np.float32)
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
-def test_gru_persistent_at_its_size_limit(rng, monkeypatch, reset_after):
+def test_gru_persistent_at_its_size_limit(rng, monkeypatch):
     # B*H = 297 units over 32 threads of the one block: each thread loops over ~10 units;
-    # the limit is inclusive, one unit more takes the tiled path with the same results
+    # the limit is inclusive. The Cho form: its steps have the most phases (3 backward)
     monkeypatch.setattr(launch, "PERSISTENT_THREADS", 32)
     B, T, I, H = 9, 2, 3, 33
     monkeypatch.setattr(launch, "PERSISTENT_MAX_BH", B * H)
     lengths = rng.integers(1, T + 1, size=B).astype(np.int64)
     args, dy, dh_n = _problem(rng, B, T, I, H, np.float32, lengths)
-    _compare(args, dy, dh_n, reset_after, False, np.float32)
+    from gruengine.kernels.cuda.gru import _persistent
+    assert _persistent(B, H) and not _persistent(B, H + 1)
+    _compare(args, dy, dh_n, False, False, np.float32)
 
 
 def test_gru_lengths_none_means_full(rng):
