@@ -80,8 +80,8 @@ def test_no_local_memory_in_the_hot_kernels():
 
 
 # ----------------------------------------------------------------------------- LSTM and minGRU
-# Their signatures live beside the kernels (``ptx_signatures(f)`` in lstm.py / mingru.py) until
-# ptx.MODULES / ptx.signatures() take them in; compiled here the way ``P.compile_kernel`` does.
+# Their signatures live beside the kernels (``ptx_signatures(f)`` in lstm.py / mingru.py);
+# ptx.signatures() merges them, so the tests above cover them in float32 too; these add float64.
 
 from gruengine.kernels.cuda import lstm as _lstm, mingru as _mingru  # noqa: E402
 

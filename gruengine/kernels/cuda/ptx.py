@@ -13,9 +13,9 @@ import types
 
 from numba import boolean, cuda, float32, float64, int64
 
-from . import blas, gru_kernels, gru_persistent, ops, optim
+from . import blas, gru_kernels, gru_persistent, lstm, mingru, ops, optim
 
-MODULES = (blas, gru_kernels, gru_persistent, ops, optim)
+MODULES = (blas, gru_kernels, gru_persistent, ops, optim, lstm, mingru)
 
 
 def kernels():
@@ -34,7 +34,7 @@ def signatures(f=float32):
     v, m, t3, t4 = f[::1], f[:, ::1], f[:, :, ::1], f[:, :, :, ::1]
     i1, i2, p = int64[::1], int64[:, ::1], float64[::1]
     i, b, d = int64, boolean, float64
-    return {
+    own = {
         # blas: the GEMM also runs on strided views (column slices of dG), layout "A"
         "gemm_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
         "gemm_blocked_kernel": (f[:, :], f[:, :], f[:, :], v, i, i, i, b, b, b, b),
@@ -62,6 +62,12 @@ def signatures(f=float32):
         "adam_kernel": (v, v, v, v, d, d, d, d, d, b, d, d, d),
         "sgd_kernel": (v, v, v, d, d, d, b, d, d, b),
     }
+    # modules that keep their kernels' signatures beside them (lstm.py, mingru.py)
+    sigs = dict(own)
+    for mod in MODULES:
+        if hasattr(mod, "ptx_signatures"):
+            sigs.update(mod.ptx_signatures(f))
+    return sigs
 
 
 @contextlib.contextmanager
