@@ -2,8 +2,8 @@
 # One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in ~6 minutes:
 #   1. the CUDA tests (tests/cuda) on the REAL target (NUMBA_ENABLE_CUDASIM unset);
 #      without pytest, a built-in comparison of every CUDA op with the NumPy reference
-#   2. registers / shared / local memory of every kernel (PTX assembled for this GPU)
-#   3. the CUDA-vs-CPU sweep (benchmarks/bench_cuda_vs_cpu.py): table, JSON, PNG
+#   2. the CUDA-vs-CPU sweep (benchmarks/bench_cuda_vs_cpu.py): table, JSON, PNG
+#   3. registers / shared / local memory of every kernel (PTX assembled for this GPU)
 # Everything lands in one folder: ./gpu_check.sh [OUT_DIR]   (default ./gpu_out)
 # Needs only Python with numba, numba-cuda, numpy (pytest, torch, matplotlib optional);
 # nothing is installed: the package is imported from the source tree (PYTHONPATH).
@@ -89,7 +89,7 @@ run_stage 00_env 30 bash -c '
 
 # ---------------------------------------------------------------- 1. correctness on the GPU
 if "$PY" -c "import pytest" 2>/dev/null; then
-    run_stage 01_cuda_tests 170 "$PY" -m pytest tests/cuda -q -rs -p no:cacheprovider --durations=10
+    run_stage 01_cuda_tests 150 "$PY" -m pytest tests/cuda -q -rs -p no:cacheprovider --durations=10
 else
     echo "pytest is not importable: running the built-in comparison instead" | tee -a "$SUMMARY"
 fi
@@ -177,21 +177,20 @@ print("FAILURES:", failures if failures else "none")
 raise SystemExit(1 if failures else 0)
 EOF
 
-# ---------------------------------------------------------------- 2. resources per kernel
-run_stage 03_kernel_resources 60 "$PY" -m gruengine.kernels.cuda.ptx
-cp "$OUT/03_kernel_resources.log" "$OUT/kernel_resources.md" 2>/dev/null
-
-# ---------------------------------------------------------------- 3. the sweep
-# CPU engines only where a training step costs <= 60 GFLOP (the rest would eat the budget);
-# the bench stops starting new points when its own budget is spent and lists what it skipped.
-# the bench stops starting points at --budget; past the stage limit `timeout` sends SIGTERM,
-# on which it still writes the rows it has
+# ---------------------------------------------------------------- 2. the sweep
+# CPU engines only where a training step costs <= 60 GFLOP (the rest would eat the budget).
+# The bench stops starting points at --budget and lists what it skipped; past the stage
+# limit `timeout` sends SIGTERM, on which it still writes the rows it has.
 remaining=$(left)
-bench_budget=$(( remaining - 60 ))
+bench_budget=$(( remaining - 70 ))
 (( bench_budget < 10 )) && bench_budget=10
-run_stage 04_bench "$(( remaining - 10 ))" "$PY" benchmarks/bench_cuda_vs_cpu.py \
+run_stage 03_bench "$(( remaining - 30 ))" "$PY" benchmarks/bench_cuda_vs_cpu.py \
     --out "$OUT" --budget "$bench_budget" --cpu-max-gflop 60 --warmup 2 --repeats 5 \
     --max-seconds 2
+
+# ---------------------------------------------------------------- 3. resources per kernel (last: least needed)
+run_stage 04_kernel_resources 60 "$PY" -m gruengine.kernels.cuda.ptx
+cp "$OUT/04_kernel_resources.log" "$OUT/kernel_resources.md" 2>/dev/null
 
 echo "total: $(( SECONDS - START ))s of a ${TOTAL_BUDGET}s budget" | tee -a "$SUMMARY"
 cat "$SUMMARY"
