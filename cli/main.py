@@ -26,6 +26,7 @@ def _register():
     from . import data  # noqa: F401
     from . import train, plot  # noqa: F401
     from . import inspect  # noqa: F401
+    from . import bench  # noqa: F401
 
 
 def main(argv=None):
