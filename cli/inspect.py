@@ -50,7 +50,9 @@ def summary_lines(s):
               help="show only the N most retentive units in the heatmaps [default: all]")
 @click.option("--reverse", is_flag=True, help="the reverse direction of a bidirectional model")
 @click.option("--no-plot", "no_plot", is_flag=True, help="write gates.npz only (no matplotlib)")
-def inspect_cmd(ckpt, input_spec, out, layer, units, reverse, no_plot):
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None,
+              help="run on this device [default: the checkpoint's, cpu when no GPU]")
+def inspect_cmd(ckpt, input_spec, out, layer, units, reverse, no_plot, device):
     """Record the gates of a trained model on one INPUT; write gates.npz and gates.png.
 
     INPUT is, for a text model, the review text itself, @FILE or - (stdin); for the adding
@@ -71,6 +73,6 @@ def inspect_cmd(ckpt, input_spec, out, layer, units, reverse, no_plot):
     from gruengine.inspect import inspect_checkpoint
     stdin = click.get_text_stream("stdin") if input_spec == "-" else None
     s = inspect_checkpoint(ckpt, input_spec, out, layer=layer, units=units, reverse=reverse,
-                           plot=not no_plot, stdin=stdin)
+                           plot=not no_plot, stdin=stdin, device=device)
     for line in summary_lines(s):
         click.echo(line)

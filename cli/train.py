@@ -183,7 +183,9 @@ def _print_summary(s):
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet):
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None,
+              help="run on this device [default: the checkpoint's, cpu when no GPU]")
+def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet, device):
     """Evaluate a checkpoint (a .npz, or a run folder: its best.npz) on the test split of
     a dataset: the run's own unless --data / --task say otherwise.
 
@@ -194,7 +196,7 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet):
     """
     from gruengine.train import evaluate_checkpoint
     res = evaluate_checkpoint(checkpoint, data=data, task=task, batch_size=batch_size,
-                              quiet=quiet)
+                              quiet=quiet, device=device)
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -207,7 +209,9 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet):
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.Path(), help="one input text per line")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input")
-def predict_cmd(checkpoint, texts, file, as_json):
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None,
+              help="run on this device [default: the checkpoint's, cpu when no GPU]")
+def predict_cmd(checkpoint, texts, file, as_json, device):
     """Classify texts with a checkpoint trained on text; prints label and probability.
 
     TEXT arguments, lines of --file, or lines of standard input when TEXT is '-'.
@@ -230,7 +234,7 @@ def predict_cmd(checkpoint, texts, file, as_json):
             inputs.extend(line.rstrip("\n") for line in f if line.strip())
     if not inputs:
         raise click.UsageError("give at least one TEXT, --file F, or '-' to read standard input")
-    for text, r in zip(inputs, predict_texts(checkpoint, inputs)):
+    for text, r in zip(inputs, predict_texts(checkpoint, inputs, device=device)):
         if as_json:
             click.echo(json.dumps({"text": text, **r}))
         elif "value" in r:

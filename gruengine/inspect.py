@@ -374,7 +374,7 @@ def _prediction(model, meta, inputs, lengths):
 
 
 def inspect_checkpoint(path, input_spec, out_dir=".", *, layer=None, units=None, reverse=False,
-                       plot=True, stdin=None):
+                       plot=True, stdin=None, device=None):
     """Record the gates of the checkpoint at ``path`` on one input and write
     ``out_dir/gates.npz`` (and ``out_dir/gates.png`` when ``plot``).
 
@@ -384,7 +384,7 @@ def inspect_checkpoint(path, input_spec, out_dir=".", *, layer=None, units=None,
     'input' (parse_input's info), 'prediction', 'npz' and 'png' (None without a plot).
     """
     from .train import load_model
-    model, meta = load_model(path)
+    model, meta = load_model(path, device)
     c = model.config
     if layer is None:
         layer = c.num_layers - 1

@@ -705,17 +705,27 @@ def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=No
     return t.fit()
 
 
-def load_model(path):
+def load_model(path, device=None):
     """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
-    from a run folder (its best.npz)."""
+    from a run folder (its best.npz).
+
+    ``device``: 'cpu', 'cuda' or 'auto' places the model there; None keeps the device the
+    checkpoint was trained on, or 'cpu' when that was 'cuda' and no GPU is usable here, so a
+    checkpoint written on one device loads on the other with the same weights."""
+    from .backend import check_device, cuda_available
     path = os.fspath(path)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "best.npz")):
         path = os.path.join(path, "best.npz")
     arrays, meta = ckpt.load_checkpoint(path)
     if "model_config" not in meta:
         raise CheckpointError(f"checkpoint {path}: metadata has no model_config")
+    mcfg = dict(meta["model_config"])
+    if device is not None:
+        mcfg["device"] = check_device(device)
+    elif mcfg.get("device") == "cuda" and not cuda_available():
+        mcfg["device"] = "cpu"
     try:
-        model = SequenceModel(ModelConfig.from_dict(meta["model_config"]))
+        model = SequenceModel(ModelConfig.from_dict(mcfg))
         model.load_state_dict(ckpt.split_arrays(arrays, "model"))
     except CheckpointError:
         raise
@@ -725,11 +735,11 @@ def load_model(path):
     return model, meta
 
 
-def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True):
+def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, device=None):
     """Evaluate a checkpoint on the test split of its own data configuration, or of
     ``data`` (a path) / ``task`` (a dataset name) when given. Returns ``evaluate``'s dict
-    plus 'metric' and 'task'."""
-    model, meta = load_model(path)
+    plus 'metric' and 'task'. ``device``: see ``load_model``."""
+    model, meta = load_model(path, device)
     dcfg = dict(meta.get("data_config") or {})
     if not dcfg:
         raise CheckpointError(f"checkpoint {path}: metadata has no data_config")
@@ -766,14 +776,14 @@ def _check_fits(model, ds, path):
                          f"{ds.inputs.shape}")
 
 
-def predict_texts(path, texts, batch_size=256):
+def predict_texts(path, texts, batch_size=256, device=None):
     """Classify ``texts`` (list of str) with a text checkpoint.
 
     Returns one dict per text: {'label', 'probability', 'probs'} (classify) or
     {'value'} (regress), in input order.
     """
     from .data.text import encode_texts
-    model, meta = load_model(path)
+    model, meta = load_model(path, device)
     vocab = _vocab(meta)
     if vocab is None or model.config.input != "tokens":
         raise ValueError(f"predict: the checkpoint {path} was not trained on text (task "

@@ -203,3 +203,30 @@ def test_tag_task_end_to_end(tmp_path):
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     model, _ = load_model(tmp_path / "c" / "best.npz")
     assert model.config.task == "tag" and model.config.padding_idx == 0
+
+
+def test_checkpoint_from_a_gpu_run_loads_on_the_cpu(tmp_path):
+    # a checkpoint whose model was on 'cuda' loads here (no GPU) on the cpu with the same
+    # weights; asking for cuda explicitly is a one-line error, also from the CLI
+    import subprocess
+    import sys
+    Trainer(dict(TINY, epochs=1), tmp_path / "run", quiet=True).fit()
+    arrays, meta = ckpt.load_checkpoint(tmp_path / "run" / "best.npz")
+    meta["model_config"]["device"] = "cuda"
+    gpu = tmp_path / "gpu.npz"
+    ckpt.save_checkpoint(gpu, arrays, meta)
+    model, _ = load_model(gpu)
+    assert model.config.device == "cpu"
+    ref, _ = load_model(tmp_path / "run" / "best.npz")
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    from gruengine.backend import cuda_available
+    if cuda_available():
+        return
+    with pytest.raises(ValueError, match="device: 'cuda' requested"):
+        load_model(gpu, device="cuda")
+    r = subprocess.run([sys.executable, "-m", "cli.main", "evaluate", str(gpu), "--device", "cuda"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: device: 'cuda' requested")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
