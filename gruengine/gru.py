@@ -11,12 +11,13 @@ import math
 import numpy as np
 
 from . import backend
-from ._checks import check_array, check_dtype, check_lengths, check_positive_int, check_state_dict
+from .module import Module
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 
 __all__ = ["GRU"]
 
 
-class GRU:
+class GRU(Module):
     """Multi-layer, optionally bidirectional GRU on NumPy arrays.
 
     Parameters
@@ -81,25 +82,6 @@ class GRU:
         sfx = self._suffix(layer, d)
         p = self.params
         return (p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx], p["bias_hh" + sfx])
-
-    def parameters(self):
-        return self.params
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state_dict):
-        check_state_dict("state_dict", state_dict, self.params)
-        for k, v in state_dict.items():
-            self.params[k][...] = v
-
-    def train(self):
-        self.training = True
-        return self
-
-    def eval(self):
-        self.training = False
-        return self
 
     # ---- forward / backward -------------------------------------------------------------
     def forward(self, x, h0=None, lengths=None, return_gates=False):

@@ -14,16 +14,16 @@ every call, so a ParamBuffer may re-point the dict entries to views of one flat 
 import numpy as np
 
 from . import backend
-from ._checks import (check_array, check_dtype, check_lengths, check_positive_int,
-                      check_state_dict)
+from .module import Module
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 
 __all__ = ["Embedding", "Linear", "Pool", "Dropout", "dropout_mask"]
 
 POOL_MODES = ("last", "mean", "max")
 
 
-class _Module:
-    """params/grads dicts, state_dict, train/eval shared by the modules below."""
+class _Module(Module):
+    """Device and kernels of the modules below (the module API comes from ``Module``)."""
 
     def __init__(self, device):
         self.device = backend.check_device(device)
@@ -31,26 +31,6 @@ class _Module:
         self.params = {}
         self.grads = {}
         self.training = True
-
-    def train(self):
-        self.training = True
-        return self
-
-    def eval(self):
-        self.training = False
-        return self
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state_dict):
-        check_state_dict("state_dict", state_dict, self.params)
-        for k, v in state_dict.items():
-            self.params[k][...] = v
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
 
     def _require_forward(self, what):
         if getattr(self, what, None) is None:

@@ -11,13 +11,14 @@ between layers, train/eval); ``gruengine.mingru.MinGRU`` reuses it.
 """
 import numpy as np
 
-from ._checks import check_array, check_dtype, check_lengths, check_positive_int, check_state_dict
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 from .backend import check_device, get_kernels
+from .module import Module
 
 __all__ = ["LSTM"]
 
 
-class _RecurrentStack:
+class _RecurrentStack(Module):
     """Parameters, state_dict, train/eval and inter-layer dropout of a recurrent stack.
 
     Subclasses set ``_op`` (the kernel name prefix) and ``_param_shapes(k, in_size)``.
@@ -60,29 +61,6 @@ class _RecurrentStack:
 
     def _suffixes(self):
         return ("", "_reverse") if self.bidirectional else ("",)
-
-    def parameters(self):
-        return self.params
-
-    def train(self):
-        self.training = True
-        return self
-
-    def eval(self):
-        self.training = False
-        return self
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, d):
-        check_state_dict("state_dict", d, self.params)
-        for k, v in d.items():
-            self.params[k][...] = v
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
 
     def _check_x(self, x, lengths):
         check_array("x", x, (None, None, self.input_size), self.dtype)
