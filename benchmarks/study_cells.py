@@ -30,7 +30,7 @@ DEFAULT_IMDB = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
                                              "aclImdb_labeled.tar.gz"))
 
 # the full study: an estimated ~10 minutes on 2 idle cores (docs/study.md explains the estimate)
-FULL = {"adding_T": [50, 100, 200], "adding_train": 5000, "adding_test": 1000, "adding_epochs": 5,
+FULL = {"adding_T": [50, 100, 200], "adding_train": 6000, "adding_test": 1000, "adding_epochs": 8,
         "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200, "hidden": 64,
         "embed": 64}
 QUICK = {"adding_T": [25], "adding_train": 1000, "adding_test": 200, "adding_epochs": 3,
@@ -55,7 +55,7 @@ def run_configs(p, imdb_dir=None):
         for cell in p["cells"]:
             out.append((f"adding-T{T}-{cell}", dict(
                 common, task="adding", cell=cell, seq_len=T, n_train=p["adding_train"],
-                n_test=p["adding_test"], epochs=p["adding_epochs"], lr=5e-3,
+                n_test=p["adding_test"], epochs=p["adding_epochs"], lr=3e-3, batch_size=32,
                 warmup=_warmup(p["adding_train"], p["adding_epochs"]))))
     if imdb_dir:
         for cell in p["cells"]:
