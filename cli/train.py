@@ -12,8 +12,12 @@ from click.core import ParameterSource
 
 from .main import app
 
+# named task configs: data/configs/ of a source checkout (editable install), else the copy a
+# regular install puts under <prefix>/share/gruengine/configs (setup.cfg data_files)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "data", "configs")
+if not os.path.isdir(CONFIG_DIR):
+    CONFIG_DIR = os.path.join(sys.prefix, "share", "gruengine", "configs")
 
 
 def _default(key):
