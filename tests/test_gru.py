@@ -7,6 +7,7 @@ import gruengine
 from gruengine import GRU
 import gruengine.reference.gru as ref
 import gruengine.kernels.cpu.gru as cpu
+from tests.gradcheck import central_fd
 
 F64, F32 = np.float64, np.float32
 
@@ -23,23 +24,6 @@ def op_inputs(rng, B, T, I, H, dtype, lengths):
     W_ih, W_hh = u(3 * H, I, scale=0.6), u(3 * H, H, scale=0.6)
     b_ih, b_hh = u(3 * H, scale=0.4), u(3 * H, scale=0.4)
     return [x, h0, W_ih, W_hh, b_ih, b_hh, np.asarray(lengths, np.int64)]
-
-
-def central_fd(f, arrays, eps=1e-6):
-    """Gradient of scalar f() w.r.t. every entry of every array (float64, in place)."""
-    grads = []
-    for a in arrays:
-        g = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            old = a[i]
-            a[i] = old + eps
-            fp = f()
-            a[i] = old - eps
-            fm = f()
-            a[i] = old
-            g[i] = (fp - fm) / (2 * eps)
-        grads.append(g)
-    return grads
 
 
 # ---- reference op -----------------------------------------------------------------------

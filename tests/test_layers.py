@@ -8,6 +8,7 @@ import pytest
 
 import gruengine
 from gruengine.layers import Dropout, Embedding, Linear, Pool, dropout_mask
+from tests.gradcheck import assert_fd, numeric_grad, random_lengths
 
 DTYPES = (np.float32, np.float64)
 POOL_MODES = ("last", "mean", "max")
@@ -23,30 +24,6 @@ def rng():
 def normal(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
 
-
-def random_lengths(rng, B, T):
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0], lengths[-1] = T, 1
-    return lengths.astype(np.int64)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of x (float64, in place)."""
-    g = np.empty_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
-
-def assert_fd(analytic, numeric):
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_package_exports():

@@ -9,6 +9,7 @@ import pytest
 from gruengine import losses
 from gruengine.kernels.cpu import ops as K
 from gruengine.reference import ops as R
+from tests.gradcheck import assert_fd, numeric_grad, random_lengths
 
 DTYPES = (np.float32, np.float64)
 # float32 kernels vs float32 reference differ by summation order / float64 internals only
@@ -26,30 +27,6 @@ def rng():
 def normal(rng, shape, dtype=np.float64):
     return rng.standard_normal(shape).astype(dtype)
 
-
-def random_lengths(rng, B, T):
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0], lengths[-1] = T, 1         # both ends of [1, T] every time
-    return lengths.astype(np.int64)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of x (float64, in place)."""
-    g = np.empty_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
-
-def assert_fd(analytic, numeric):
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
 # ---------------------------------------------------------------- CPU kernels vs reference
