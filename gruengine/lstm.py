@@ -21,7 +21,9 @@ __all__ = ["LSTM"]
 class _RecurrentStack(Module):
     """Parameters, state_dict, train/eval and inter-layer dropout of a recurrent stack.
 
-    Subclasses set ``_op`` (the kernel name prefix) and ``_param_shapes(k, in_size)``.
+    Subclasses set ``_op`` (the kernel name prefix), ``_op_weights`` (parameter names in the
+    op's argument order) and ``_param_shapes(k, in_size)``; ``_stack_forward`` and
+    ``_stack_backward`` run the layers and directions for any number of recurrent states.
     """
 
     _op = None
@@ -92,8 +94,70 @@ class _RecurrentStack(Module):
         keep = self._dropout_rng.random(shape) >= self.dropout
         return (keep / (1.0 - self.dropout)).astype(self.dtype)
 
-    def _layer_names(self, k, sfx):
-        return {n: f"{n}_l{k}{sfx}" for n in self._param_shapes(k, 0)}
+    def _weights(self, k, sfx):
+        # layer k's weights in the op's argument order (read at every call: a ParamBuffer
+        # may re-point the dict entries to views of a flat buffer)
+        return tuple(self.params[f"{name}_l{k}{sfx}"] for name in self._op_weights)
+
+    def _stack_forward(self, x, lengths, states, return_gates):
+        # x (B,T,I) checked; states: tuple of (L*D,B,H) initial states (h0[, c0]).
+        # -> y (B,T,D*H), tuple of final states, gates dict
+        B, T, _ = x.shape
+        D, kern = self.num_directions, self._kernels
+        op_forward = getattr(kern, f"{self._op}_forward")
+        op_gates = getattr(kern, f"{self._op}_gates")
+        finals = tuple(np.empty_like(s0) for s0 in states)
+        layers, gates = [], {}
+        inp = x
+        for k in range(self.num_layers):
+            outs, caches = [], []
+            for d, sfx in enumerate(self._suffixes()):
+                i = k * D + d
+                y, *fin, cache = op_forward(inp, *(s0[i] for s0 in states),
+                                            *self._weights(k, sfx), lengths, reverse=bool(d))
+                for f, v in zip(finals, fin):
+                    f[i] = v
+                outs.append(y)
+                caches.append(cache)
+                if return_gates:
+                    gates[f"l{k}{sfx}"] = op_gates(cache)
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if self.training and self.dropout > 0 and k < self.num_layers - 1:
+                mask = self._dropout_mask(out.shape)
+                out = out * mask
+            layers.append((inp, caches, mask))
+            inp = out
+        self._saved = {"shape": (B, T), "lengths": lengths, "states": states, "layers": layers}
+        return inp, finals, gates
+
+    def _stack_backward(self, dy, dfinals):
+        # dy (B,T,D*H) checked; dfinals: tuple of (L*D,B,H) final-state gradients.
+        # -> dx (B,T,I), tuple of initial-state gradients; writes self.grads in place
+        s = self._saved
+        D, H = self.num_directions, self.hidden_size
+        op_backward = getattr(self._kernels, f"{self._op}_backward")
+        dstates = tuple(np.empty_like(a) for a in dfinals)
+        nst = len(dfinals)
+        dout = dy
+        for k in range(self.num_layers - 1, -1, -1):
+            inp, caches, mask = s["layers"][k]
+            if mask is not None:
+                dout = dout * mask
+            dinp = None
+            for d, sfx in enumerate(self._suffixes()):
+                i = k * D + d
+                dy_d = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dx, *rest = op_backward(dy_d, *(a[i] for a in dfinals), inp,
+                                        *(s0[i] for s0 in s["states"]), *self._weights(k, sfx),
+                                        s["lengths"], caches[d], reverse=bool(d))
+                for a, v in zip(dstates, rest[:nst]):
+                    a[i] = v
+                for name, g in zip(self._op_weights, rest[nst:]):
+                    self.grads[f"{name}_l{k}{sfx}"][...] = g
+                dinp = dx if dinp is None else dinp + dx
+            dout = dinp
+        return dout, dstates
 
 
 class LSTM(_RecurrentStack):
@@ -110,6 +174,7 @@ class LSTM(_RecurrentStack):
     """
 
     _op = "lstm"
+    _op_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
     def _param_shapes(self, k, in_size):
         H = self.hidden_size
@@ -125,40 +190,15 @@ class LSTM(_RecurrentStack):
         ``return_gates=True`` also returns {"l{k}[_reverse]": {"i","f","g","o","c","h": (B,T,H)}}.
         """
         x, lengths = self._check_x(x, lengths)
-        B, T, _ = x.shape
+        B = x.shape[0]
         if h0_c0 is None:
             h0_c0 = (None, None)
         if not isinstance(h0_c0, (tuple, list)) or len(h0_c0) != 2:
             raise ValueError(f"h0_c0: expected None or a pair (h0, c0), got {type(h0_c0).__name__}")
         h0 = self._check_state("h0_c0[0]", h0_c0[0], B)
         c0 = self._check_state("h0_c0[1]", h0_c0[1], B)
-        D, H, kern = self.num_directions, self.hidden_size, self._kernels
-        h_n = np.empty_like(h0)
-        c_n = np.empty_like(c0)
-        layers, gates = [], {}
-        inp = x
-        for k in range(self.num_layers):
-            outs, caches = [], []
-            for d, sfx in enumerate(self._suffixes()):
-                n = self._layer_names(k, sfx)
-                p = self.params
-                y, hn, cn, cache = kern.lstm_forward(
-                    inp, h0[k * D + d], c0[k * D + d], p[n["weight_ih"]], p[n["weight_hh"]],
-                    p[n["bias_ih"]], p[n["bias_hh"]], lengths, reverse=bool(d))
-                h_n[k * D + d], c_n[k * D + d] = hn, cn
-                outs.append(y)
-                caches.append(cache)
-                if return_gates:
-                    gates[f"l{k}{sfx}"] = kern.lstm_gates(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-            mask = None
-            if self.training and self.dropout > 0 and k < self.num_layers - 1:
-                mask = self._dropout_mask(out.shape)
-                out = out * mask
-            layers.append((inp, caches, mask))
-            inp = out
-        self._saved = {"shape": (B, T), "lengths": lengths, "h0": h0, "c0": c0, "layers": layers}
-        return (inp, (h_n, c_n), gates) if return_gates else (inp, (h_n, c_n))
+        y, (h_n, c_n), gates = self._stack_forward(x, lengths, (h0, c0), return_gates)
+        return (y, (h_n, c_n), gates) if return_gates else (y, (h_n, c_n))
 
     def backward(self, dy, dh_n_dc_n=None):
         """dy (B,T,D*H), optional (dh_n, dc_n) each (L*D,B,H) or None -> dx (B,T,I), (dh0, dc0).
@@ -172,33 +212,10 @@ class LSTM(_RecurrentStack):
             raise ValueError("dh_n_dc_n: expected None or a pair (dh_n, dc_n), "
                              f"got {type(dh_n_dc_n).__name__}")
         dy = self._check_dy(dy, any(a is not None for a in dh_n_dc_n))
-        s = self._saved
-        B = s["shape"][0]
+        B = self._saved["shape"][0]
         dh_n = self._check_state("dh_n_dc_n[0]", dh_n_dc_n[0], B)
         dc_n = self._check_state("dh_n_dc_n[1]", dh_n_dc_n[1], B)
-        D, H, kern, p = self.num_directions, self.hidden_size, self._kernels, self.params
-        dh0 = np.empty_like(dh_n)
-        dc0 = np.empty_like(dc_n)
-        dout = dy
-        for k in range(self.num_layers - 1, -1, -1):
-            inp, caches, mask = s["layers"][k]
-            if mask is not None:
-                dout = dout * mask
-            dinp = None
-            for d, sfx in enumerate(self._suffixes()):
-                n = self._layer_names(k, sfx)
-                dy_d = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
-                dx, dh, dc, dW_ih, dW_hh, db_ih, db_hh = kern.lstm_backward(
-                    dy_d, dh_n[k * D + d], dc_n[k * D + d], inp, s["h0"][k * D + d],
-                    s["c0"][k * D + d], p[n["weight_ih"]], p[n["weight_hh"]], p[n["bias_ih"]],
-                    p[n["bias_hh"]], s["lengths"], caches[d], reverse=bool(d))
-                dh0[k * D + d], dc0[k * D + d] = dh, dc
-                self.grads[n["weight_ih"]][...] = dW_ih
-                self.grads[n["weight_hh"]][...] = dW_hh
-                self.grads[n["bias_ih"]][...] = db_ih
-                self.grads[n["bias_hh"]][...] = db_hh
-                dinp = dx if dinp is None else dinp + dx
-            dout = dinp
-        return dout, (dh0, dc0)
+        dx, (dh0, dc0) = self._stack_backward(dy, (dh_n, dc_n))
+        return dx, (dh0, dc0)
 
     __call__ = forward

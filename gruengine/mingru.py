@@ -14,7 +14,6 @@ Parameters per layer k and direction (suffix "" or "_reverse"):
 with in = input_size for k = 0 and D*H above; initialised U(-1/sqrt(H), 1/sqrt(H)) from the seed.
 h0 defaults to zeros; it enters exactly (A_t ⊙ h0 kept in linear space), never through g(h0).
 """
-import numpy as np
 
 from .lstm import _RecurrentStack
 
@@ -36,15 +35,12 @@ class MinGRU(_RecurrentStack):
     """
 
     _op = "mingru"
+    _op_weights = ("weight_z", "weight_h", "bias_z", "bias_h")
 
     def _param_shapes(self, k, in_size):
         H = self.hidden_size
         return {"weight_z": (H, in_size), "bias_z": (H,), "weight_h": (H, in_size),
                 "bias_h": (H,)}
-
-    def _weights(self, k, sfx):
-        n, p = self._layer_names(k, sfx), self.params
-        return p[n["weight_z"]], p[n["weight_h"]], p[n["bias_z"]], p[n["bias_h"]]
 
     def forward(self, x, h0=None, lengths=None, return_gates=False):
         """x (B,T,I) -> y (B,T,D*H), h_n (L*D,B,H) [, gates].
@@ -53,31 +49,9 @@ class MinGRU(_RecurrentStack):
         ("h" is the hidden state, "h_tilde" the candidate g(W_h x + b_h)).
         """
         x, lengths = self._check_x(x, lengths)
-        B, T, _ = x.shape
-        h0 = self._check_state("h0", h0, B)
-        D, kern = self.num_directions, self._kernels
-        h_n = np.empty_like(h0)
-        layers, gates = [], {}
-        inp = x
-        for k in range(self.num_layers):
-            outs, caches = [], []
-            for d, sfx in enumerate(self._suffixes()):
-                y, hn, cache = kern.mingru_forward(inp, h0[k * D + d], *self._weights(k, sfx),
-                                                   lengths, reverse=bool(d))
-                h_n[k * D + d] = hn
-                outs.append(y)
-                caches.append(cache)
-                if return_gates:
-                    gates[f"l{k}{sfx}"] = kern.mingru_gates(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-            mask = None
-            if self.training and self.dropout > 0 and k < self.num_layers - 1:
-                mask = self._dropout_mask(out.shape)
-                out = out * mask
-            layers.append((inp, caches, mask))
-            inp = out
-        self._saved = {"shape": (B, T), "lengths": lengths, "h0": h0, "layers": layers}
-        return (inp, h_n, gates) if return_gates else (inp, h_n)
+        h0 = self._check_state("h0", h0, x.shape[0])
+        y, (h_n,), gates = self._stack_forward(x, lengths, (h0,), return_gates)
+        return (y, h_n, gates) if return_gates else (y, h_n)
 
     def backward(self, dy, dh_n=None):
         """dy (B,T,D*H) or None, dh_n (L*D,B,H) or None -> dx (B,T,I), dh0 (L*D,B,H).
@@ -85,29 +59,8 @@ class MinGRU(_RecurrentStack):
         Writes every parameter gradient into ``self.grads`` (overwrites, in place).
         """
         dy = self._check_dy(dy, dh_n is not None)
-        s = self._saved
-        dh_n = self._check_state("dh_n", dh_n, s["shape"][0])
-        D, H, kern = self.num_directions, self.hidden_size, self._kernels
-        dh0 = np.empty_like(dh_n)
-        dout = dy
-        for k in range(self.num_layers - 1, -1, -1):
-            inp, caches, mask = s["layers"][k]
-            if mask is not None:
-                dout = dout * mask
-            dinp = None
-            for d, sfx in enumerate(self._suffixes()):
-                dy_d = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
-                dx, dh, dW_z, dW_h, db_z, db_h = kern.mingru_backward(
-                    dy_d, dh_n[k * D + d], inp, s["h0"][k * D + d], *self._weights(k, sfx),
-                    s["lengths"], caches[d], reverse=bool(d))
-                dh0[k * D + d] = dh
-                n = self._layer_names(k, sfx)
-                self.grads[n["weight_z"]][...] = dW_z
-                self.grads[n["weight_h"]][...] = dW_h
-                self.grads[n["bias_z"]][...] = db_z
-                self.grads[n["bias_h"]][...] = db_h
-                dinp = dx if dinp is None else dinp + dx
-            dout = dinp
-        return dout, dh0
+        dh_n = self._check_state("dh_n", dh_n, self._saved["shape"][0])
+        dx, (dh0,) = self._stack_backward(dy, (dh_n,))
+        return dx, dh0
 
     __call__ = forward
