@@ -598,7 +598,8 @@ class Trainer:
             print(msg, file=self.stream, flush=True)
 
     def _install_sigint(self):
-        # first Ctrl-C: finish the current step, save, stop; second: stop at once
+        # first Ctrl-C (or SIGTERM, what `kill` and job schedulers send): finish the current
+        # step, save, stop; a second one: stop at once. Returns the old handlers.
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -606,16 +607,21 @@ class Trainer:
             if self._interrupt:
                 raise KeyboardInterrupt
             self._interrupt = True
-            self._say("\nCtrl-C: stopping after this step (press again to stop at once)")
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self._say(f"\n{name}: stopping after this step (again to stop at once)")
+        old = {}
         try:
-            return signal.signal(signal.SIGINT, handler)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
         except ValueError:
+            self._restore_sigint(old)
             return None
+        return old
 
     @staticmethod
     def _restore_sigint(old):
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        for sig, handler in (old or {}).items():
+            signal.signal(sig, handler)
 
 
 class _EpochSums:

@@ -99,6 +99,25 @@ def test_real_sigint_finishes_the_step_then_saves(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_sigterm_saves_like_ctrl_c(tmp_path):
+    # `kill PID` / a job scheduler: the same clean stop with a resumable checkpoint
+    before = signal.getsignal(signal.SIGTERM)
+
+    def hook(trainer, info):
+        if info["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+    err = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, tmp_path / "r", hooks={"step": hook}, stream=err)
+    _, meta = ckpt.load_checkpoint(tmp_path / "r" / "last.npz")
+    assert meta["progress"]["step"] == 4
+    assert "SIGTERM: stopping after this step" in err.getvalue()
+    assert "interrupted: resumable checkpoint saved" in err.getvalue()
+    assert signal.getsignal(signal.SIGTERM) is before
+    summary = train(None, tmp_path / "r", resume=True, quiet=True)
+    assert summary["epochs"] == TINY["epochs"]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     def poison(trainer, loss):
         return float("nan") if trainer.step == 8 else loss    # in the second epoch
