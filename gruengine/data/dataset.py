@@ -103,12 +103,8 @@ def validate_dataset(ds):
                          f"of size {len(ds.vocab)}")
 
 
-def resolve_pair(path, suffixes, what):
-    """Return (train_path, test_path) from 'a,b', a folder, or a single file.
-
-    A folder must hold ``train<suffix>`` and ``test<suffix>`` (first suffix that exists);
-    a single file gives (file, None).
-    """
+def explicit_pair(path, what):
+    """(path as str, (train, test) or None): the pair when ``path`` is 'TRAIN,TEST'."""
     if path is None:
         raise DataError(f"path: the {what} loader needs a path, got None")
     path = os.fspath(path)
@@ -116,7 +112,19 @@ def resolve_pair(path, suffixes, what):
         parts = [p.strip() for p in path.split(",")]
         if len(parts) != 2 or not all(parts):
             raise DataError(f"path: expected 'TRAIN,TEST' (two files), got {path!r}")
-        return parts[0], parts[1]
+        return path, (parts[0], parts[1])
+    return path, None
+
+
+def resolve_pair(path, suffixes, what):
+    """Return (train_path, test_path) from 'a,b', a folder, or a single file.
+
+    A folder must hold ``train<suffix>`` and ``test<suffix>`` (first suffix that exists);
+    a single file gives (file, None).
+    """
+    path, pair = explicit_pair(path, what)
+    if pair:
+        return pair
     if os.path.isdir(path):
         for suf in suffixes:
             tr, te = os.path.join(path, "train" + suf), os.path.join(path, "test" + suf)

@@ -18,21 +18,17 @@ import re
 import numpy as np
 
 from ..errors import DataError
-from .dataset import Dataset, encode_labels, label_order, pad_sequences, require_file
+from .dataset import (Dataset, encode_labels, explicit_pair, label_order, pad_sequences,
+                      require_file)
 
 EXTS = (".ts", ".tsv", ".txt")
 _SPLIT_WS = re.compile(r"[,\s]+")
 
 
 def resolve_ucr(path):
-    if path is None:
-        raise DataError("path: the ucr loader needs a path, got None")
-    path = os.fspath(path)
-    if "," in path and not os.path.exists(path):
-        parts = [p.strip() for p in path.split(",")]
-        if len(parts) != 2 or not all(parts):
-            raise DataError(f"path: expected 'TRAIN,TEST' (two files), got {path!r}")
-        return parts[0], parts[1]
+    path, pair = explicit_pair(path, "ucr")
+    if pair:
+        return pair
     if os.path.isdir(path):
         names = sorted(os.listdir(path))
         for ext in EXTS:
