@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: central finite differences and random lengths."""
+"""Helpers shared by the tests: central finite differences and random inputs."""
 import numpy as np
 
 
@@ -30,3 +30,24 @@ def random_lengths(rng, B, T):
 
 def assert_fd(analytic, numeric):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def assert_sampled_fd(loss, checks, eps=1e-6, k=6, seed=0):
+    """For each (name, array, analytic gradient) in ``checks``, compare the analytic
+    gradient with central differences of loss() at k entries picked with ``seed``."""
+    pick = np.random.default_rng(seed)
+    for name, a, g in checks:
+        flat = a.reshape(-1)
+        for i in pick.choice(flat.size, min(flat.size, k), replace=False):
+            old = flat[i]
+            flat[i] = old + eps
+            lp = loss()
+            flat[i] = old - eps
+            lm = loss()
+            flat[i] = old
+            num = (lp - lm) / (2 * eps)
+            assert abs(g.reshape(-1)[i] - num) <= 1e-6 * max(1.0, abs(num)), (name, i)
+
+
+def normal(rng, shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)

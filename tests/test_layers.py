@@ -1,28 +1,18 @@
 """Modules Embedding, Linear, Pool, Dropout: values against NumPy, gradients against central
 finite differences in float64, the module API (params/grads in place, state_dict, train/eval),
 torch parity where torch is importable, and validation messages naming the argument."""
-import secrets
 
 import numpy as np
 import pytest
 
 import gruengine
 from gruengine.layers import Dropout, Embedding, Linear, Pool, dropout_mask
-from tests.gradcheck import assert_fd, numeric_grad, random_lengths
+from tests.gradcheck import assert_fd, normal, numeric_grad, random_lengths
 
 DTYPES = (np.float32, np.float64)
 POOL_MODES = ("last", "mean", "max")
 
 
-@pytest.fixture
-def rng():
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")          # shown by pytest when the test fails
-    return np.random.default_rng(seed)
-
-
-def normal(rng, shape, dtype=np.float64):
-    return rng.standard_normal(shape).astype(dtype)
 
 
 

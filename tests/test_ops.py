@@ -1,7 +1,6 @@
 """Op level: Numba CPU kernels against the NumPy reference, the reference's backward against
 central finite differences in float64, torch parity where torch is importable, and the
 validating wrappers of gruengine.losses."""
-import secrets
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from gruengine import losses
 from gruengine.kernels.cpu import ops as K
 from gruengine.reference import ops as R
-from tests.gradcheck import assert_fd, numeric_grad, random_lengths
+from tests.gradcheck import assert_fd, normal, numeric_grad, random_lengths
 
 DTYPES = (np.float32, np.float64)
 # float32 kernels vs float32 reference differ by summation order / float64 internals only
@@ -17,15 +16,6 @@ TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol
 POOL_MODES = ("last", "mean", "max")
 
 
-@pytest.fixture
-def rng():
-    seed = secrets.randbits(32)
-    print(f"rng seed {seed}")          # shown by pytest when the test fails
-    return np.random.default_rng(seed)
-
-
-def normal(rng, shape, dtype=np.float64):
-    return rng.standard_normal(shape).astype(dtype)
 
 
 
