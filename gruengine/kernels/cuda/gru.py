@@ -4,10 +4,8 @@ Same names, argument order and results as ``gruengine.reference.gru``. NumPy inp
 NumPy outputs; device-array inputs (x decides) give device-array outputs. The cache is a
 dict of device arrays private to this backend.
 """
-import numpy as np
 from numba import cuda
 
-from ..._checks import check_lengths
 from . import blas, launch
 from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
                           gru_step_backward_fused_kernel, gru_step_backward_kernel,
@@ -28,11 +26,7 @@ def _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths):
     launch.check_input("W_hh", W_hh, (3 * H, H), dt)
     launch.check_input("b_ih", b_ih, (3 * H,), dt)
     launch.check_input("b_hh", b_hh, (3 * H,), dt)
-    if launch.is_device_array(lengths):
-        launch.check_input("lengths", lengths, (B,), np.int64)
-        lengths_d = launch.as_device(lengths)
-    else:
-        lengths_d = cuda.to_device(check_lengths("lengths", lengths, B, T))
+    lengths_d = launch.lengths_to_device(lengths, B, T)
     return dt, B, T, I, H, lengths_d
 
 

@@ -11,7 +11,7 @@ every call, so tests can patch them small (``monkeypatch.setattr(launch, ...)``)
 import numpy as np
 from numba import cuda, float64
 
-from ..._checks import check_array
+from ..._checks import check_array, check_lengths
 
 # threads per block of the 1-D elementwise / reduction kernels (a power of two, <= 1024)
 THREADS_PER_BLOCK = 256
@@ -51,6 +51,14 @@ def as_device(a):
 def to_output(d, on_device):
     """Return a device result as-is for device callers, else copied to the host."""
     return d if on_device else d.copy_to_host()
+
+
+def lengths_to_device(lengths, B, T):
+    """Validated per-row lengths (B,) int64 on the device (None: all T)."""
+    if is_device_array(lengths):
+        check_input("lengths", lengths, (B,), np.int64)
+        return as_device(lengths)
+    return cuda.to_device(check_lengths("lengths", lengths, B, T))
 
 
 def check_input(name, a, shape, dtype=None):

@@ -18,10 +18,8 @@ sums) run once after the loop over all B*T rows.
 """
 import math
 
-import numpy as np
 from numba import cuda
 
-from ..._checks import check_lengths
 from . import blas, launch
 from .gru_kernels import TB, TJ, TK, sigmoid, time_index
 
@@ -205,11 +203,7 @@ def _check_lstm_inputs(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths):
     launch.check_input("W_hh", W_hh, (4 * H, H), dt)
     launch.check_input("b_ih", b_ih, (4 * H,), dt)
     launch.check_input("b_hh", b_hh, (4 * H,), dt)
-    if launch.is_device_array(lengths):
-        launch.check_input("lengths", lengths, (B,), np.int64)
-        lengths_d = launch.as_device(lengths)
-    else:
-        lengths_d = cuda.to_device(check_lengths("lengths", lengths, B, T))
+    lengths_d = launch.lengths_to_device(lengths, B, T)
     return dt, B, T, I, H, lengths_d
 
 

@@ -19,10 +19,8 @@ The scan runs in the storage dtype (the CPU kernel scans in float64; on GPUs flo
 slow, and the linear form needs no log-space range). ``dx = dGz W_z + dGh W_h``, ``dW_z =
 dGzᵀ X``, ``dW_h = dGhᵀ X`` and the bias gradients (column sums) follow over all B*T rows.
 """
-import numpy as np
 from numba import cuda
 
-from ..._checks import check_lengths
 from . import blas, launch
 from .gru_kernels import sigmoid, time_index
 
@@ -137,11 +135,7 @@ def _check_mingru_inputs(x, h0, W_z, W_h, b_z, b_h, lengths):
     launch.check_input("W_h", W_h, (H, I), dt)
     launch.check_input("b_z", b_z, (H,), dt)
     launch.check_input("b_h", b_h, (H,), dt)
-    if launch.is_device_array(lengths):
-        launch.check_input("lengths", lengths, (B,), np.int64)
-        lengths_d = launch.as_device(lengths)
-    else:
-        lengths_d = cuda.to_device(check_lengths("lengths", lengths, B, T))
+    lengths_d = launch.lengths_to_device(lengths, B, T)
     return dt, B, T, I, H, lengths_d
 
 

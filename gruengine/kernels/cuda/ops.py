@@ -282,14 +282,6 @@ def _pool_mode(mode):
     return POOL_MODES.index(mode)
 
 
-def _lengths(lengths, B, T):
-    if launch.is_device_array(lengths):
-        launch.check_input("lengths", lengths, (B,), np.int64)
-        return launch.as_device(lengths)
-    from ..._checks import check_lengths
-    return cuda.to_device(check_lengths("lengths", lengths, B, T))
-
-
 def pool_forward(y, lengths, mode):
     """Pool (B, T, H) over the valid steps: 'last' | 'mean' | 'max' -> p (B, H), idx (B, H)."""
     on_device = launch.is_device_array(y)
@@ -300,7 +292,7 @@ def pool_forward(y, lengths, mode):
     p = cuda.device_array((B, H), dtype=dt)
     idx = cuda.device_array((B, H), dtype=np.int64)
     blocks, tpb = launch.grid_1d(B * H)
-    pool_forward_kernel[blocks, tpb](launch.as_device(y), _lengths(lengths, B, T), m, p, idx)
+    pool_forward_kernel[blocks, tpb](launch.as_device(y), launch.lengths_to_device(lengths, B, T), m, p, idx)
     return launch.to_output(p, on_device), launch.to_output(idx, on_device)
 
 
@@ -314,7 +306,7 @@ def pool_backward(dp, lengths, mode, idx, T):
     launch.check_input("idx", idx, (B, H), np.int64)
     dy = cuda.device_array((B, int(T), H), dtype=dt)
     blocks, tpb = launch.grid_1d(B * int(T) * H)
-    pool_backward_kernel[blocks, tpb](launch.as_device(dp), _lengths(lengths, B, int(T)), m,
+    pool_backward_kernel[blocks, tpb](launch.as_device(dp), launch.lengths_to_device(lengths, B, int(T)), m,
                                       launch.as_device(idx), dy)
     return launch.to_output(dy, on_device)
 
