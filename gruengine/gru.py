@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from . import backend
+from . import arrays, backend
 from .module import Module
-from ._checks import check_array, check_dtype, check_lengths, check_positive_int
+from ._checks import check_dtype, check_lengths, check_positive_int
 
 __all__ = ["GRU"]
 
@@ -61,6 +61,7 @@ class GRU(Module):
         # dropout masks come from their own stream, seeded from the same seed
         self._dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
         self._ctx = None
+        self._place_params()
 
     # ---- parameters -------------------------------------------------------------------
     def _suffix(self, layer, direction):
@@ -89,93 +90,102 @@ class GRU(Module):
 
         ``lengths`` (B,) integers in [1, T] (None: all T). ``h0`` (L*D, B, H) (None: zeros).
         With ``return_gates=True`` a third value maps "l{k}" / "l{k}_reverse" to a dict of
-        (B, T, H) arrays "r", "z", "n", "h" (zero at padding).
+        (B, T, H) NumPy arrays "r", "z", "n", "h" (zero at padding).
+        NumPy x gives NumPy outputs; a CUDA device array x gives device arrays (on
+        ``device='cuda'`` nothing then leaves the GPU).
         """
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        check_array("x", x, (None, None, self.input_size), self.dtype)
+        L, D, H, dev = self.num_layers, self.num_directions, self.hidden_size, self.device
+        arrays.check("x", x, (None, None, self.input_size), self.dtype)
         B, T = x.shape[:2]
         if B == 0 or T == 0:
             raise ValueError("x: expected at least one sequence and one step, "
                              f"got shape {x.shape}")
-        lengths = np.ascontiguousarray(check_lengths("lengths", lengths, B, T))
+        lengths = np.ascontiguousarray(check_lengths("lengths", arrays.to_host(lengths), B, T))
         if h0 is None:
-            h0 = np.zeros((L * D, B, H), self.dtype)
+            h0 = arrays.zeros((L * D, B, H), self.dtype, dev)
         else:
-            h0 = np.ascontiguousarray(check_array("h0", h0, (L * D, B, H), self.dtype))
-        K = backend.get_kernels(self.device)
-        inp = np.ascontiguousarray(x)
-        inputs, caches, masks, h_n = [], [], [], np.empty((L * D, B, H), self.dtype)
+            h0 = arrays.on_device_of(arrays.check("h0", h0, (L * D, B, H), self.dtype), dev)
+        K = backend.get_kernels(dev)
+        lengths_k = arrays.on_device_of(lengths, dev)
+        inp = arrays.on_device_of(x, dev)
+        inputs, caches, masks = [], [], []
+        h_n = arrays.zeros((L * D, B, H), self.dtype, dev)
         gates = {} if return_gates else None
         for layer in range(L):
             outs = []
             for d in range(D):
+                i = layer * D + d
                 W = self._weights(layer, d)
-                y_d, h_n[layer * D + d], cache = K.gru_forward(
-                    inp, h0[layer * D + d], *W, lengths, self.reset_after, bool(d))
+                y_d, h_last, cache = K.gru_forward(inp, h0[i], *W, lengths_k, self.reset_after,
+                                                   bool(d))
+                arrays.assign(h_n[i], h_last)
                 outs.append(y_d)
                 caches.append(cache)
                 if return_gates:
                     key = f"l{layer}" + ("_reverse" if d else "")
-                    gates[key] = _gates(inp, y_d, h0[layer * D + d], lengths, *W,
-                                        self.reset_after, bool(d))
+                    gates[key] = _gates(*map(arrays.to_host, (inp, y_d, h0[i])), lengths,
+                                        *map(arrays.to_host, W), self.reset_after, bool(d))
             inputs.append(inp)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            out = arrays.concat_last(outs)
             mask = None
             if self.training and self.dropout > 0.0 and layer < L - 1:
                 keep = self._dropout_rng.random(out.shape) >= self.dropout
-                mask = (keep / (1.0 - self.dropout)).astype(self.dtype)
-                out = out * mask
+                mask = arrays.on_device_of((keep / (1.0 - self.dropout)).astype(self.dtype), dev)
+                out = arrays.multiply(out, mask)
             masks.append(mask)
             inp = out
-        self._ctx = dict(B=B, T=T, lengths=lengths, h0=h0, inputs=inputs, caches=caches,
+        self._ctx = dict(B=B, T=T, lengths=lengths_k, h0=h0, inputs=inputs, caches=caches,
                          masks=masks)
-        if return_gates:
-            return inp, h_n, gates
-        return inp, h_n
+        y, h_n = arrays.host_like(inp, x), arrays.host_like(h_n, x)
+        return (y, h_n, gates) if return_gates else (y, h_n)
 
     def backward(self, dy, dh_n=None):
         """dy (B, T, D*H) or None, dh_n (L*D, B, H) or None -> dx (B, T, I), dh0 (L*D, B, H).
 
         Writes the parameter gradients into ``self.grads`` in place (overwriting them).
-        dy at padding positions is ignored, as with packed sequences.
+        dy at padding positions is ignored, as with packed sequences. Results are NumPy
+        arrays or device arrays as the given gradients are.
         """
         if self._ctx is None:
             raise ValueError("backward: no forward pass to differentiate; call forward first")
         c = self._ctx
         L, D, H, B, T = self.num_layers, self.num_directions, self.hidden_size, c["B"], c["T"]
+        dev = self.device
         if dy is None and dh_n is None:
             raise ValueError("dy: expected an array of shape "
                              f"({B}, {T}, {D * H}) when dh_n is None, got None")
+        caller = dy if dy is not None else dh_n
         if dy is None:
-            dy = np.zeros((B, T, D * H), self.dtype)
+            dy = arrays.zeros((B, T, D * H), self.dtype, dev)
         else:
-            dy = check_array("dy", dy, (B, T, D * H), self.dtype)
+            dy = arrays.on_device_of(arrays.check("dy", dy, (B, T, D * H), self.dtype), dev)
         if dh_n is None:
-            dh_n = np.zeros((L * D, B, H), self.dtype)
+            dh_n = arrays.zeros((L * D, B, H), self.dtype, dev)
         else:
-            dh_n = np.ascontiguousarray(check_array("dh_n", dh_n, (L * D, B, H), self.dtype))
-        K = backend.get_kernels(self.device)
-        dh0 = np.empty((L * D, B, H), self.dtype)
+            dh_n = arrays.on_device_of(arrays.check("dh_n", dh_n, (L * D, B, H), self.dtype), dev)
+        K = backend.get_kernels(dev)
+        dh0 = arrays.zeros((L * D, B, H), self.dtype, dev)
         d_out = dy
         for layer in range(L - 1, -1, -1):
             if c["masks"][layer] is not None:
-                d_out = d_out * c["masks"][layer]
+                d_out = arrays.multiply(d_out, c["masks"][layer])
             inp = c["inputs"][layer]
             d_inp = None
             for d in range(D):
+                i = layer * D + d
                 sfx = self._suffix(layer, d)
                 W = self._weights(layer, d)
-                dy_d = np.ascontiguousarray(d_out[:, :, d * H:(d + 1) * H])
-                dx_d, dh0[layer * D + d], dW_ih, dW_hh, db_ih, db_hh = K.gru_backward(
-                    dy_d, dh_n[layer * D + d], inp, c["h0"][layer * D + d], *W, c["lengths"],
-                    c["caches"][layer * D + d], self.reset_after, bool(d))
-                self.grads["weight_ih" + sfx][...] = dW_ih
-                self.grads["weight_hh" + sfx][...] = dW_hh
-                self.grads["bias_ih" + sfx][...] = db_ih
-                self.grads["bias_hh" + sfx][...] = db_hh
-                d_inp = dx_d if d_inp is None else d_inp + dx_d
+                dy_d = arrays.columns(d_out, d * H, (d + 1) * H)
+                dx_d, dh0_d, dW_ih, dW_hh, db_ih, db_hh = K.gru_backward(
+                    dy_d, dh_n[i], inp, c["h0"][i], *W, c["lengths"], c["caches"][i],
+                    self.reset_after, bool(d))
+                arrays.assign(dh0[i], dh0_d)
+                for name, g in (("weight_ih", dW_ih), ("weight_hh", dW_hh), ("bias_ih", db_ih),
+                                ("bias_hh", db_hh)):
+                    arrays.assign(self.grads[name + sfx], g)
+                d_inp = dx_d if d_inp is None else arrays.add(d_inp, dx_d)
             d_out = d_inp
-        return d_out, dh0
+        return arrays.host_like(d_out, caller), arrays.host_like(dh0, caller)
 
     __call__ = forward
 

@@ -10,10 +10,12 @@ Every module follows the module API of docs/architecture.md:
 
 Kernels come from ``gruengine.backend.get_kernels(device)`` and read ``self.params[name]`` at
 every call, so a ParamBuffer may re-point the dict entries to views of one flat array.
+On ``device="cuda"`` parameters, gradients and what backward keeps are device arrays; NumPy
+inputs give NumPy outputs and device-array inputs give device arrays (``gruengine.arrays``).
 """
 import numpy as np
 
-from . import backend
+from . import arrays, backend
 from .module import Module
 from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 
@@ -38,11 +40,11 @@ class _Module(Module):
 
 
 def _check_float(name, a, ndim=None):
-    """``a`` is a float32/float64 ndarray (of rank ``ndim`` when given); returns it."""
-    if not isinstance(a, np.ndarray):
+    """``a`` is a float32/float64 ndarray or device array (of rank ``ndim`` when given)."""
+    if not isinstance(a, np.ndarray) and not arrays.is_device(a):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     check_dtype(name, a.dtype)
-    return check_array(name, a, (None,) * (a.ndim if ndim is None else ndim))
+    return arrays.check(name, a, (None,) * (len(a.shape) if ndim is None else ndim))
 
 
 class Embedding(_Module):
@@ -74,27 +76,36 @@ class Embedding(_Module):
         self.params["weight"] = weight
         self.grads["weight"] = np.zeros((V, E), dtype=dtype)
         self._ids = None
+        self._place_params()
 
     def forward(self, ids):
-        if isinstance(ids, np.ndarray) and ids.dtype.kind not in "iu":
-            raise ValueError(f"ids: expected an integer array, got dtype {ids.dtype}")
-        check_array("ids", ids, (None, None))
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if ids.size:
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= self.num_embeddings:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got {bad}")
-        self._ids = ids
-        return self._k.embedding_forward(ids, self.params["weight"])
+        """ids (B, T) int64 -> (B, T, E), on the side the ids are (NumPy or device array).
+
+        NumPy ids are range-checked here; device ids only for shape and dtype (the caller
+        checked them on the host before copying them over, as ``SequenceModel`` does)."""
+        if arrays.is_device(ids):
+            arrays.check("ids", ids, (None, None), np.int64)
+        else:
+            if isinstance(ids, np.ndarray) and ids.dtype.kind not in "iu":
+                raise ValueError(f"ids: expected an integer array, got dtype {ids.dtype}")
+            check_array("ids", ids, (None, None))
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            if ids.size:
+                lo, hi = int(ids.min()), int(ids.max())
+                if lo < 0 or hi >= self.num_embeddings:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got {bad}")
+        self._ids = arrays.on_device_of(ids, self.device)
+        out = self._k.embedding_forward(self._ids, self.params["weight"])
+        return arrays.host_like(out, ids)
 
     def backward(self, dy):
         self._require_forward("_ids")
         B, T = self._ids.shape
-        check_array("dy", dy, (B, T, self.embedding_dim), self.dtype)
+        arrays.check("dy", dy, (B, T, self.embedding_dim), self.dtype)
         pad = -1 if self.padding_idx is None else self.padding_idx
-        self.grads["weight"][...] = self._k.embedding_backward(
-            np.ascontiguousarray(dy), self._ids, self.num_embeddings, pad)
+        arrays.assign(self.grads["weight"], self._k.embedding_backward(
+            arrays.on_device_of(dy, self.device), self._ids, self.num_embeddings, pad))
         return None
 
 
@@ -121,30 +132,35 @@ class Linear(_Module):
             self.grads["bias"] = np.zeros(Out, dtype=dtype)
         self._zero_bias = None if bias else np.zeros(Out, dtype=dtype)
         self._x = None
+        self._place_params()
+        if self._zero_bias is not None:
+            self._zero_bias = arrays.on_device_of(self._zero_bias, self.device)
 
     def _bias(self):
         return self.params["bias"] if self._zero_bias is None else self._zero_bias
 
     def forward(self, x):
         _check_float("x", x)
-        if x.ndim < 1:
+        if len(x.shape) < 1:
             check_array("x", x, (None, self.in_features), self.dtype)
-        check_array("x", x, (None,) * (x.ndim - 1) + (self.in_features,), self.dtype)
-        self._lead = x.shape[:-1]
-        self._x = np.ascontiguousarray(x).reshape(-1, self.in_features)
+        arrays.check("x", x, (None,) * (len(x.shape) - 1) + (self.in_features,), self.dtype)
+        self._lead = tuple(x.shape)[:-1]
+        rows = int(np.prod(self._lead))
+        self._x = arrays.on_device_of(x, self.device).reshape(rows, self.in_features)
         y = self._k.linear_forward(self._x, self.params["weight"], self._bias())
-        return y.reshape(self._lead + (self.out_features,))
+        return arrays.host_like(y, x).reshape(self._lead + (self.out_features,))
 
     def backward(self, dy):
         self._require_forward("_x")
-        check_array("dy", dy, self._lead + (self.out_features,), self.dtype)
+        arrays.check("dy", dy, self._lead + (self.out_features,), self.dtype)
+        rows = self._x.shape[0]
         dx, dW, db = self._k.linear_backward(
-            np.ascontiguousarray(dy).reshape(-1, self.out_features), self._x,
+            arrays.on_device_of(dy, self.device).reshape(rows, self.out_features), self._x,
             self.params["weight"])
-        self.grads["weight"][...] = dW
+        arrays.assign(self.grads["weight"], dW)
         if self._zero_bias is None:
-            self.grads["bias"][...] = db
-        return dx.reshape(self._lead + (self.in_features,))
+            arrays.assign(self.grads["bias"], db)
+        return arrays.host_like(dx, dy).reshape(self._lead + (self.in_features,))
 
 
 class Pool(_Module):
@@ -165,16 +181,18 @@ class Pool(_Module):
     def forward(self, y, lengths=None):
         _check_float("y", y, ndim=3)
         B, T, H = y.shape
-        lengths = np.ascontiguousarray(check_lengths("lengths", lengths, B, T))
-        p, idx = self._k.pool_forward(np.ascontiguousarray(y), lengths, self.mode)
+        lengths = np.ascontiguousarray(check_lengths("lengths", arrays.to_host(lengths), B, T))
+        lengths = arrays.on_device_of(lengths, self.device)
+        p, idx = self._k.pool_forward(arrays.on_device_of(y, self.device), lengths, self.mode)
         self._cache = (lengths, idx, T, H, y.dtype)
-        return p
+        return arrays.host_like(p, y)
 
     def backward(self, dp):
         self._require_forward("_cache")
         lengths, idx, T, H, dtype = self._cache
-        check_array("dp", dp, (lengths.shape[0], H), dtype)
-        return self._k.pool_backward(np.ascontiguousarray(dp), lengths, self.mode, idx, T)
+        arrays.check("dp", dp, (lengths.shape[0], H), dtype)
+        dy = self._k.pool_backward(arrays.on_device_of(dp, self.device), lengths, self.mode, idx, T)
+        return arrays.host_like(dy, dp)
 
 
 def dropout_mask(shape, p, rng, dtype):
@@ -208,13 +226,16 @@ class Dropout(_Module):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = dropout_mask(x.shape, self.p, self._rng, x.dtype)
-        return self._k.dropout_forward(np.ascontiguousarray(x), self._mask)
+        mask = dropout_mask(tuple(x.shape), self.p, self._rng, x.dtype)
+        self._mask = arrays.on_device_of(mask, self.device)
+        out = self._k.dropout_forward(arrays.on_device_of(x, self.device), self._mask)
+        return arrays.host_like(out, x)
 
     def backward(self, dy):
         self._require_forward("_shape")
-        check_array("dy", dy, self._shape)
+        arrays.check("dy", dy, self._shape)
         if self._mask is None:
             return dy
-        check_array("dy", dy, self._shape, self._mask.dtype)
-        return self._k.dropout_backward(np.ascontiguousarray(dy), self._mask)
+        arrays.check("dy", dy, self._shape, self._mask.dtype)
+        out = self._k.dropout_backward(arrays.on_device_of(dy, self.device), self._mask)
+        return arrays.host_like(out, dy)

@@ -9,30 +9,45 @@ Every loss is a weighted mean over rows: ``weight`` (N,) holds one non-negative 
 row (None = all ones), of the same dtype as the predictions; ``dgrad`` has the shape and
 dtype of the predictions and is the gradient of the returned loss. With class weights
 ``cw``, ``weight=cw[targets]`` gives PyTorch's ``F.cross_entropy(..., weight=cw)``.
-Inputs are numpy arrays computed by the Numba CPU kernels; nothing is cast silently.
+NumPy predictions run on the Numba CPU kernels; CUDA device-array predictions run on the
+CUDA kernels and ``dgrad`` stays on the device (targets and weights may be NumPy: they are
+checked on the host and copied over). Nothing is cast silently.
 """
 import numpy as np
 
+from . import arrays
 from ._checks import check_array, check_dtype
 from .kernels.cpu import ops as _cpu
+
 
 __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "accuracy"]
 
 
+def _kernels(pred):
+    # the kernels of the predictions' side: CUDA for device arrays, else the CPU's
+    if arrays.is_device(pred):
+        from .kernels import cuda
+        return cuda
+    return _cpu
+
+
 def _check_pred(name, a, ndims):
-    if not isinstance(a, np.ndarray):
+    if not isinstance(a, np.ndarray) and not arrays.is_device(a):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     check_dtype(name, a.dtype)
-    if a.ndim not in ndims:
+    ndim = len(a.shape)
+    if ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
-        raise ValueError(f"{name}: expected a {want} array, got {a.ndim}-D array of shape {a.shape}")
-    check_array(name, a, (None,) * a.ndim)
+        raise ValueError(f"{name}: expected a {want} array, got {ndim}-D array of shape "
+                         f"{tuple(a.shape)}")
+    arrays.check(name, a, (None,) * ndim)
     if a.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one row, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+        raise ValueError(f"{name}: expected at least one row, got shape {tuple(a.shape)}")
+    return a if arrays.is_device(a) else np.ascontiguousarray(a)
 
 
 def _check_class_targets(targets, n, num_classes):
+    targets = arrays.to_host(targets)
     if isinstance(targets, np.ndarray) and targets.dtype.kind not in "iu":
         raise ValueError(f"targets: expected an integer array of class indices, "
                          f"got dtype {targets.dtype}")
@@ -47,6 +62,7 @@ def _check_class_targets(targets, n, num_classes):
 def _check_weight(weight, n, dtype):
     if weight is None:
         return None
+    weight = arrays.to_host(weight)
     check_array("weight", weight, (n,), dtype)
     if (weight < 0).any():
         raise ValueError(f"weight: expected non-negative values, got {float(weight.min())}")
@@ -65,7 +81,7 @@ def softmax_cross_entropy(logits, targets, weight=None):
     N, C = logits.shape
     targets = _check_class_targets(targets, N, C)
     weight = _check_weight(weight, N, logits.dtype)
-    return _cpu.softmax_cross_entropy(logits, targets, weight)
+    return _kernels(logits).softmax_cross_entropy(logits, targets, weight)
 
 
 def bce_with_logits(logits, targets, weight=None):
@@ -75,7 +91,7 @@ def bce_with_logits(logits, targets, weight=None):
     Returns ``(loss, dlogits)`` with dlogits shaped like logits.
     """
     logits = _check_pred("logits", logits, (1, 2))
-    targets = check_array("targets", targets, logits.shape, logits.dtype)
+    targets = check_array("targets", arrays.to_host(targets), tuple(logits.shape), logits.dtype)
     if (targets < 0).any() or (targets > 1).any():
         bad = float(targets.min()) if (targets < 0).any() else float(targets.max())
         raise ValueError(f"targets: expected probabilities in [0, 1], got {bad}")
@@ -84,7 +100,8 @@ def bce_with_logits(logits, targets, weight=None):
     K = logits.size // N
     if weight is not None and K > 1:
         weight = np.repeat(weight, K)         # one weight per row -> per element, row-major
-    loss, d = _cpu.bce_with_logits(logits.ravel(), np.ascontiguousarray(targets).ravel(), weight)
+    loss, d = _kernels(logits).bce_with_logits(logits.reshape(N * K),
+                                               np.ascontiguousarray(targets).reshape(N * K), weight)
     return loss, d.reshape(logits.shape)
 
 
@@ -95,10 +112,14 @@ def mse(pred, target, weight=None):
     Returns ``(loss, dpred)`` with dpred shaped like pred.
     """
     pred = _check_pred("pred", pred, (1, 2))
-    target = check_array("target", target, pred.shape, pred.dtype)
     N = pred.shape[0]
+    K = pred.size // N
+    if arrays.is_device(target):
+        target = arrays.check("target", target, tuple(pred.shape), pred.dtype)
+    else:
+        target = np.ascontiguousarray(check_array("target", target, tuple(pred.shape), pred.dtype))
     weight = _check_weight(weight, N, pred.dtype)
-    loss, d = _cpu.mse(pred.reshape(N, -1), np.ascontiguousarray(target).reshape(N, -1), weight)
+    loss, d = _kernels(pred).mse(pred.reshape(N, K), target.reshape(N, K), weight)
     return loss, d.reshape(pred.shape)
 
 
@@ -109,7 +130,8 @@ def accuracy(logits, targets, weight=None):
     logits (N,) or (N, 1): binary, the prediction is logits > 0 and targets (N,) or the
     shape of logits hold 0/1 labels (integer or float; a float counts as 1 when > 0.5).
     """
-    logits = _check_pred("logits", logits, (1, 2))
+    logits = _check_pred("logits", arrays.to_host(logits), (1, 2))
+    targets = arrays.to_host(targets)
     N = logits.shape[0]
     weight = _check_weight(weight, N, logits.dtype)
     if logits.ndim == 2 and logits.shape[1] >= 2:

@@ -11,7 +11,8 @@ between layers, train/eval); ``gruengine.mingru.MinGRU`` reuses it.
 """
 import numpy as np
 
-from ._checks import check_array, check_dtype, check_lengths, check_positive_int
+from . import arrays
+from ._checks import check_dtype, check_lengths, check_positive_int
 from .backend import check_device, get_kernels
 from .module import Module
 
@@ -60,22 +61,25 @@ class _RecurrentStack(Module):
         self._dropout_rng = np.random.default_rng(rng.integers(0, 2**63))
         self.training = True
         self._saved = None
+        self._place_params()
 
     def _suffixes(self):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def _check_x(self, x, lengths):
-        check_array("x", x, (None, None, self.input_size), self.dtype)
+        # -> x where this stack computes, lengths (B,) int64 on the host
+        arrays.check("x", x, (None, None, self.input_size), self.dtype)
         B, T, _ = x.shape
         if B == 0 or T == 0:
             raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
-        return np.ascontiguousarray(x), check_lengths("lengths", lengths, B, T)
+        lengths = check_lengths("lengths", arrays.to_host(lengths), B, T)
+        return arrays.on_device_of(x, self.device), lengths
 
     def _check_state(self, name, a, B):
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if a is None:
-            return np.zeros(shape, dtype=self.dtype)
-        return np.ascontiguousarray(check_array(name, a, shape, self.dtype))
+            return arrays.zeros(shape, self.dtype, self.device)
+        return arrays.on_device_of(arrays.check(name, a, shape, self.dtype), self.device)
 
     def _check_dy(self, dy, have_dh_n):
         if self._saved is None:
@@ -86,13 +90,12 @@ class _RecurrentStack(Module):
             if not have_dh_n:
                 raise ValueError(f"dy: expected an array of shape {shape} when the state "
                                  "gradient is None, got None")
-            return np.zeros(shape, self.dtype)
-        check_array("dy", dy, shape, self.dtype)
-        return np.ascontiguousarray(dy)
+            return arrays.zeros(shape, self.dtype, self.device)
+        return arrays.on_device_of(arrays.check("dy", dy, shape, self.dtype), self.device)
 
     def _dropout_mask(self, shape):
         keep = self._dropout_rng.random(shape) >= self.dropout
-        return (keep / (1.0 - self.dropout)).astype(self.dtype)
+        return arrays.on_device_of((keep / (1.0 - self.dropout)).astype(self.dtype), self.device)
 
     def _weights(self, k, sfx):
         # layer k's weights in the op's argument order (read at every call: a ParamBuffer
@@ -100,14 +103,16 @@ class _RecurrentStack(Module):
         return tuple(self.params[f"{name}_l{k}{sfx}"] for name in self._op_weights)
 
     def _stack_forward(self, x, lengths, states, return_gates):
-        # x (B,T,I) checked; states: tuple of (L*D,B,H) initial states (h0[, c0]).
-        # -> y (B,T,D*H), tuple of final states, gates dict
+        # x (B,T,I) checked, on this stack's device; lengths (B,) host; states: tuple of
+        # (L*D,B,H) initial states (h0[, c0]) on the device.
+        # -> y (B,T,D*H), tuple of final states (device side), gates dict (NumPy)
         B, T, _ = x.shape
         D, kern = self.num_directions, self._kernels
         op_forward = getattr(kern, f"{self._op}_forward")
         op_gates = getattr(kern, f"{self._op}_gates")
-        finals = tuple(np.empty_like(s0) for s0 in states)
+        finals = tuple(arrays.zeros(s0.shape, self.dtype, self.device) for s0 in states)
         layers, gates = [], {}
+        lengths = arrays.on_device_of(lengths, self.device)
         inp = x
         for k in range(self.num_layers):
             outs, caches = [], []
@@ -116,16 +121,16 @@ class _RecurrentStack(Module):
                 y, *fin, cache = op_forward(inp, *(s0[i] for s0 in states),
                                             *self._weights(k, sfx), lengths, reverse=bool(d))
                 for f, v in zip(finals, fin):
-                    f[i] = v
+                    arrays.assign(f[i], v)
                 outs.append(y)
                 caches.append(cache)
                 if return_gates:
-                    gates[f"l{k}{sfx}"] = op_gates(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+                    gates[f"l{k}{sfx}"] = {g: arrays.to_host(a) for g, a in op_gates(cache).items()}
+            out = arrays.concat_last(outs)
             mask = None
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
                 mask = self._dropout_mask(out.shape)
-                out = out * mask
+                out = arrays.multiply(out, mask)
             layers.append((inp, caches, mask))
             inp = out
         self._saved = {"shape": (B, T), "lengths": lengths, "states": states, "layers": layers}
@@ -137,25 +142,25 @@ class _RecurrentStack(Module):
         s = self._saved
         D, H = self.num_directions, self.hidden_size
         op_backward = getattr(self._kernels, f"{self._op}_backward")
-        dstates = tuple(np.empty_like(a) for a in dfinals)
+        dstates = tuple(arrays.zeros(a.shape, self.dtype, self.device) for a in dfinals)
         nst = len(dfinals)
         dout = dy
         for k in range(self.num_layers - 1, -1, -1):
             inp, caches, mask = s["layers"][k]
             if mask is not None:
-                dout = dout * mask
+                dout = arrays.multiply(dout, mask)
             dinp = None
             for d, sfx in enumerate(self._suffixes()):
                 i = k * D + d
-                dy_d = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dy_d = arrays.columns(dout, d * H, (d + 1) * H)
                 dx, *rest = op_backward(dy_d, *(a[i] for a in dfinals), inp,
                                         *(s0[i] for s0 in s["states"]), *self._weights(k, sfx),
                                         s["lengths"], caches[d], reverse=bool(d))
                 for a, v in zip(dstates, rest[:nst]):
-                    a[i] = v
+                    arrays.assign(a[i], v)
                 for name, g in zip(self._op_weights, rest[nst:]):
-                    self.grads[f"{name}_l{k}{sfx}"][...] = g
-                dinp = dx if dinp is None else dinp + dx
+                    arrays.assign(self.grads[f"{name}_l{k}{sfx}"], g)
+                dinp = dx if dinp is None else arrays.add(dinp, dx)
             dout = dinp
         return dout, dstates
 
@@ -188,7 +193,9 @@ class LSTM(_RecurrentStack):
         ``lengths``: (B,) ints in [1,T]; outputs past a length are zero, h_n/c_n are the state
         at the last valid step, the reverse direction starts there (packed-sequence semantics).
         ``return_gates=True`` also returns {"l{k}[_reverse]": {"i","f","g","o","c","h": (B,T,H)}}.
+        NumPy x gives NumPy outputs; a CUDA device array x gives device arrays.
         """
+        caller = x
         x, lengths = self._check_x(x, lengths)
         B = x.shape[0]
         if h0_c0 is None:
@@ -198,6 +205,7 @@ class LSTM(_RecurrentStack):
         h0 = self._check_state("h0_c0[0]", h0_c0[0], B)
         c0 = self._check_state("h0_c0[1]", h0_c0[1], B)
         y, (h_n, c_n), gates = self._stack_forward(x, lengths, (h0, c0), return_gates)
+        y, h_n, c_n = (arrays.host_like(a, caller) for a in (y, h_n, c_n))
         return (y, (h_n, c_n), gates) if return_gates else (y, (h_n, c_n))
 
     def backward(self, dy, dh_n_dc_n=None):
@@ -211,11 +219,13 @@ class LSTM(_RecurrentStack):
         if not isinstance(dh_n_dc_n, (tuple, list)) or len(dh_n_dc_n) != 2:
             raise ValueError("dh_n_dc_n: expected None or a pair (dh_n, dc_n), "
                              f"got {type(dh_n_dc_n).__name__}")
+        caller = next((a for a in (dy, *dh_n_dc_n) if a is not None), None)
         dy = self._check_dy(dy, any(a is not None for a in dh_n_dc_n))
         B = self._saved["shape"][0]
         dh_n = self._check_state("dh_n_dc_n[0]", dh_n_dc_n[0], B)
         dc_n = self._check_state("dh_n_dc_n[1]", dh_n_dc_n[1], B)
         dx, (dh0, dc0) = self._stack_backward(dy, (dh_n, dc_n))
+        dx, dh0, dc0 = (arrays.host_like(a, caller) for a in (dx, dh0, dc0))
         return dx, (dh0, dc0)
 
     __call__ = forward

@@ -15,6 +15,7 @@ with in = input_size for k = 0 and D*H above; initialised U(-1/sqrt(H), 1/sqrt(H
 h0 defaults to zeros; it enters exactly (A_t ⊙ h0 kept in linear space), never through g(h0).
 """
 
+from . import arrays
 from .lstm import _RecurrentStack
 
 __all__ = ["MinGRU"]
@@ -48,9 +49,11 @@ class MinGRU(_RecurrentStack):
         ``return_gates=True`` also returns {"l{k}[_reverse]": {"z", "h", "h_tilde": (B,T,H)}}
         ("h" is the hidden state, "h_tilde" the candidate g(W_h x + b_h)).
         """
+        caller = x
         x, lengths = self._check_x(x, lengths)
         h0 = self._check_state("h0", h0, x.shape[0])
         y, (h_n,), gates = self._stack_forward(x, lengths, (h0,), return_gates)
+        y, h_n = arrays.host_like(y, caller), arrays.host_like(h_n, caller)
         return (y, h_n, gates) if return_gates else (y, h_n)
 
     def backward(self, dy, dh_n=None):
@@ -58,9 +61,10 @@ class MinGRU(_RecurrentStack):
 
         Writes every parameter gradient into ``self.grads`` (overwrites, in place).
         """
+        caller = dy if dy is not None else dh_n
         dy = self._check_dy(dy, dh_n is not None)
         dh_n = self._check_state("dh_n", dh_n, self._saved["shape"][0])
         dx, (dh0,) = self._stack_backward(dy, (dh_n,))
-        return dx, dh0
+        return arrays.host_like(dx, caller), arrays.host_like(dh0, caller)
 
     __call__ = forward

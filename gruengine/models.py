@@ -9,12 +9,19 @@
 
 Tasks: ``classify`` (outputs (B, C), softmax cross-entropy), ``regress`` (outputs (B, K),
 mean squared error), ``tag`` (outputs (B, T, C), one label per step, padding steps masked).
+
+On ``device="cuda"`` the whole training step stays on the GPU: parameters, gradients and
+(through ``gruengine.optim``) optimizer state live there, the batch goes over once, the
+activations backward needs stay there, and ``forward`` copies only the outputs back (for
+the metrics). ``loss_and_grad`` then computes the loss on the GPU from the outputs it kept
+and returns ``doutputs`` as a device array, which ``backward`` takes as is.
 """
 from dataclasses import dataclass, asdict, fields
 
 import numpy as np
 
-from ._checks import check_array, check_dtype, check_lengths, check_positive_int, check_state_dict
+from . import arrays
+from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 from .backend import check_device
 
 INPUTS = ("tokens", "features")
@@ -189,6 +196,7 @@ class SequenceModel:
         self.params = ParamBuffer(mods)
         self.training = True
         self._cache = None
+        self._outputs = None      # (host copy returned by forward, the outputs where computed)
 
     # ------------------------------------------------------------------ modes
     # the attribute under which each module keeps the Generator its dropout masks come from
@@ -246,16 +254,15 @@ class SequenceModel:
 
     def forward(self, inputs, lengths=None):
         """inputs (B, T) int64 ids or (B, T, F) features; lengths (B,) -> outputs
-        (B, num_outputs), or (B, T, num_outputs) for ``task='tag'``."""
-        c, m = self.config, self.modules
+        (B, num_outputs), or (B, T, num_outputs) for ``task='tag'`` (NumPy on every device)."""
+        c, m, dev = self.config, self.modules, self.config.device
         lengths = self.check_inputs(inputs, lengths)
         B, T = inputs.shape[:2]
+        x = arrays.on_device_of(inputs, dev)                      # the batch goes over once
         if c.input == "tokens":
-            x = m["embedding"].forward(inputs)                    # (B, T, E)
+            x = m["embedding"].forward(x)                         # (B, T, E)
         elif "input_proj" in m:
-            x = m["input_proj"].forward(inputs)                   # (B, T, P)
-        else:
-            x = inputs                                            # (B, T, F)
+            x = m["input_proj"].forward(x)                        # (B, T, P)
         if self._drop_in is not None and self.training:
             x = self._drop_in.forward(x)
         y, h_n = m["rnn"].forward(x, lengths=lengths)             # y (B, T, D*H), h_n (L*D, B, H)
@@ -264,40 +271,45 @@ class SequenceModel:
             feats = y                                             # (B, T, D*H)
         elif c.pooling == "last":
             # the last layer's final states, directions side by side: right for reverse too
-            feats = np.ascontiguousarray(np.concatenate(list(h_n[-D:]), axis=1))  # (B, D*H)
+            feats = arrays.concat_last([h_n[h_n.shape[0] - D + d] for d in range(D)])  # (B, D*H)
         else:
             feats = self.pool.forward(y, lengths)                 # (B, D*H)
         if self._drop_out is not None and self.training:
             feats = self._drop_out.forward(feats)
-        out = m["head"].forward(np.ascontiguousarray(feats))
-        self._cache = (B, T, lengths, y.shape, h_n.shape)
-        return out
+        out = m["head"].forward(feats)
+        self._cache = (B, T, lengths)
+        host = arrays.to_host(out)
+        self._outputs = (host, out)
+        return host
 
     def backward(self, doutputs):
-        """Accumulate gradients into ``self.params.grad`` (after ``zero_grad``)."""
+        """Accumulate gradients into ``self.params.grad`` (after ``zero_grad``).
+
+        ``doutputs``: NumPy, or the device array ``loss_and_grad`` returned on 'cuda'."""
         if self._cache is None:
             raise ValueError("backward: call forward first")
-        c, m = self.config, self.modules
-        B, T, lengths, y_shape, hn_shape = self._cache
-        dfeats = m["head"].backward(doutputs)
+        c, m, dev = self.config, self.modules, self.config.device
+        B, T, lengths = self._cache
+        dfeats = m["head"].backward(arrays.on_device_of(doutputs, dev))
         if self._drop_out is not None and self.training:
             dfeats = self._drop_out.backward(dfeats)
-        D = 2 if c.bidirectional else 1
+        D, H = (2 if c.bidirectional else 1), c.hidden_size
         if c.task == "tag":
-            dy, dh_n = np.ascontiguousarray(dfeats), None
+            dy, dh_n = dfeats, None
         elif c.pooling == "last":
-            dy = np.zeros(y_shape, dtype=self.dtype)
-            dh_n = np.zeros(hn_shape, dtype=self.dtype)          # (L*D, B, H)
-            dh_n[-D:] = dfeats.reshape(B, D, c.hidden_size).transpose(1, 0, 2)
+            LD = c.num_layers * D
+            dy, dh_n = None, arrays.zeros((LD, B, H), self.dtype, dev)     # (L*D, B, H)
+            for d in range(D):
+                arrays.assign(dh_n[LD - D + d], arrays.columns(dfeats, d * H, (d + 1) * H))
         else:
-            dy, dh_n = np.ascontiguousarray(self.pool.backward(dfeats)), None
+            dy, dh_n = self.pool.backward(dfeats), None
         dx, _ = m["rnn"].backward(dy, dh_n)
         if self._drop_in is not None and self.training:
             dx = self._drop_in.backward(dx)
         if c.input == "tokens":
-            m["embedding"].backward(np.ascontiguousarray(dx))
+            m["embedding"].backward(dx)
         elif "input_proj" in m:
-            m["input_proj"].backward(np.ascontiguousarray(dx))
+            m["input_proj"].backward(dx)
         return None
 
     # ------------------------------------------------------------------ loss and metrics
@@ -316,9 +328,17 @@ class SequenceModel:
         return targets
 
     def loss_and_grad(self, outputs, targets, lengths):
-        """Loss of ``outputs`` against ``targets`` for the model's task -> (loss, doutputs)."""
+        """Loss of ``outputs`` against ``targets`` for the model's task -> (loss, doutputs).
+
+        On 'cuda' the loss runs on the GPU (on the outputs ``forward`` kept there, when
+        ``outputs`` is what it returned) and ``doutputs`` is a device array."""
         from . import losses
         c = self.config
+        if c.device == "cuda":
+            kept = self._outputs
+            outputs = kept[1] if kept is not None and outputs is kept[0] else \
+                arrays.on_device_of(arrays.check("outputs", outputs, (None,) * outputs.ndim,
+                                                 self.dtype), "cuda")
         if c.task == "classify":
             targets = self.check_targets(targets, outputs.shape[0])
             return losses.softmax_cross_entropy(outputs, targets)
@@ -329,7 +349,9 @@ class SequenceModel:
         targets = self.check_targets(targets, B, T)
         mask = self.step_mask(lengths, B, T)                      # (B, T)
         tgt = np.where(mask, targets, 0).reshape(B * T)
-        loss, dflat = losses.softmax_cross_entropy(np.ascontiguousarray(outputs.reshape(B * T, C)),
+        flat = outputs.reshape(B * T, C)
+        loss, dflat = losses.softmax_cross_entropy(flat if arrays.is_device(flat) else
+                                                   np.ascontiguousarray(flat),
                                                    np.ascontiguousarray(tgt),
                                                    mask.reshape(B * T).astype(self.dtype))
         return loss, dflat.reshape(B, T, C)
@@ -361,13 +383,9 @@ class SequenceModel:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """{'<module>.<param>': copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0'."""
-        return {f"{name}.{k}": v.copy() for name, mod in self.modules.items()
-                for k, v in mod.params.items()}
+        """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0'."""
+        return self.params.state_dict()
 
     def load_state_dict(self, d):
         """Validate names, shapes and dtypes, then copy in place (views stay valid)."""
-        own = {f"{name}.{k}": v for name, mod in self.modules.items() for k, v in mod.params.items()}
-        check_state_dict("state_dict", d, own)
-        for k, v in own.items():
-            v[...] = d[k]
+        self.params.load_state_dict(d)

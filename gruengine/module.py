@@ -2,14 +2,24 @@
 
 ``params`` and ``grads`` are dicts of arrays with the same keys; optimizers update ``params``
 in place and ``backward`` writes into ``grads`` in place, so a ``ParamBuffer`` can re-point
-both to views of one flat buffer.
+both to views of one flat buffer. On ``device="cuda"`` both hold CUDA device arrays (they stay
+on the GPU between steps); ``state_dict`` always returns NumPy copies and ``load_state_dict``
+takes NumPy arrays on every device.
 """
+from . import arrays
 from ._checks import check_state_dict
 
 
 class Module:
-    """params/grads dicts, state_dict, train/eval; subclasses set ``params``, ``grads``
-    and ``training`` in their constructor."""
+    """params/grads dicts, state_dict, train/eval; subclasses set ``params``, ``grads``,
+    ``device`` and ``training`` in their constructor, then call ``_place_params``."""
+
+    def _place_params(self):
+        # the constructor builds parameters on the host (seeded init); on 'cuda' they move
+        # to the device once, here, and stay there
+        if self.device == "cuda":
+            self.params = {k: arrays.to_device(v) for k, v in self.params.items()}
+            self.grads = {k: arrays.to_device(v) for k, v in self.grads.items()}
 
     def parameters(self):
         return self.params
@@ -23,13 +33,14 @@ class Module:
         return self
 
     def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
+        """{name: NumPy copy} of every parameter, whatever the device."""
+        return {k: arrays.to_host(v).copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state_dict):
         check_state_dict("state_dict", state_dict, self.params)
         for k, v in state_dict.items():
-            self.params[k][...] = v
+            arrays.assign(self.params[k], v)
 
     def zero_grad(self):
         for g in self.grads.values():
-            g[...] = 0
+            arrays.fill_zero(g)

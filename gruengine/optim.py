@@ -14,11 +14,17 @@ chunks from its own start), so the clipping scale has the same bits too.
 
 With ``max_norm``, a non-finite gradient norm skips the update (parameters, state and
 step count stay as they were) and ``step`` returns that norm, so a caller can stop.
+
+Parameters on the GPU (a ParamBuffer of ``device="cuda"`` modules, or a dict of CUDA device
+arrays) keep their optimizer state on the GPU too and update there with the CUDA kernels
+(``gruengine.kernels.cuda.optim``): the norm is the one number that comes back.
+``state_dict`` returns NumPy copies on every device.
 """
 import math
 
 import numpy as np
 
+from . import arrays
 from ._checks import check_array, check_dtype, check_positive_int, check_state_dict
 from .kernels.cpu import optim as _kernels
 from .params import ParamBuffer
@@ -63,8 +69,22 @@ def _check_bool(name, value):
 # ---------------------------------------------------------------- gradient lists
 
 def _flat(a):
-    # a: any shape -> (a.size,) view when C-contiguous, else a contiguous copy (read-only use)
+    # a: any shape -> (a.size,) view when C-contiguous, else a contiguous copy (read-only use);
+    # device arrays are contiguous (module parameters and gradients, or views of a flat buffer)
+    if arrays.is_device(a):
+        return a.reshape(a.size)
     return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+
+
+def _cuda_optim():
+    from .kernels.cuda import optim
+    return optim
+
+
+def _device_sum_of_squares(flat_arrays):
+    # per-array float64 block sums on the GPU, added in order on the host
+    k = _cuda_optim()
+    return float(sum(k.sum_of_squares(a) for a in flat_arrays))
 
 
 def _partials(a):
@@ -88,15 +108,23 @@ def _grad_arrays(name, grads):
         items = [(f"{name}[{i}]", g) for i, g in enumerate(grads)]
     else:
         raise ValueError(f"{name}: expected a dict or list of arrays, got {type(grads).__name__}")
-    arrays = []
+    out = []
     for label, g in items:
+        if arrays.is_device(g):
+            check_dtype(f"{label}.dtype", g.dtype)
+            if out and not arrays.is_device(out[0]):
+                raise ValueError(f"{label}: expected a numpy.ndarray like the others, got a device array")
+            out.append(g)
+            continue
         if not isinstance(g, np.ndarray):
             raise ValueError(f"{label}: expected a numpy.ndarray, got {type(g).__name__}")
+        if out and arrays.is_device(out[0]):
+            raise ValueError(f"{label}: expected a CUDA device array like the others, got a numpy.ndarray")
         check_dtype(f"{label}.dtype", g.dtype)
         if not g.flags.writeable:
             raise ValueError(f"{label}: expected a writeable array (clipped in place), got a read-only one")
-        arrays.append(g)
-    return arrays
+        out.append(g)
+    return out
 
 
 def clip_grad_norm(grads, max_norm):
@@ -118,16 +146,24 @@ def clip_grad_norm(grads, max_norm):
         The total norm before clipping. When it is not finite (NaN or Inf in a
         gradient) the gradients are left unchanged and the NaN/Inf is returned, so the
         caller can stop.
+
+    CUDA device arrays (all of them, not mixed with NumPy) are clipped on the GPU.
     """
-    arrays = _grad_arrays("grads", grads)
+    grads = _grad_arrays("grads", grads)
     max_norm = _check_real("max_norm", max_norm, 0.0, False)
-    norm = math.sqrt(_sum_of_squares([_flat(g) for g in arrays]))
+    on_device = bool(grads) and arrays.is_device(grads[0])
+    flats = [_flat(g) for g in grads]
+    total = _device_sum_of_squares(flats) if on_device else _sum_of_squares(flats)
+    norm = math.sqrt(total)
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + _CLIP_EPS)
     if coef < 1.0:
-        for g in arrays:
-            g *= coef
+        for g in grads:
+            if on_device:
+                _cuda_optim().scale_inplace(g, coef)
+            else:
+                g *= coef
     return norm
 
 
@@ -136,10 +172,13 @@ def clip_grad_value(grads, clip_value):
 
     Like ``torch.nn.utils.clip_grad_value_``; NaN stays NaN. ``clip_value`` must be positive.
     """
-    arrays = _grad_arrays("grads", grads)
+    grads = _grad_arrays("grads", grads)
     clip_value = _check_real("clip_value", clip_value, 0.0, False)
-    for g in arrays:
-        np.clip(g, -clip_value, clip_value, out=g)
+    for g in grads:
+        if arrays.is_device(g):
+            _cuda_optim().clamp_inplace(g, clip_value)
+        else:
+            np.clip(g, -clip_value, clip_value, out=g)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -162,6 +201,7 @@ class _Optimizer:
     def _setup_params(self, params):
         if isinstance(params, ParamBuffer):
             self._buffer = params
+            self._device = params.device
             self._params = dict(params.params)
             self._flat_params = {n: params.data[sl] for n, sl in params.slices.items()}
             bounds = [_kernels.chunk_bounds(sl.start, sl.stop - sl.start) for sl in params.slices.values()]
@@ -170,25 +210,30 @@ class _Optimizer:
         elif isinstance(params, dict):
             if not params:
                 raise ValueError("params: expected a non-empty dict of name -> ndarray or a ParamBuffer, got {}")
+            first = next(iter(params.values()))
+            self._device = "cuda" if arrays.is_device(first) else "cpu"
             for name, p in params.items():
                 if not isinstance(name, str):
                     raise ValueError(f"params: expected string names, got {name!r}")
-                if not isinstance(p, np.ndarray):
+                if arrays.is_device(p) != (self._device == "cuda"):
+                    raise ValueError(f"params[{name!r}]: expected every parameter on one device "
+                                     f"({self._device}, like the first), got {type(p).__name__}")
+                if self._device == "cpu" and not isinstance(p, np.ndarray):
                     raise ValueError(f"params[{name!r}]: expected a numpy.ndarray, got {type(p).__name__}")
                 check_dtype(f"params[{name!r}].dtype", p.dtype)
-                if not (p.flags.c_contiguous and p.flags.writeable):
+                if self._device == "cpu" and not (p.flags.c_contiguous and p.flags.writeable):
                     raise ValueError(f"params[{name!r}]: expected a C-contiguous writeable array "
                                      f"(updated in place), got a non-contiguous or read-only one")
-            arrays = list(params.items())
-            for i in range(len(arrays)):
-                for j in range(i + 1, len(arrays)):
-                    a, b = arrays[i][1], arrays[j][1]
+            items = list(params.items())
+            for i in range(len(items) if self._device == "cpu" else 0):
+                for j in range(i + 1, len(items)):
+                    a, b = items[i][1], items[j][1]
                     if a.size and b.size and np.may_share_memory(a, b):
-                        raise ValueError(f"params[{arrays[j][0]!r}]: shares memory with {arrays[i][0]!r}; "
+                        raise ValueError(f"params[{items[j][0]!r}]: shares memory with {items[i][0]!r}; "
                                          f"expected distinct arrays")
             self._buffer = None
             self._params = dict(params)
-            self._flat_params = {n: p.reshape(-1) for n, p in params.items()}
+            self._flat_params = {n: _flat(p) for n, p in params.items()}
         else:
             raise ValueError(f"params: expected a ParamBuffer or a dict of name -> ndarray, "
                              f"got {type(params).__name__}")
@@ -200,11 +245,17 @@ class _Optimizer:
         self._flat_state = {}
         for s in self._state_names():
             if self._buffer is not None:
-                flat = np.zeros(self._buffer.size, dtype=self._buffer.dtype)
+                flat = arrays.zeros(self._buffer.size, self._buffer.dtype, self._device)
                 self._flat_state[s] = flat
                 self._state[s] = {n: flat[sl] for n, sl in self._buffer.slices.items()}
             else:
-                self._state[s] = {n: np.zeros(p.size, dtype=p.dtype) for n, p in self._params.items()}
+                self._state[s] = {n: arrays.zeros(p.size, p.dtype, self._device)
+                                  for n, p in self._params.items()}
+
+    @property
+    def _k(self):
+        # the update kernels: CPU (Numba) or CUDA, same names and arguments
+        return _cuda_optim() if self._device == "cuda" else _kernels
 
     @property
     def lr(self):
@@ -246,9 +297,13 @@ class _Optimizer:
         norm = None
         grad_scale = 1.0
         if max_norm is not None:
-            if fused:
+            if fused and self._device == "cuda":
+                total = self._k.sum_of_squares(self._buffer.grad)
+            elif fused:
                 partials = _kernels.chunk_sums(self._buffer.grad, self._starts, self._stops)
                 total = float(_kernels.ordered_sum(partials))
+            elif self._device == "cuda":
+                total = _device_sum_of_squares(list(flat_grads.values()))
             else:
                 total = _sum_of_squares(list(flat_grads.values()))
             norm = math.sqrt(total)
@@ -277,7 +332,15 @@ class _Optimizer:
             raise ValueError(f"grads: keys do not match params; missing {missing}, unexpected {extra}")
         flat = {}
         for name, p in self._params.items():
-            g = check_array(f"grads[{name!r}]", grads[name], p.shape, p.dtype, finite=False)
+            g = grads[name]
+            if arrays.is_device(g) != (self._device == "cuda"):
+                kind = "CUDA device array" if self._device == "cuda" else "numpy.ndarray"
+                raise ValueError(f"grads[{name!r}]: expected a {kind} like the parameters, "
+                                 f"got {type(g).__name__}")
+            if self._device == "cuda":
+                arrays.check(f"grads[{name!r}]", g, tuple(p.shape), p.dtype)
+            else:
+                check_array(f"grads[{name!r}]", g, p.shape, p.dtype, finite=False)
             flat[name] = _flat(g)
         return flat
 
@@ -285,14 +348,17 @@ class _Optimizer:
 
     def state_dict(self):
         """``{"arrays": {"<state>.<param name>": ndarray copy}, "meta": {json-serialisable}}``."""
-        arrays = {}
+        out = {}
         for s, per_name in self._state.items():
+            if s in self._flat_state:          # one copy of the flat buffer (from the GPU on cuda)
+                flat = arrays.to_host(self._flat_state[s])
+                per_name = {n: flat[sl] for n, sl in self._buffer.slices.items()}
             for name, a in per_name.items():
-                arrays[f"{s}.{name}"] = a.reshape(self._params[name].shape).copy()
+                out[f"{s}.{name}"] = arrays.to_host(a).reshape(tuple(self._params[name].shape)).copy()
         meta = {"type": type(self).__name__, "step": self.num_steps, "lr": self.lr,
                 "names": list(self._params)}
         meta.update(self._hyper_meta())
-        return {"arrays": arrays, "meta": meta}
+        return {"arrays": out, "meta": meta}
 
     def load_state_dict(self, state_dict):
         """Validate (type, names, shapes, dtypes, hyper-parameters), then restore in place.
@@ -332,8 +398,14 @@ class _Optimizer:
         if set(self._state) != set(self._state_names()):
             self._allocate_state()
         for s, per_name in self._state.items():
+            if s in self._flat_state:          # one copy into the flat buffer
+                flat = np.empty(self._buffer.size, dtype=self._buffer.dtype)
+                for name, sl in self._buffer.slices.items():
+                    flat[sl] = state_dict["arrays"][f"{s}.{name}"].reshape(-1)
+                arrays.assign(self._flat_state[s], flat)
+                continue
             for name, a in per_name.items():
-                a[...] = state_dict["arrays"][f"{s}.{name}"].reshape(-1)
+                arrays.assign(a, state_dict["arrays"][f"{s}.{name}"].reshape(-1))
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper_meta().items())
@@ -369,9 +441,9 @@ class Adam(_Optimizer):
 
     def _update(self, p, g, state, grad_scale):
         # p, g: (N,) one dtype; state["exp_avg"], state["exp_avg_sq"]: (N,)
-        _kernels.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], self.num_steps, self.lr,
-                           self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                           self._decoupled, grad_scale)
+        self._k.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], self.num_steps, self.lr,
+                          self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                          self._decoupled, grad_scale)
 
 
 class AdamW(Adam):
@@ -424,5 +496,5 @@ class SGD(_Optimizer):
 
     def _update(self, p, g, state, grad_scale):
         # p, g: (N,); state["momentum_buffer"]: (N,) when momentum != 0
-        _kernels.sgd_step(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
-                          self.nesterov, self.weight_decay, grad_scale, self.num_steps == 1)
+        self._k.sgd_step(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
+                         self.nesterov, self.weight_decay, grad_scale, self.num_steps == 1)

@@ -10,9 +10,15 @@ re-points the modules' ``params[k]`` / ``grads[k]`` dict entries to views of the
 arrays. Layers read ``self.params[k]`` at every call and write gradients into
 ``self.grads[k]`` in place (docs/architecture.md, "Modules"), so they keep working, see
 the same numbers, and an optimizer can update every parameter with one fused loop.
+
+Modules built with ``device="cuda"`` hold device arrays: the buffer is then built on the
+device (``device == "cuda"``, ``data`` and ``grad`` are device arrays and the named views
+are device views), so parameters and gradients never leave the GPU. ``state_dict`` returns
+NumPy copies and ``load_state_dict`` takes NumPy arrays on every device.
 """
 import numpy as np
 
+from . import arrays
 from ._checks import check_array, check_dtype, check_state_dict
 
 __all__ = ["ParamBuffer"]
@@ -30,13 +36,14 @@ class ParamBuffer:
 
     Attributes
     ----------
-    data, grad : ndarray, shape (N,)
+    data, grad : ndarray (or CUDA device array), shape (N,)
         The flat parameter and gradient arrays (C-contiguous).
     params, grads : dict[str, ndarray]
         ``"prefix.k"`` -> view into ``data`` / ``grad`` with the parameter's shape.
     slices : dict[str, slice]
         ``"prefix.k"`` -> the parameter's range in the flat arrays.
     dtype : numpy.dtype
+    device : 'cuda' when the modules' parameters are device arrays, else 'cpu'
     """
 
     def __init__(self, modules):
@@ -66,42 +73,60 @@ class ParamBuffer:
                                  f"unexpected {sorted(set(grads) - set(params))}")
             for key, p in params.items():
                 name = f"{prefix}.{key}"
-                if not isinstance(p, np.ndarray):
-                    raise ValueError(f"params[{name!r}]: expected a numpy.ndarray, got {type(p).__name__}")
+                on_device = arrays.is_device(p)
+                if not isinstance(p, np.ndarray) and not on_device:
+                    raise ValueError(f"params[{name!r}]: expected a numpy.ndarray or a CUDA device "
+                                     f"array, got {type(p).__name__}")
+                if arrays.is_device(grads[key]) != on_device:
+                    raise ValueError(f"grads[{name!r}]: expected the same kind of array as the "
+                                     f"parameter ({'device' if on_device else 'numpy'}), got "
+                                     f"{type(grads[key]).__name__}")
                 check_dtype(f"params[{name!r}].dtype", p.dtype)
-                check_array(f"grads[{name!r}]", grads[key], p.shape, p.dtype, finite=False)
+                if on_device:
+                    arrays.check(f"grads[{name!r}]", grads[key], p.shape, p.dtype)
+                else:
+                    check_array(f"grads[{name!r}]", grads[key], p.shape, p.dtype, finite=False)
                 entries.append((module, key, name, p, grads[key]))
         if not entries:
             raise ValueError("modules: expected at least one parameter, got modules with empty .params")
 
-        dtype = entries[0][3].dtype
+        dtype = np.dtype(entries[0][3].dtype)
+        on_device = arrays.is_device(entries[0][3])
         for _, _, name, p, _ in entries:
             if p.dtype != dtype:
                 raise ValueError(f"params[{name!r}]: expected dtype {dtype} (all parameters must share "
                                  f"the dtype of {entries[0][2]!r}), got {p.dtype}")
-        arrays = [p for _, _, _, p, _ in entries]
-        for i in range(len(arrays)):
-            for j in range(i + 1, len(arrays)):
-                if arrays[i].size and arrays[j].size and np.may_share_memory(arrays[i], arrays[j]):
-                    raise ValueError(f"params[{entries[j][2]!r}]: shares memory with "
-                                     f"{entries[i][2]!r}; tied parameters are not supported")
+            if arrays.is_device(p) != on_device:
+                raise ValueError(f"params[{name!r}]: expected every module on one device (the "
+                                 f"first, {entries[0][2]!r}, is on {'cuda' if on_device else 'cpu'})")
+        params_list = [p for _, _, _, p, _ in entries]
+        if not on_device:     # device arrays come from the modules' own constructors
+            for i in range(len(params_list)):
+                for j in range(i + 1, len(params_list)):
+                    a, b = params_list[i], params_list[j]
+                    if a.size and b.size and np.may_share_memory(a, b):
+                        raise ValueError(f"params[{entries[j][2]!r}]: shares memory with "
+                                         f"{entries[i][2]!r}; tied parameters are not supported")
 
-        total = sum(p.size for p in arrays)
+        total = sum(p.size for p in params_list)
         self.dtype = dtype
-        self.data = np.empty(total, dtype=dtype)
-        self.grad = np.zeros(total, dtype=dtype)
-        self.params = {}
-        self.grads = {}
+        self.device = "cuda" if on_device else "cpu"
+        data = np.empty(total, dtype=dtype)
+        grad = np.zeros(total, dtype=dtype)
         self.slices = {}
         offset = 0
         for _, _, name, p, g in entries:
             sl = slice(offset, offset + p.size)
-            self.data[sl] = p.reshape(-1)
-            self.grad[sl] = g.reshape(-1)
-            self.params[name] = self.data[sl].reshape(p.shape)
-            self.grads[name] = self.grad[sl].reshape(p.shape)
+            data[sl] = arrays.to_host(p).reshape(-1)
+            grad[sl] = arrays.to_host(g).reshape(-1)
             self.slices[name] = sl
             offset += p.size
+        self.data = arrays.to_device(data) if on_device else data
+        self.grad = arrays.to_device(grad) if on_device else grad
+        self.params = {name: self.data[sl].reshape(p.shape)
+                       for (_, _, name, p, _), sl in zip(entries, self.slices.values())}
+        self.grads = {name: self.grad[sl].reshape(p.shape)
+                      for (_, _, name, p, _), sl in zip(entries, self.slices.values())}
         # Re-point only after every check and copy succeeded, so a failure leaves modules untouched.
         for module, key, name, _, _ in entries:
             module.params[key] = self.params[name]
@@ -114,17 +139,27 @@ class ParamBuffer:
 
     def zero_grad(self):
         """Set every gradient to zero (one fill of the flat gradient array)."""
-        self.grad.fill(0)
+        arrays.fill_zero(self.grad)
 
     def state_dict(self):
-        """Copies of the named parameters: ``{"prefix.k": ndarray}``."""
-        return {name: view.copy() for name, view in self.params.items()}
+        """NumPy copies of the named parameters: ``{"prefix.k": ndarray}`` (one copy from the
+        device on 'cuda')."""
+        data = arrays.to_host(self.data)
+        return {name: data[sl].reshape(self.params[name].shape).copy()
+                for name, sl in self.slices.items()}
 
     def load_state_dict(self, state_dict):
         """Validate names, shapes, dtypes and finiteness, then copy into the buffer in place."""
         check_state_dict("state_dict", state_dict, self.params)
+        if self.device == "cuda":
+            data = arrays.to_host(self.data)
+            for name, sl in self.slices.items():
+                data[sl] = np.asarray(state_dict[name]).reshape(-1)
+            arrays.assign(self.data, data)
+            return
         for name, view in self.params.items():
             view[...] = state_dict[name]
 
     def __repr__(self):
-        return f"ParamBuffer({len(self.params)} arrays, {self.size} {self.dtype} scalars)"
+        where = ", on cuda" if self.device == "cuda" else ""
+        return f"ParamBuffer({len(self.params)} arrays, {self.size} {self.dtype} scalars{where})"

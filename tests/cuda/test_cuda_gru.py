@@ -138,3 +138,46 @@ def test_gru_rejects_bad_input_with_one_line_message(rng):
     _, _, cache = kc.gru_forward(*args, reset_after=True)
     with pytest.raises(ValueError, match=r"^cache: built with reset_after=True"):
         kc.gru_backward(dy, dh_n, *args, cache, reset_after=False)
+
+
+def test_gru_layer_on_cuda_keeps_its_state_on_the_device(rng, monkeypatch):
+    """gruengine.GRU(device='cuda'): parameters and gradients are device arrays; NumPy in ->
+    NumPy out, device arrays in -> device arrays out; the numbers are the cpu layer's."""
+    import gruengine
+    from gruengine import arrays
+    monkeypatch.setattr(launch, "PERSISTENT_THREADS", 8)
+    B, T, I, H = 3, 4, 2, 3
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    h0 = rng.standard_normal((4, B, H)).astype(np.float32)
+    lengths = np.array([4, 1, 3], dtype=np.int64)
+    dy = rng.standard_normal((B, T, 2 * H)).astype(np.float32)
+    dh_n = rng.standard_normal((4, B, H)).astype(np.float32)
+    layers = {d: gruengine.GRU(I, H, num_layers=2, bidirectional=True, dropout=0.4, device=d,
+                               seed=7) for d in ("cpu", "cuda")}
+    gpu = layers["cuda"]
+    assert all(arrays.is_device(v) for v in gpu.params.values())
+    assert all(arrays.is_device(v) for v in gpu.grads.values())
+    want = layers["cpu"].forward(x, h0, lengths) + layers["cpu"].backward(dy, dh_n)
+    got = gpu.forward(x, h0, lengths) + gpu.backward(dy, dh_n)
+    assert all(isinstance(a, np.ndarray) for a in got)    # NumPy in, NumPy out
+    for name, g, w in zip(("y", "h_n", "dx", "dh0"), got, want):
+        assert_close(g, w, np.float32, name)
+    for k, w in layers["cpu"].grads.items():
+        assert_close(arrays.to_host(gpu.grads[k]), w, np.float32, k)
+    # device arrays in: device arrays out, the same numbers (dropout masks are seeded per call,
+    # so a fresh layer pair with the same seed draws the same masks)
+    gpu2 = gruengine.GRU(I, H, num_layers=2, bidirectional=True, dropout=0.4, device="cuda", seed=7)
+    out = gpu2.forward(cuda.to_device(x), cuda.to_device(h0), lengths)
+    out += gpu2.backward(cuda.to_device(dy), cuda.to_device(dh_n))
+    assert all(arrays.is_device(a) for a in out)
+    for name, g, w in zip(("y", "h_n", "dx", "dh0"), out, want):
+        assert_close(g.copy_to_host(), w, np.float32, name)
+    # state_dict is NumPy on every device, and moves the weights exactly
+    sd = gpu.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
+    cpu2 = gruengine.GRU(I, H, num_layers=2, bidirectional=True, seed=0)
+    cpu2.load_state_dict(sd)
+    back = gruengine.GRU(I, H, num_layers=2, bidirectional=True, device="cuda", seed=0)
+    back.load_state_dict(cpu2.state_dict())
+    for k, v in sd.items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)

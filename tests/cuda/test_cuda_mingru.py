@@ -10,7 +10,7 @@ from numba import cuda
 if not cuda.is_available():
     pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
-from gruengine import reference as ref  # noqa: E402
+from gruengine import arrays, reference as ref  # noqa: E402
 from gruengine.kernels import cuda as kc  # noqa: E402
 from gruengine.kernels.cuda import launch  # noqa: E402
 
@@ -130,6 +130,6 @@ def test_mingru_layer_on_cuda_matches_cpu(rng):
         y, h_n, gates = m.forward(x, lengths=lengths, return_gates=True)
         dx, dh0 = m.backward(dy)
         out[device] = (y, h_n, dx, dh0, gates["l0_reverse"]["h_tilde"],
-                       *(m.grads[k] for k in sorted(m.grads)))
+                       *(arrays.to_host(m.grads[k]) for k in sorted(m.grads)))
     for n, (g, c) in enumerate(zip(out["cuda"], out["cpu"])):
         assert_close(g, c, np.float32, f"output {n}")

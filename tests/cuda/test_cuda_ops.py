@@ -139,3 +139,31 @@ def test_ops_keep_device_arrays_on_device(rng):
     loss_r, d_r = ref.softmax_cross_entropy(ref.linear_forward(x, W, b), t, None)
     np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
     assert_close(d.copy_to_host(), d_r, np.float32, "dlogits")
+
+
+def test_array_helpers_on_device(rng, launch_config):
+    """gruengine.arrays on device arrays: the same results as the NumPy path."""
+    from gruengine import arrays
+    a = _a(rng, (3, launch_config + 1, 2), np.float32)
+    b = _a(rng, (3, launch_config + 1, 3), np.float32)
+    da, db = cuda.to_device(a), cuda.to_device(b)
+    cat = arrays.concat_last([da, db])
+    assert arrays.is_device(cat)
+    np.testing.assert_array_equal(cat.copy_to_host(), np.concatenate([a, b], axis=-1))
+    np.testing.assert_array_equal(arrays.columns(cat, 1, 4).copy_to_host(),
+                                  np.concatenate([a, b], axis=-1)[..., 1:4])
+    np.testing.assert_array_equal(arrays.add(da, da).copy_to_host(), a + a)
+    mask = _a(rng, a.shape, np.float32)
+    np.testing.assert_array_equal(arrays.multiply(da, mask).copy_to_host(), a * mask)
+    dst = arrays.zeros(a.shape, np.float32, "cuda")
+    np.testing.assert_array_equal(dst.copy_to_host(), 0)
+    arrays.assign(dst, da)                                 # device -> device
+    np.testing.assert_array_equal(dst.copy_to_host(), a)
+    arrays.assign(dst[1], b[1, :, :2])                     # host -> a device view
+    np.testing.assert_array_equal(dst.copy_to_host()[1], b[1, :, :2])
+    arrays.fill_zero(dst)
+    np.testing.assert_array_equal(dst.copy_to_host(), 0)
+    with pytest.raises(ValueError, match=r"^assign: expected shape"):
+        arrays.assign(dst, db)
+    with pytest.raises(ValueError, match=r"^x: expected shape \(\?, \?, 5\)"):
+        arrays.check("x", da, (None, None, 5))

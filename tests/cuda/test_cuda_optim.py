@@ -72,3 +72,45 @@ def test_optimizer_state_stays_on_device(rng):
     assert not np.allclose(dev[0].copy_to_host(), p)      # updated on the device, not on a copy
     with pytest.raises(ValueError, match=r"^step: expected an integer >= 1"):
         kc.adam_step(*dev, 0, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1.0)
+
+
+def test_optimizers_and_clipping_on_device_parameters(rng, launch_config):
+    """gruengine.Adam/SGD over a dict of device arrays and clip_grad_norm/clip_grad_value on
+    device gradients: same results as on NumPy arrays, state on the device, state_dict NumPy."""
+    import gruengine
+    from gruengine import arrays
+    n = 3 * launch_config + 1
+    host = {"a": rng.standard_normal((n, 2)).astype(np.float32),
+            "b": rng.standard_normal(n).astype(np.float32)}
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) * 3 for k, v in host.items()}
+    for cls, kw in ((gruengine.AdamW, dict(lr=1e-2)), (gruengine.SGD, dict(lr=0.1, momentum=0.9))):
+        p_h = {k: v.copy() for k, v in host.items()}
+        p_d = {k: cuda.to_device(v) for k, v in host.items()}
+        g_d = {k: cuda.to_device(v) for k, v in grads.items()}
+        opt_h, opt_d = cls(p_h, **kw), cls(p_d, **kw)
+        for _ in range(3):
+            norm_h = opt_h.step(grads, max_norm=1.0)
+            norm_d = opt_d.step(g_d, max_norm=1.0)
+            np.testing.assert_allclose(norm_d, norm_h, rtol=1e-6)
+        for k in host:
+            assert_close(p_d[k].copy_to_host(), p_h[k], np.float32, k)
+        state = opt_d.state_dict()["arrays"]
+        for k, v in opt_h.state_dict()["arrays"].items():
+            assert isinstance(state[k], np.ndarray)
+            assert_close(state[k], v, np.float32, k)
+        assert all(arrays.is_device(a) for per in opt_d._state.values() for a in per.values())
+        with pytest.raises(ValueError, match=r"^grads\['a'\]: expected a CUDA device array"):
+            opt_d.step(grads)
+    # clipping in place on the device
+    g_h = {k: v.copy() for k, v in grads.items()}
+    g_d = {k: cuda.to_device(v) for k, v in grads.items()}
+    norm_h = gruengine.clip_grad_norm(g_h, 0.5)
+    norm_d = gruengine.clip_grad_norm(g_d, 0.5)
+    assert norm_h > 0.5
+    np.testing.assert_allclose(norm_d, norm_h, rtol=1e-6)
+    for k in grads:
+        assert_close(g_d[k].copy_to_host(), g_h[k], np.float32, k)
+    gruengine.clip_grad_value(g_h, 0.01)
+    gruengine.clip_grad_value(g_d, 0.01)
+    for k in grads:
+        np.testing.assert_array_equal(g_d[k].copy_to_host(), g_h[k])

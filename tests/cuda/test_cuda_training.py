@@ -1,9 +1,9 @@
 """A few training steps on 'cuda' end with the same weights as on 'cpu' (float32, 1e-5 relative).
 
-Two levels: the SequenceModel + Adam path a user runs (layers pick the CUDA kernels through
-``device='cuda'``), and a training step written on the op-level functions with every
-parameter, gradient and optimizer state resident on the device (forward, backward, global
-norm clipping, Adam), compared with the same step on the CPU kernels.
+Two levels: the SequenceModel + optimizer path a user runs (``device='cuda'``: parameters,
+gradients, activations and optimizer state stay on the device; forward, backward, the loss,
+global-norm clipping and the update all run there), and a training step written on the
+op-level functions with device arrays, compared with the same step on the CPU kernels.
 """
 import math
 
@@ -16,6 +16,15 @@ if not cuda.is_available():
 
 from gruengine.kernels import cpu as kcpu  # noqa: E402
 from gruengine.kernels import cuda as kcuda  # noqa: E402
+from gruengine.kernels.cuda import launch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    # the simulator runs every thread as a Python thread: small blocks keep these tests quick
+    # (grid-stride loops and the one-block recurrence loop over the rest)
+    monkeypatch.setattr(launch, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(launch, "PERSISTENT_THREADS", 16)
 
 
 def _weights_close(got, want):
@@ -24,32 +33,144 @@ def _weights_close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
-def test_sequence_model_trains_the_same_on_cuda_and_cpu(rng):
-    import gruengine
-    from gruengine.models import SequenceModel
-    B, T, V = 3, 4, 7
-    ids = rng.integers(1, V, size=(B, T)).astype(np.int64)
+# (model config, optimizer, batch kind): every cell, input kind, pooling and task; dropout on
+# the input, between layers and before the head; the Cho form; Adam, AdamW and SGD
+MODEL_CASES = {
+    "tokens-bigru-mean-adam": (dict(task="classify", num_outputs=3, input="tokens", vocab_size=7,
+                                    embed_dim=3, padding_idx=0, hidden_size=4, bidirectional=True,
+                                    pooling="mean"), "adam"),
+    "features-lstm-last-dropout-adamw": (dict(task="regress", num_outputs=2, input="features",
+                                              num_features=2, input_proj=3, cell="lstm",
+                                              hidden_size=3, bidirectional=True,
+                                              dropout=0.3, pooling="last"), "adamw"),
+    "tokens-gru-cho-tag-sgd": (dict(task="tag", num_outputs=3, input="tokens", vocab_size=6,
+                                    embed_dim=2, hidden_size=3, num_layers=2, reset_after=False,
+                                    dropout=0.2), "sgd"),
+    "features-mingru-max-adam": (dict(task="classify", num_outputs=2, input="features",
+                                      num_features=2, cell="mingru", hidden_size=4,
+                                      bidirectional=True, pooling="max"), "adam"),
+}
+
+
+def _batch(rng, cfg, B=3, T=4):
     lengths = np.array([4, 2, 3], dtype=np.int64)
-    targets = rng.integers(0, 3, size=B).astype(np.int64)
-    final = {}
-    for device in ("cpu", "cuda"):
-        model = SequenceModel(dict(task="classify", num_outputs=3, input="tokens", vocab_size=V,
-                                   embed_dim=3, padding_idx=0, hidden_size=4, bidirectional=True,
-                                   pooling="mean", device=device, seed=5))
-        opt = gruengine.Adam(model.params, lr=0.05)
-        norms = []
-        for _ in range(3):
-            model.params.zero_grad()
-            out = model.forward(ids, lengths)
-            loss, dout = model.loss_and_grad(out, targets, lengths)
-            model.backward(dout)
-            norms.append(opt.step(max_norm=0.1))          # small: clipping is active
-        final[device] = (model.params.data.copy(), norms, loss)
-    (w_cpu, n_cpu, l_cpu), (w_gpu, n_gpu, l_gpu) = final["cpu"], final["cuda"]
-    assert min(n_cpu) > 0.1                               # the clip really scaled the steps
-    np.testing.assert_allclose(n_gpu, n_cpu, rtol=1e-5)
-    np.testing.assert_allclose(l_gpu, l_cpu, rtol=1e-5)
-    _weights_close(w_gpu, w_cpu)
+    if cfg["input"] == "tokens":
+        x = rng.integers(1, cfg["vocab_size"], size=(B, T)).astype(np.int64)
+    else:
+        x = rng.standard_normal((B, T, cfg["num_features"])).astype(np.float32)
+    C = cfg["num_outputs"]
+    if cfg["task"] == "classify":
+        y = rng.integers(0, C, size=B).astype(np.int64)
+    elif cfg["task"] == "tag":
+        y = rng.integers(0, C, size=(B, T)).astype(np.int64)
+    else:
+        y = rng.standard_normal((B, C)).astype(np.float32)
+    return x, lengths, y
+
+
+def _optimizer(kind, params):
+    import gruengine
+    if kind == "sgd":
+        return gruengine.SGD(params, lr=0.1, momentum=0.9)
+    cls = gruengine.AdamW if kind == "adamw" else gruengine.Adam
+    return cls(params, lr=0.05)
+
+
+def _train(device, cfg, kind, batch, steps=3, max_norm=0.1):
+    from gruengine.models import SequenceModel
+    model = SequenceModel(dict(cfg, device=device, seed=5))
+    opt = _optimizer(kind, model.params)
+    x, lengths, y = batch
+    norms, losses = [], []
+    for _ in range(steps):
+        model.params.zero_grad()
+        out = model.forward(x, lengths)
+        loss, dout = model.loss_and_grad(out, y, lengths)
+        model.backward(dout)
+        norms.append(opt.step(max_norm=max_norm))          # small: clipping is active
+        losses.append(loss)
+    return model, opt, norms, losses
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_sequence_model_trains_the_same_on_cuda_and_cpu(rng, case):
+    from gruengine import arrays
+    cfg, kind = MODEL_CASES[case]
+    batch = _batch(rng, cfg)
+    cpu = _train("cpu", cfg, kind, batch)
+    gpu = _train("cuda", cfg, kind, batch)
+    model, opt = gpu[0], gpu[1]
+    # everything the step updates lives on the device: the flat parameter and gradient
+    # buffers, every module's parameters (views of them) and the optimizer state
+    assert model.params.device == "cuda"
+    assert arrays.is_device(model.params.data) and arrays.is_device(model.params.grad)
+    for mod in model.modules.values():
+        assert all(arrays.is_device(v) for v in mod.params.values())
+        assert all(arrays.is_device(v) for v in mod.grads.values())
+    assert opt._flat_state and all(arrays.is_device(a) for a in opt._flat_state.values())
+    assert min(cpu[2]) > 0.1                               # the clip really scaled the steps
+    np.testing.assert_allclose(gpu[2], cpu[2], rtol=1e-5)  # gradient norms
+    np.testing.assert_allclose(gpu[3], cpu[3], rtol=1e-5)  # losses
+    w_cpu, w_gpu = cpu[0].state_dict(), model.state_dict()
+    assert not np.allclose(w_cpu["head.weight"], _train("cpu", cfg, kind, batch, steps=0)[0]
+                           .state_dict()["head.weight"])   # the weights moved
+    for k in w_cpu:
+        _weights_close(w_gpu[k], w_cpu[k])
+    s_cpu, s_gpu = cpu[1].state_dict()["arrays"], opt.state_dict()["arrays"]
+    assert s_cpu.keys() == s_gpu.keys() and s_cpu
+    for k in s_cpu:                                        # optimizer state, back on the host
+        _weights_close(s_gpu[k], s_cpu[k])
+
+
+def test_training_step_moves_only_the_batch_and_the_outputs(rng, monkeypatch):
+    """Count host<->device copies during training steps: their total must stay far below the
+    size of the parameter buffer, so no parameter, gradient or optimizer state travels."""
+    import numba.cuda
+    from gruengine.models import SequenceModel
+    import gruengine
+    cfg = dict(task="classify", num_outputs=2, input="tokens", vocab_size=60, embed_dim=8,
+               hidden_size=8, bidirectional=True, pooling="max", dropout=0.1, device="cuda",
+               seed=1)
+    model = SequenceModel(cfg)
+    opt = gruengine.AdamW(model.params, lr=0.01)
+    B, T = 2, 3
+    x = rng.integers(1, 60, size=(B, T)).astype(np.int64)
+    lengths = np.array([3, 2], dtype=np.int64)
+    y = rng.integers(0, 2, size=B).astype(np.int64)
+    moved = []
+    real_to_device = numba.cuda.to_device
+    dev_type = type(model.params.data)
+    real_to_host, real_copy_in = dev_type.copy_to_host, dev_type.copy_to_device
+
+    def to_device(a, *args, **kw):
+        moved.append(np.asarray(a).nbytes)
+        return real_to_device(a, *args, **kw)
+
+    def to_host(self, *args, **kw):
+        moved.append(self.size * np.dtype(self.dtype).itemsize)
+        return real_to_host(self, *args, **kw)
+
+    def copy_in(self, ary, *args, **kw):
+        if isinstance(ary, np.ndarray):
+            moved.append(ary.nbytes)
+        return real_copy_in(self, ary, *args, **kw)
+
+    monkeypatch.setattr(numba.cuda, "to_device", to_device)
+    monkeypatch.setattr(dev_type, "copy_to_host", to_host)
+    monkeypatch.setattr(dev_type, "copy_to_device", copy_in)
+    for _ in range(2):
+        model.params.zero_grad()
+        out = model.forward(x, lengths)
+        loss, dout = model.loss_and_grad(out, y, lengths)
+        model.backward(dout)
+        opt.step(max_norm=1.0)
+    buffer_bytes = model.params.size * 4
+    biggest = max(a.size for a in model.params.params.values()) * 4   # the embedding, 35%
+    assert moved, "no transfer recorded: the counting hooks are not in the path"
+    # what does travel: ids, lengths, dropout masks, targets, the outputs, a few float64
+    # partial sums of the loss and the norm; the largest is far below any parameter's size
+    assert max(moved) < min(biggest, buffer_bytes) / 4, (max(moved), biggest)
+    assert sum(moved) < buffer_bytes / 2, (sum(moved), buffer_bytes)
 
 
 # ----------------------------------------------------------------------------- device-resident step
@@ -118,3 +239,31 @@ def test_training_step_resident_on_the_device_matches_cpu(rng):
     assert not np.allclose(host[0], data0)                # the weights moved
     _weights_close(dev[0].copy_to_host(), host[0])
     _weights_close(dev[2].copy_to_host(), host[2])        # Adam's first moment
+
+
+def test_trainer_on_cuda_matches_cpu_and_checkpoints_move_between_devices(tmp_path):
+    from gruengine.train import load_model, train
+    cfg = dict(task="adding", seq_len=6, n_train=32, n_test=16, hidden_size=4, batch_size=16,
+               epochs=2, lr=1e-2, warmup=1, eval_batch_size=16, seed=3)
+    train(dict(cfg, device="cpu"), tmp_path / "cpu", quiet=True)
+    summary = train(dict(cfg, device="cuda"), tmp_path / "gpu", quiet=True)
+    assert np.isfinite(summary["test"]["loss"])
+    m_cpu, _ = load_model(tmp_path / "cpu" / "last.npz")
+    m_gpu, meta = load_model(tmp_path / "gpu" / "last.npz")
+    assert meta["model_config"]["device"] == "cuda" and m_gpu.config.device == "cuda"
+    w_cpu, w_gpu = m_cpu.state_dict(), m_gpu.state_dict()
+    for k in w_cpu:
+        _weights_close(w_gpu[k], w_cpu[k])
+    # moving between devices keeps the weights exactly
+    m_moved, _ = load_model(tmp_path / "gpu" / "last.npz", device="cpu")
+    for k, v in m_moved.state_dict().items():
+        np.testing.assert_array_equal(v, w_gpu[k])
+    # a run started on cuda resumes on the cpu (optimizer state and all) and ends where the
+    # all-cpu run ends
+    train(None, tmp_path / "gpu", resume=True, quiet=True, overrides={"epochs": 3, "device": "cpu"})
+    train(None, tmp_path / "cpu", resume=True, quiet=True, overrides={"epochs": 3})
+    m_cpu, _ = load_model(tmp_path / "cpu" / "last.npz")
+    m_res, meta = load_model(tmp_path / "gpu" / "last.npz")
+    assert meta["model_config"]["device"] == "cpu"
+    for k, v in m_cpu.state_dict().items():
+        _weights_close(m_res.state_dict()[k], v)

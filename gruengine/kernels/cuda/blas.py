@@ -303,3 +303,49 @@ def device_sum(a, square=False):
     partial = cuda.device_array(blocks, dtype=np.float64)
     sum_kernel[blocks, tpb](flat, partial, bool(square))
     return launch.finish_sum(partial)
+
+
+# ----------------------------------------------------------------------------- copies and sums
+
+@cuda.jit(cache=True)
+def copy2d_kernel(src, dst, M, N):
+    # src: (M, N) -> dst: (M, N); either may be a strided view (a column slice)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, M * N, stride):
+        m = i // N
+        n = i - m * N
+        dst[m, n] = src[m, n]
+
+
+@cuda.jit(cache=True)
+def add_kernel(a, out, n):
+    # a, out: (n,) flat ; out += a
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        out[i] += a[i]
+
+
+def copy2d(src, dst):
+    """dst[...] = src for 2-D device arrays of one shape (views with any strides)."""
+    if tuple(src.shape) != tuple(dst.shape):
+        raise ValueError(f"copy2d: expected equal shapes, got {tuple(src.shape)} and "
+                         f"{tuple(dst.shape)}")
+    M, N = dst.shape
+    if M * N:
+        blocks, tpb = launch.grid_1d(M * N)
+        copy2d_kernel[blocks, tpb](src, dst, M, N)
+    return dst
+
+
+def add_into(out, a):
+    """out += a for contiguous device arrays of one shape."""
+    if tuple(a.shape) != tuple(out.shape):
+        raise ValueError(f"add_into: expected equal shapes, got {tuple(a.shape)} and "
+                         f"{tuple(out.shape)}")
+    n = out.size
+    if n:
+        blocks, tpb = launch.grid_1d(n)
+        add_kernel[blocks, tpb](a.reshape(n), out.reshape(n), n)
+    return out

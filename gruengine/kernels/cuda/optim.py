@@ -12,7 +12,7 @@ from numba import cuda, float64
 
 from . import blas, launch
 
-__all__ = ["adam_step", "sgd_step", "sum_of_squares"]
+__all__ = ["adam_step", "sgd_step", "sum_of_squares", "scale_inplace", "clamp_inplace"]
 
 
 @cuda.jit(cache=True)
@@ -57,6 +57,28 @@ def sgd_kernel(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay
             buf[i] = b
             g = g + momentum * b if nesterov else b
         param[i] = p - lr * g
+
+
+@cuda.jit(cache=True)
+def scale_kernel(a, scale):
+    # a: (N,) ; a *= scale, with scale in a's dtype (NumPy's `a *= float` rounds the same way)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, a.shape[0], stride):
+        a[i] = a[i] * scale
+
+
+@cuda.jit(cache=True)
+def clamp_kernel(a, limit):
+    # a: (N,) ; a = min(max(a, -limit), limit); NaN stays NaN (both comparisons are false)
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, a.shape[0], stride):
+        v = a[i]
+        if v > limit:
+            a[i] = limit
+        elif v < -limit:
+            a[i] = -limit
 
 
 def _check_flat(name, a, n, dt):
@@ -121,3 +143,21 @@ def _copy_back(hosts, devs):
     for h, d in zip(hosts, devs):
         if isinstance(h, np.ndarray):
             d.copy_to_host(h)
+
+
+def scale_inplace(a, scale):
+    """a *= scale for a contiguous device array (gradient clipping by norm)."""
+    flat = a.reshape(a.size) if len(a.shape) != 1 else a
+    if flat.shape[0]:
+        blocks, tpb = launch.grid_1d(flat.shape[0])
+        scale_kernel[blocks, tpb](flat, flat.dtype.type(scale))
+    return a
+
+
+def clamp_inplace(a, limit):
+    """Clamp a contiguous device array to [-limit, limit] in place (NaN stays NaN)."""
+    flat = a.reshape(a.size) if len(a.shape) != 1 else a
+    if flat.shape[0]:
+        blocks, tpb = launch.grid_1d(flat.shape[0])
+        clamp_kernel[blocks, tpb](flat, flat.dtype.type(limit))
+    return a

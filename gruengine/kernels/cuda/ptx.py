@@ -43,6 +43,8 @@ def signatures(f=float32):
         "transpose_kernel": (m, m, i, i),
         "fill_kernel": (v, d, i),
         "sum_kernel": (v, p, b),
+        "copy2d_kernel": (f[:, :], f[:, :], i, i),
+        "add_kernel": (v, v, i),
         # GRU recurrence
         "gru_step_forward_kernel": (t3, m, v, m, m, m, m, t3, t4, i1, i, b, i),
         "gru_step_backward_kernel": (t3, m, t4, i1, i, b, t3, t3, m, m, m, i),
@@ -61,6 +63,8 @@ def signatures(f=float32):
         # optimizers
         "adam_kernel": (v, v, v, v, d, d, d, d, d, b, d, d, d),
         "sgd_kernel": (v, v, v, d, d, d, b, d, d, b),
+        "scale_kernel": (v, f),
+        "clamp_kernel": (v, f),
     }
     # modules that keep their kernels' signatures beside them (lstm.py, mingru.py)
     sigs = dict(own)
