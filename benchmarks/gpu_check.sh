@@ -2,7 +2,9 @@
 # One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in ~6 minutes:
 #   1. the CUDA tests (tests/cuda) on the REAL target (NUMBA_ENABLE_CUDASIM unset);
 #      without pytest, a built-in comparison of every CUDA op with the NumPy reference
-#   2. the CUDA-vs-CPU sweep (benchmarks/bench_cuda_vs_cpu.py): table, JSON, PNG
+#   2. a whole training step of a token classifier, engine cpu/cuda vs torch cpu/cuda
+#      (benchmarks/bench_model_step.py), then the CUDA-vs-CPU layer sweep
+#      (benchmarks/bench_cuda_vs_cpu.py): table, JSON, PNG
 #   3. registers / shared / local memory of every kernel (PTX assembled for this GPU)
 # Everything lands in one folder: ./gpu_check.sh [OUT_DIR]   (default ./gpu_out)
 # Needs only Python with numba, numba-cuda, numpy (pytest, torch, matplotlib optional);
@@ -177,7 +179,10 @@ print("FAILURES:", failures if failures else "none")
 raise SystemExit(1 if failures else 0)
 EOF
 
-# ---------------------------------------------------------------- 2. the sweep
+# ---------------------------------------------------------------- 2. a model step, then the sweep
+# B=64 T=200 E=H=128, the model resident on the GPU (docs/cuda.md); model_step.json
+run_stage 02b_model_step 75 "$PY" benchmarks/bench_model_step.py --out "$OUT" --repeats 10
+
 # CPU engines only where a training step costs <= 60 GFLOP (the rest would eat the budget).
 # The bench stops starting points at --budget and lists what it skipped; past the stage
 # limit `timeout` sends SIGTERM, on which it still writes the rows it has.
