@@ -151,14 +151,12 @@ class ParamBuffer:
     def load_state_dict(self, state_dict):
         """Validate names, shapes, dtypes and finiteness, then copy into the buffer in place."""
         check_state_dict("state_dict", state_dict, self.params)
-        if self.device == "cuda":
-            data = arrays.to_host(self.data)
-            for name, sl in self.slices.items():
-                data[sl] = np.asarray(state_dict[name]).reshape(-1)
+        # on cuda: assembled on the host, then one copy over
+        data = np.empty(self.size, self.dtype) if self.device == "cuda" else self.data
+        for name, sl in self.slices.items():
+            data[sl] = state_dict[name].reshape(-1)
+        if data is not self.data:
             arrays.assign(self.data, data)
-            return
-        for name, view in self.params.items():
-            view[...] = state_dict[name]
 
     def __repr__(self):
         where = ", on cuda" if self.device == "cuda" else ""
