@@ -14,7 +14,7 @@ on ``engine-cpu`` (gruengine.kernels.cpu, NumPy arrays), ``engine-cuda``
 (gruengine.kernels.cuda with inputs, weights and gradients resident on the GPU: the
 host<->device copies of a NumPy caller are left out), ``engine-cuda-tiled`` (the same forced
 onto the tiled per-step kernels, only where ``engine-cuda`` takes the one-block persistent
-path: it checks that threshold), ``torch-cpu`` (torch.nn.GRU) and
+path: it checks that threshold), ``torch-cpu`` (torch.nn.GRU, with flushed denormals: its best) and
 ``torch-cuda`` (cuDNN) where importable. Before timing, the engine's devices (and torch)
 are checked to agree on y, h_n and every gradient. Timings synchronise the device before
 reading the clock, run warm-up calls first (JIT compilation excluded) and report the
@@ -276,6 +276,10 @@ def run(a, result=None):
         import numba
         torch.set_num_threads(int(numba.config.NUMBA_NUM_THREADS))
         env["torch_threads"] = torch.get_num_threads()
+        # torch's best CPU setting: without it the CPU GRU's backward hits the subnormal slow
+        # path (10x slower at some points, docs/benchmarks.md); the engine flushes on its own
+        torch.set_flush_denormal(True)
+        env["torch_flush_denormal"] = True
     rows, skipped = [], []
     result.update(env=env, args=dict(vars(a)), rows=rows, skipped=skipped, notes=notes)
     points = [(B, H, T) for T in a.steps for H in a.hidden for B in a.batch]
