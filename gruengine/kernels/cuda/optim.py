@@ -145,19 +145,20 @@ def _copy_back(hosts, devs):
             d.copy_to_host(h)
 
 
-def scale_inplace(a, scale):
-    """a *= scale for a contiguous device array (gradient clipping by norm)."""
+def _elementwise_inplace(kernel, a, value):
+    # kernel(flat a, value in a's dtype) over a contiguous device array of any shape
     flat = a.reshape(a.size) if len(a.shape) != 1 else a
     if flat.shape[0]:
         blocks, tpb = launch.grid_1d(flat.shape[0])
-        scale_kernel[blocks, tpb](flat, flat.dtype.type(scale))
+        kernel[blocks, tpb](flat, flat.dtype.type(value))
     return a
+
+
+def scale_inplace(a, scale):
+    """a *= scale for a contiguous device array (gradient clipping by norm)."""
+    return _elementwise_inplace(scale_kernel, a, scale)
 
 
 def clamp_inplace(a, limit):
     """Clamp a contiguous device array to [-limit, limit] in place (NaN stays NaN)."""
-    flat = a.reshape(a.size) if len(a.shape) != 1 else a
-    if flat.shape[0]:
-        blocks, tpb = launch.grid_1d(flat.shape[0])
-        clamp_kernel[blocks, tpb](flat, flat.dtype.type(limit))
-    return a
+    return _elementwise_inplace(clamp_kernel, a, limit)
