@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in ~6 minutes:
+# One-shot check of the CUDA backend on a machine with an NVIDIA GPU, in ~7 minutes:
 #   1. the CUDA tests (tests/cuda) on the REAL target (NUMBA_ENABLE_CUDASIM unset);
 #      without pytest, a built-in comparison of every CUDA op with the NumPy reference
 #   2. a whole training step of a token classifier, engine cpu/cuda vs torch cpu/cuda
@@ -13,7 +13,7 @@
 set -x
 set -u
 OUT="${1:-./gpu_out}"
-TOTAL_BUDGET="${GPU_CHECK_BUDGET:-360}"          # seconds for the whole script
+TOTAL_BUDGET="${GPU_CHECK_BUDGET:-420}"          # seconds for the whole script
 cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
