@@ -20,7 +20,7 @@ __all__ = ["is_device", "to_device", "to_host", "host_like", "on_device_of", "ze
 
 def is_device(a):
     """True for numba CUDA device arrays (real or simulated) and other CUDA arrays."""
-    if a is None or isinstance(a, (np.ndarray, np.generic, int, float)):
+    if isinstance(a, np.ndarray):
         return False
     return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
 
@@ -143,10 +143,10 @@ def fill_zero(a):
     return a
 
 
-def check(name, a, shape, dtype=None):
+def check(name, a, shape, dtype=None, finite=True):
     """``check_array`` for NumPy arrays; shape and dtype only for device arrays (a NaN scan
     would cost a copy to the host)."""
     if is_device(a):
         _, launch = _cuda()
         return launch.check_input(name, a, shape, dtype)
-    return check_array(name, a, shape, dtype)
+    return check_array(name, a, shape, dtype, finite)

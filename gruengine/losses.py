@@ -17,7 +17,7 @@ import numpy as np
 
 from . import arrays
 from ._checks import check_array, check_dtype
-from .kernels.cpu import ops as _cpu
+from .backend import get_kernels
 
 
 __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "accuracy"]
@@ -25,10 +25,7 @@ __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "accuracy"]
 
 def _kernels(pred):
     # the kernels of the predictions' side: CUDA for device arrays, else the CPU's
-    if arrays.is_device(pred):
-        from .kernels import cuda
-        return cuda
-    return _cpu
+    return get_kernels("cuda" if arrays.is_device(pred) else "cpu")
 
 
 def _check_pred(name, a, ndims):

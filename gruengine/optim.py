@@ -25,7 +25,8 @@ import math
 import numpy as np
 
 from . import arrays
-from ._checks import check_array, check_dtype, check_positive_int, check_state_dict
+from ._checks import check_dtype, check_positive_int, check_state_dict
+from .backend import get_kernels
 from .kernels.cpu import optim as _kernels
 from .params import ParamBuffer
 
@@ -76,14 +77,9 @@ def _flat(a):
     return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
 
 
-def _cuda_optim():
-    from .kernels.cuda import optim
-    return optim
-
-
 def _device_sum_of_squares(flat_arrays):
     # per-array float64 block sums on the GPU, added in order on the host
-    k = _cuda_optim()
+    k = get_kernels("cuda")
     return float(sum(k.sum_of_squares(a) for a in flat_arrays))
 
 
@@ -161,7 +157,7 @@ def clip_grad_norm(grads, max_norm):
     if coef < 1.0:
         for g in grads:
             if on_device:
-                _cuda_optim().scale_inplace(g, coef)
+                get_kernels("cuda").scale_inplace(g, coef)
             else:
                 g *= coef
     return norm
@@ -176,7 +172,7 @@ def clip_grad_value(grads, clip_value):
     clip_value = _check_real("clip_value", clip_value, 0.0, False)
     for g in grads:
         if arrays.is_device(g):
-            _cuda_optim().clamp_inplace(g, clip_value)
+            get_kernels("cuda").clamp_inplace(g, clip_value)
         else:
             np.clip(g, -clip_value, clip_value, out=g)
 
@@ -255,7 +251,7 @@ class _Optimizer:
     @property
     def _k(self):
         # the update kernels: CPU (Numba) or CUDA, same names and arguments
-        return _cuda_optim() if self._device == "cuda" else _kernels
+        return get_kernels(self._device)
 
     @property
     def lr(self):
@@ -337,10 +333,7 @@ class _Optimizer:
                 kind = "CUDA device array" if self._device == "cuda" else "numpy.ndarray"
                 raise ValueError(f"grads[{name!r}]: expected a {kind} like the parameters, "
                                  f"got {type(g).__name__}")
-            if self._device == "cuda":
-                arrays.check(f"grads[{name!r}]", g, tuple(p.shape), p.dtype)
-            else:
-                check_array(f"grads[{name!r}]", g, p.shape, p.dtype, finite=False)
+            arrays.check(f"grads[{name!r}]", g, tuple(p.shape), p.dtype, finite=False)
             flat[name] = _flat(g)
         return flat
 

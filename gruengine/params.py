@@ -19,7 +19,7 @@ NumPy copies and ``load_state_dict`` takes NumPy arrays on every device.
 import numpy as np
 
 from . import arrays
-from ._checks import check_array, check_dtype, check_state_dict
+from ._checks import check_dtype, check_state_dict
 
 __all__ = ["ParamBuffer"]
 
@@ -82,10 +82,7 @@ class ParamBuffer:
                                      f"parameter ({'device' if on_device else 'numpy'}), got "
                                      f"{type(grads[key]).__name__}")
                 check_dtype(f"params[{name!r}].dtype", p.dtype)
-                if on_device:
-                    arrays.check(f"grads[{name!r}]", grads[key], p.shape, p.dtype)
-                else:
-                    check_array(f"grads[{name!r}]", grads[key], p.shape, p.dtype, finite=False)
+                arrays.check(f"grads[{name!r}]", grads[key], tuple(p.shape), p.dtype, finite=False)
                 entries.append((module, key, name, p, grads[key]))
         if not entries:
             raise ValueError("modules: expected at least one parameter, got modules with empty .params")

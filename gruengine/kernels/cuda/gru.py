@@ -16,20 +16,6 @@ from .gru_persistent import (PERSIST_MAX, gru_backward_persistent_kernel,
 __all__ = ["gru_forward", "gru_backward"]
 
 
-def _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths):
-    launch.check_input("x", x, (None, None, None))
-    dt = launch.check_float("x", x)
-    B, T, I = x.shape
-    launch.check_input("h0", h0, (B, None), dt)
-    H = h0.shape[1]
-    launch.check_input("W_ih", W_ih, (3 * H, I), dt)
-    launch.check_input("W_hh", W_hh, (3 * H, H), dt)
-    launch.check_input("b_ih", b_ih, (3 * H,), dt)
-    launch.check_input("b_hh", b_hh, (3 * H,), dt)
-    lengths_d = launch.lengths_to_device(lengths, B, T)
-    return dt, B, T, I, H, lengths_d
-
-
 def _persistent(B, H):
     # the one-block path: no per-step launches, for layers small enough for one SM
     if not B * H <= min(int(launch.PERSISTENT_MAX_BH), PERSIST_MAX):
@@ -55,7 +41,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     y : (B, T, H), zero at padding ; h_n : (B, H) ; cache : dict for ``gru_backward``
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths)
+    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 3)
     x_d, h0_d, W_ih_d, W_hh_d, b_ih_d, b_hh_d = (launch.as_device(a) for a in
                                                   (x, h0, W_ih, W_hh, b_ih, b_hh))
     # all input projections at once: Gx (B*T, 3H) = X W_ih^T + b_ih
@@ -102,7 +88,7 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_gru_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths)
+    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 3)
     launch.check_input("dy", dy, (B, T, H), dt)
     launch.check_input("dh_n", dh_n, (B, H), dt)
     if not isinstance(cache, dict) or "store" not in cache or cache.get("shape") != (B, T, I, H):

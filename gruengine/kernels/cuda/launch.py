@@ -11,7 +11,8 @@ every call, so tests can patch them small (``monkeypatch.setattr(launch, ...)``)
 import numpy as np
 from numba import cuda, float64
 
-from ..._checks import check_array, check_lengths
+from ..._checks import check_array, check_dtype, check_lengths
+from ...arrays import is_device
 
 # threads per block of the 1-D elementwise / reduction kernels (a power of two, <= 1024)
 THREADS_PER_BLOCK = 256
@@ -32,11 +33,9 @@ PERSISTENT_THREADS = 256
 REDUCE_SHARED = 1024
 
 
-def is_device_array(a):
-    """True for numba device arrays (real or simulated) and foreign CUDA arrays."""
-    if isinstance(a, np.ndarray):
-        return False
-    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
+# True for numba device arrays (real or simulated) and foreign CUDA arrays: the one
+# predicate the library uses (gruengine.arrays), under the name the launchers use
+is_device_array = is_device
 
 
 def as_device(a):
@@ -79,12 +78,27 @@ def check_input(name, a, shape, dtype=None):
     return a
 
 
+def check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, gates, c0=None):
+    """Shapes and dtype of one GRU (``gates=3``) or LSTM (``gates=4``, with ``c0``) layer's
+    inputs -> (dtype, B, T, I, H, lengths on the device)."""
+    check_input("x", x, (None, None, None))
+    dt = check_float("x", x)
+    B, T, I = x.shape
+    check_input("h0", h0, (B, None), dt)
+    H = h0.shape[1]
+    if c0 is not None:
+        check_input("c0", c0, (B, H), dt)
+    G = gates * H
+    check_input("W_ih", W_ih, (G, I), dt)
+    check_input("W_hh", W_hh, (G, H), dt)
+    check_input("b_ih", b_ih, (G,), dt)
+    check_input("b_hh", b_hh, (G,), dt)
+    return dt, B, T, I, H, lengths_to_device(lengths, B, T)
+
+
 def check_float(name, a):
     """The dtype of a float input (float32 or float64), else a one-line ValueError."""
-    dt = np.dtype(a.dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {dt}")
-    return dt
+    return check_dtype(name, a.dtype)
 
 
 def grid_1d(n):

@@ -192,21 +192,6 @@ def ptx_signatures(f):
 
 # ----------------------------------------------------------------------------- host launchers
 
-def _check_lstm_inputs(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths):
-    launch.check_input("x", x, (None, None, None))
-    dt = launch.check_float("x", x)
-    B, T, I = x.shape
-    launch.check_input("h0", h0, (B, None), dt)
-    H = h0.shape[1]
-    launch.check_input("c0", c0, (B, H), dt)
-    launch.check_input("W_ih", W_ih, (4 * H, I), dt)
-    launch.check_input("W_hh", W_hh, (4 * H, H), dt)
-    launch.check_input("b_ih", b_ih, (4 * H,), dt)
-    launch.check_input("b_hh", b_hh, (4 * H,), dt)
-    lengths_d = launch.lengths_to_device(lengths, B, T)
-    return dt, B, T, I, H, lengths_d
-
-
 def _copy(a_d):
     out = cuda.device_array(a_d.shape, dtype=a_d.dtype)
     out.copy_to_device(a_d)
@@ -227,7 +212,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     y : (B, T, H), zero at padding ; h_n, c_n : (B, H) ; cache : dict for ``lstm_backward``
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_lstm_inputs(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
+    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 4, c0)
     x_d, h0_d, c0_d, W_ih_d, W_hh_d, b_ih_d, b_hh_d = (launch.as_device(a) for a in
                                                         (x, h0, c0, W_ih, W_hh, b_ih, b_hh))
     # all input projections at once: Gx (B*T, 4H) = X W_ih^T + b_ih
@@ -276,7 +261,7 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     (db_ih and db_hh are equal: both biases add to the same pre-activation)
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_lstm_inputs(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
+    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 4, c0)
     launch.check_input("dy", dy, (B, T, H), dt)
     launch.check_input("dh_n", dh_n, (B, H), dt)
     launch.check_input("dc_n", dc_n, (B, H), dt)
