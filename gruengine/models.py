@@ -226,17 +226,16 @@ class SequenceModel:
             setattr(m, a, make(k))
 
     def train(self):
-        self.training = True
-        for m in list(self.modules.values()) + [self._drop_in, self._drop_out]:
-            if m is not None and hasattr(m, "train"):
-                m.train()
-        return self
+        return self._set_mode(True)
 
     def eval(self):
-        self.training = False
+        return self._set_mode(False)
+
+    def _set_mode(self, training):
+        self.training = training
         for m in list(self.modules.values()) + [self._drop_in, self._drop_out]:
-            if m is not None and hasattr(m, "eval"):
-                m.eval()
+            if m is not None:
+                m.train() if training else m.eval()
         return self
 
     # ------------------------------------------------------------------ forward / backward
