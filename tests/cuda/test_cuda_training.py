@@ -18,6 +18,8 @@ from gruengine.kernels import cpu as kcpu  # noqa: E402
 from gruengine.kernels import cuda as kcuda  # noqa: E402
 from gruengine.kernels.cuda import launch  # noqa: E402
 
+from .helpers import assert_close  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
@@ -25,12 +27,6 @@ def small_blocks(monkeypatch):
     # (grid-stride loops and the one-block recurrence loop over the rest)
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", 32)
     monkeypatch.setattr(launch, "PERSISTENT_THREADS", 16)
-
-
-def _weights_close(got, want):
-    # 1e-5 relative to the weights' scale (a weight crossing zero has no relative error)
-    scale = float(np.max(np.abs(want)))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
 # (model config, optimizer, batch kind): every cell, input kind, pooling and task; dropout on
@@ -115,11 +111,11 @@ def test_sequence_model_trains_the_same_on_cuda_and_cpu(rng, case):
     assert not np.allclose(w_cpu["head.weight"], _train("cpu", cfg, kind, batch, steps=0)[0]
                            .state_dict()["head.weight"])   # the weights moved
     for k in w_cpu:
-        _weights_close(w_gpu[k], w_cpu[k])
+        assert_close(w_gpu[k], w_cpu[k], np.float32, k)
     s_cpu, s_gpu = cpu[1].state_dict()["arrays"], opt.state_dict()["arrays"]
     assert s_cpu.keys() == s_gpu.keys() and s_cpu
     for k in s_cpu:                                        # optimizer state, back on the host
-        _weights_close(s_gpu[k], s_cpu[k])
+        assert_close(s_gpu[k], s_cpu[k], np.float32, k)
 
 
 def test_training_step_moves_only_the_batch_and_the_outputs(rng, monkeypatch):
@@ -237,8 +233,8 @@ def test_training_step_resident_on_the_device_matches_cpu(rng):
         np.testing.assert_allclose(norm_d, norm_h, rtol=1e-5)
     assert norm_h > 0.2                                   # clipping was active
     assert not np.allclose(host[0], data0)                # the weights moved
-    _weights_close(dev[0].copy_to_host(), host[0])
-    _weights_close(dev[2].copy_to_host(), host[2])        # Adam's first moment
+    assert_close(dev[0].copy_to_host(), host[0], np.float32)
+    assert_close(dev[2].copy_to_host(), host[2], np.float32)        # Adam's first moment
 
 
 def test_trainer_on_cuda_matches_cpu_and_checkpoints_move_between_devices(tmp_path):
@@ -253,7 +249,7 @@ def test_trainer_on_cuda_matches_cpu_and_checkpoints_move_between_devices(tmp_pa
     assert meta["model_config"]["device"] == "cuda" and m_gpu.config.device == "cuda"
     w_cpu, w_gpu = m_cpu.state_dict(), m_gpu.state_dict()
     for k in w_cpu:
-        _weights_close(w_gpu[k], w_cpu[k])
+        assert_close(w_gpu[k], w_cpu[k], np.float32, k)
     # moving between devices keeps the weights exactly
     m_moved, _ = load_model(tmp_path / "gpu" / "last.npz", device="cpu")
     for k, v in m_moved.state_dict().items():
@@ -266,4 +262,4 @@ def test_trainer_on_cuda_matches_cpu_and_checkpoints_move_between_devices(tmp_pa
     m_res, meta = load_model(tmp_path / "gpu" / "last.npz")
     assert meta["model_config"]["device"] == "cpu"
     for k, v in m_cpu.state_dict().items():
-        _weights_close(m_res.state_dict()[k], v)
+        assert_close(m_res.state_dict()[k], v, np.float32, k)
