@@ -12,8 +12,11 @@ import pytest
 from gruengine import checkpoint as ckpt
 from gruengine.errors import TrainingDivergedError
 from gruengine.schedule import Schedule
-from gruengine.train import (Trainer, epoch_batches, evaluate, resolve_config, read_metrics,
-                             train, load_model)
+from gruengine.batching import epoch_batches
+from gruengine.config import resolve_config
+from gruengine.inference import evaluate, load_model
+from gruengine.rundir import read_metrics
+from gruengine.train import Trainer, train
 
 # a tiny adding problem: seconds per run on 2 shared cores
 TINY = dict(task="adding", seq_len=12, n_train=192, n_test=64, hidden_size=8, batch_size=32,
