@@ -89,7 +89,8 @@ def imdb_subset(path, n_train, n_test, out):
 def child(config_json, run_dir):
     """Train one configuration in this process and print one JSON line of measurements."""
     import tracemalloc
-    from gruengine.train import train, read_metrics
+    from gruengine.rundir import read_metrics
+    from gruengine.train import train
     config = json.loads(config_json)
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -101,7 +102,7 @@ def child(config_json, run_dir):
     tok_s = [r["tokens_per_s"] for r in epochs if r.get("tokens_per_s")]
     # the first epoch also loads/compiles the kernels: report the later epochs when there are
     steady = tok_s[1:] or tok_s
-    from gruengine.train import load_model
+    from gruengine.inference import load_model
     model, _ = load_model(os.path.join(run_dir, "best.npz"))
     n_params = int(model.params.size)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss       # KiB on Linux

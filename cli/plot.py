@@ -11,7 +11,7 @@ from .main import app
 def write_plot(run_dir, out=None):
     """Draw loss and accuracy/MSE per epoch (train and validation) into ``out`` (a PNG;
     default RUN_DIR/curves.png) and return its path."""
-    from gruengine.train import read_metrics
+    from gruengine.rundir import read_metrics
     try:
         import matplotlib
         matplotlib.use("Agg")

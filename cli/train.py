@@ -1,6 +1,6 @@
 """``gruengine train``, ``gruengine evaluate`` and ``gruengine predict``: parse and print only.
 
-Everything numeric happens in ``gruengine.train``.
+Everything numeric happens in ``gruengine.train`` and ``gruengine.inference``.
 """
 import json
 import os
@@ -21,7 +21,7 @@ if not os.path.isdir(CONFIG_DIR):
 
 
 def _default(key):
-    from gruengine.train import DEFAULTS, TASK_DEFAULTS
+    from gruengine.config import DEFAULTS, TASK_DEFAULTS
     d = DEFAULTS[key]
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else str(d)
@@ -198,7 +198,7 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet, device):
       gruengine evaluate runs/adding200/best.npz
       gruengine evaluate runs/imdb/best.npz --data aclImdb_labeled.tar.gz
     """
-    from gruengine.train import evaluate_checkpoint
+    from gruengine.inference import evaluate_checkpoint
     res = evaluate_checkpoint(checkpoint, data=data, task=task, batch_size=batch_size,
                               quiet=quiet, device=device)
     if as_json:
@@ -226,7 +226,7 @@ def predict_cmd(checkpoint, texts, file, as_json, device):
       gruengine predict runs/imdb/best.npz --file reviews.txt --json
       cat reviews.txt | gruengine predict runs/imdb/best.npz -
     """
-    from gruengine.train import predict_texts
+    from gruengine.inference import predict_texts
     inputs = []
     for t in texts:
         if t == "-":

@@ -383,7 +383,7 @@ def inspect_checkpoint(path, input_spec, out_dir=".", *, layer=None, units=None,
     direction of a bidirectional model. Returns ``summarize``'s dict plus 'layer', 'reverse',
     'input' (parse_input's info), 'prediction', 'npz' and 'png' (None without a plot).
     """
-    from .train import load_model
+    from .inference import load_model
     model, meta = load_model(path, device)
     c = model.config
     if layer is None:

@@ -122,7 +122,7 @@ def test_config_file_and_explicit_flags(tmp_path):
 
 
 def test_named_configs_parse_and_validate():
-    from gruengine.train import resolve_config
+    from gruengine.config import resolve_config
     for name in ("adding_t200", "imdb"):
         c = resolve_config(load_config_file(name))
         assert c["task"] == name.split("_")[0]

@@ -164,7 +164,7 @@ def test_cli_inspect_adding_writes_npz_and_png(adding_ckpt, tmp_path, capsys):
     with np.load(out / "gates.npz", allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
     from gruengine.data.synthetic import adding_problem
-    from gruengine.train import load_model
+    from gruengine.inference import load_model
     X, _ = adding_problem(1, 16, seed=4)
     assert d["marks"].tolist() == np.nonzero(X[0, :, 1])[0].tolist()
     np.testing.assert_array_equal(d["inputs"], X[0])
@@ -313,7 +313,7 @@ def _study():
 
 
 def test_study_configs_are_valid_and_matched(tmp_path):
-    from gruengine.train import resolve_config
+    from gruengine.config import resolve_config
     study = _study()
     for p in (study.FULL, study.QUICK):
         p = dict(p, cells=list(study.CELLS), seed=0)

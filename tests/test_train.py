@@ -12,8 +12,9 @@ import pytest
 from gruengine import checkpoint as ckpt
 from gruengine.errors import TrainingDivergedError
 from gruengine.schedule import Schedule
-from gruengine.train import (Trainer, epoch_batches, evaluate, resolve_config, read_metrics,
-                             train, load_model)
+from gruengine.inference import evaluate, load_model
+from gruengine.rundir import read_metrics
+from gruengine.train import Trainer, train
 
 # a tiny adding problem: seconds per run on 2 shared cores
 TINY = dict(task="adding", seq_len=12, n_train=192, n_test=64, hidden_size=8, batch_size=32,
@@ -171,21 +172,42 @@ def test_refuses_to_overwrite_a_run_and_resume_checks(tmp_path):
     assert s["epochs"] == 2
 
 
-def test_batches_are_a_function_of_seed_and_epoch_and_carry_little_padding():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 200, size=1000)
-    b1 = epoch_batches(lengths, 16, seed=3, epoch=2)
-    b2 = epoch_batches(lengths, 16, seed=3, epoch=2)
-    assert all(np.array_equal(x, y) for x, y in zip(b1, b2))
-    b3 = epoch_batches(lengths, 16, seed=3, epoch=3)
-    assert not all(np.array_equal(x, y) for x, y in zip(b1, b3))
-    flat = np.concatenate(b1)
-    assert np.array_equal(np.sort(flat), np.arange(1000))    # each example once
-    padded = sum(len(b) * lengths[b].max() for b in b1)
-    rand = np.random.default_rng(1).permutation(1000)
-    padded_random = sum(16 * lengths[rand[i:i + 16]].max() for i in range(0, 1000, 16))
-    assert padded < 0.7 * padded_random
-    assert padded < 1.1 * lengths.sum()
+PROGRESS_KEYS = {"epoch", "batch", "step", "best", "best_epoch", "bad_epochs", "elapsed",
+                 "stopped_early", "batches_per_epoch", "epoch_sums"}
+
+
+def test_early_stopping_follows_the_validation_metric(tmp_path):
+    # a learning rate high enough for the validation MSE to stall: patience 1 stops the run
+    err = io.StringIO()
+    summary = train(dict(TINY, epochs=6, patience=1, lr=0.3), tmp_path / "e", stream=err)
+    val = [r["val_mse"] for r in read_metrics(tmp_path / "e") if r["event"] == "epoch"]
+    # reference: the first epoch not below every earlier one stops the run
+    stop = next(e for e in range(2, len(val) + 1) if val[e - 1] >= min(val[:e - 1]))
+    assert summary["stopped_early"] and len(val) == stop == summary["epochs"] < 6
+    assert summary["best_epoch"] == int(np.argmin(val)) + 1
+    assert summary["best_val"] == min(val)
+    assert "; early stop: no improvement in 1 epochs" in err.getvalue()
+    _, best = ckpt.load_checkpoint(tmp_path / "e" / "best.npz")
+    _, last = ckpt.load_checkpoint(tmp_path / "e" / "last.npz")
+    assert set(last["progress"]) == PROGRESS_KEYS              # the on-disk format
+    assert best["progress"]["epoch"] == summary["best_epoch"]
+    assert (last["progress"]["best"], last["progress"]["bad_epochs"],
+            last["progress"]["stopped_early"]) == (min(val), 1, True)
+    # a stopped run stays stopped when resumed with more epochs
+    s = train(None, tmp_path / "e", resume=True, quiet=True, overrides={"epochs": 8})
+    assert s["epochs"] == stop and s["stopped_early"]
+
+
+def test_a_checkpoint_without_stopped_early_resumes(tmp_path):
+    # last.npz files written before the key existed
+    train(dict(TINY, epochs=1), tmp_path / "o", quiet=True)
+    arrays, meta = ckpt.load_checkpoint(tmp_path / "o" / "last.npz")
+    del meta["progress"]["stopped_early"]
+    ckpt.save_checkpoint(tmp_path / "o" / "last.npz", arrays, meta)
+    t = Trainer.resume(tmp_path / "o", overrides={"epochs": 2}, quiet=True)
+    assert t.early_stopping.state_dict() == {"best": meta["progress"]["best"], "best_epoch": 1,
+                                             "bad_epochs": 0, "stopped_early": False}
+    assert t.fit()["epochs"] == 2
 
 
 def test_schedules():
@@ -203,13 +225,6 @@ def test_schedules():
     assert q.lr(50) == p.lr(50)
     with pytest.raises(ValueError, match="schedule: expected one of"):
         Schedule("linear", 0.1, 10)
-
-
-def test_resolve_config_layers_defaults():
-    c = resolve_config({"task": "adding", "hidden_size": 5})
-    assert c["hidden_size"] == 5 and c["seq_len"] == 50 and c["target"] == 0.01
-    c = resolve_config({"task": "imdb"})
-    assert c["seq_len"] is None and c["target"] is None
 
 
 def test_tag_task_end_to_end(tmp_path):

@@ -238,7 +238,8 @@ def test_training_step_resident_on_the_device_matches_cpu(rng):
 
 
 def test_trainer_on_cuda_matches_cpu_and_checkpoints_move_between_devices(tmp_path):
-    from gruengine.train import load_model, train
+    from gruengine.inference import load_model
+    from gruengine.train import train
     cfg = dict(task="adding", seq_len=6, n_train=32, n_test=16, hidden_size=4, batch_size=16,
                epochs=2, lr=1e-2, warmup=1, eval_batch_size=16, seed=3)
     train(dict(cfg, device="cpu"), tmp_path / "cpu", quiet=True)

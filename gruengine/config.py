@@ -1,0 +1,170 @@
+"""The run configuration: its keys and defaults, validation, and what it implies for the data
+and the model.
+
+    c = resolve_config({"task": "adding", "hidden_size": 32})   # every key, validated
+    datasets = load_data(data_config(c))                         # {'train', 'test'}
+    model = SequenceModel(model_config(c, datasets["train"], datasets["test"]))
+"""
+import math
+
+import numpy as np
+
+from ._checks import check_dtype
+from .backend import check_device
+from .models import CELLS, POOLINGS
+from .schedule import SCHEDULES
+
+DATASETS = ("adding", "copy", "imdb", "npz", "text", "ucr")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# Every key a run configuration may hold, with its default (None = the loader's default).
+DEFAULTS = {
+    # data
+    "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
+    "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
+    "val_fraction": 0.1,
+    # model
+    "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
+    "pooling": "last", "embed_dim": 128, "input_proj": 0, "reset_after": True,
+    # optimisation
+    "epochs": 10, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
+    "clip": 1.0, "schedule": "cosine", "warmup": 0, "patience": 3, "seed": 0,
+    "device": "cpu", "dtype": "float32", "bucket": 50, "eval_batch_size": 256,
+    # success criterion printed at the end: test MSE below it (regress) or accuracy above it
+    "target": None,
+}
+
+# Defaults per dataset, under explicit settings: ``gruengine train`` with no options runs the
+# embedded adding problem (T=50), which reaches test MSE < 0.01 in well under two minutes.
+TASK_DEFAULTS = {
+    "adding": {"seq_len": 50, "n_train": 8000, "n_test": 1000, "hidden_size": 64, "epochs": 6,
+               "batch_size": 64, "lr": 5e-3, "warmup": 50, "target": 0.01},
+}
+
+# The keys a resumed run may change: none of them alters the batches, weights or schedule
+# already behind it.
+RESUME_OVERRIDES = ("device", "epochs", "eval_batch_size", "patience")
+
+
+def resolve_config(config):
+    """Fill a partial configuration with the task's defaults, then the global ones; validate."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
+    task = config.get("task", DEFAULTS["task"])
+    out = dict(DEFAULTS)
+    out.update(TASK_DEFAULTS.get(task, {}))
+    out.update({k: v for k, v in config.items()})
+    validate_config(out)
+    return out
+
+
+def resume_config(saved, overrides=None):
+    """The saved configuration of a run with ``overrides`` applied; a key outside
+    ``RESUME_OVERRIDES`` may only be given with its saved value."""
+    config = dict(saved)
+    for k, v in (overrides or {}).items():
+        if k not in RESUME_OVERRIDES and config.get(k) != v:
+            raise ValueError(f"resume: {k} cannot change when resuming a run "
+                             f"(saved {config.get(k)!r}, given {v!r}); only "
+                             f"{sorted(RESUME_OVERRIDES)} may")
+        config[k] = v
+    return config
+
+
+def _num(name, v, lo, lo_open=False, integer=False, hi=None, hi_open=True):
+    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(v, bool) or not isinstance(v, ok_type) or (not integer and math.isnan(v)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name}: expected {kind} {'>' if lo_open else '>='} {lo}, got {v!r}")
+    if (v <= lo) if lo_open else (v < lo):
+        raise ValueError(f"{name}: expected a value {'>' if lo_open else '>='} {lo}, got {v!r}")
+    if hi is not None and ((v >= hi) if hi_open else (v > hi)):
+        raise ValueError(f"{name}: expected a value {'<' if hi_open else '<='} {hi}, got {v!r}")
+
+
+def _choice(name, v, allowed):
+    if v not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {v!r}")
+
+
+def validate_config(c):
+    """Raise ValueError naming the first bad hyperparameter (before any data is loaded)."""
+    _choice("task", c["task"], DATASETS)
+    _choice("cell", c["cell"], tuple(CELLS))
+    _choice("pooling", c["pooling"], POOLINGS)
+    _choice("optimizer", c["optimizer"], OPTIMIZERS)
+    _choice("schedule", c["schedule"], SCHEDULES)
+    _choice("truncate", c["truncate"], ("head", "tail"))
+    for k in ("hidden_size", "num_layers", "embed_dim", "epochs", "batch_size", "bucket",
+              "eval_batch_size", "min_count"):
+        _num(k, c[k], 1, integer=True)
+    for k in ("seq_len", "n_train", "n_test", "max_len"):
+        if c[k] is not None:
+            _num(k, c[k], 1, integer=True)
+    _num("vocab_size", c["vocab_size"], 2, integer=True)
+    for k in ("warmup", "patience", "seed", "input_proj"):
+        _num(k, c[k], 0, integer=True)
+    _num("lr", c["lr"], 0, lo_open=True)
+    _num("weight_decay", c["weight_decay"], 0)
+    _num("clip", c["clip"], 0)
+    _num("dropout", c["dropout"], 0, hi=1)
+    _num("val_fraction", c["val_fraction"], 0, hi=1)
+    if c["target"] is not None:
+        _num("target", c["target"], 0)
+    for k in ("bidirectional", "reset_after"):
+        if not isinstance(c[k], bool):
+            raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
+    if c["data"] is not None and not isinstance(c["data"], str):
+        raise ValueError(f"data: expected a path string, got {c['data']!r}")
+    check_dtype("dtype", c["dtype"])
+    check_device(c["device"])
+
+
+def check_task(task):
+    """``task`` if it names a dataset loader, else a one-line ValueError."""
+    _choice("task", task, DATASETS)
+    return task
+
+
+def data_config(c):
+    """The arguments of ``load_dataset`` that a configuration implies (stored in checkpoints)."""
+    return {"name": c["task"], "path": c["data"], "seed": c["seed"], "max_len": c["max_len"],
+            "vocab_size": c["vocab_size"], "min_count": c["min_count"], "truncate": c["truncate"],
+            "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"]}
+
+
+def load_data(dcfg, vocab=None):
+    """``load_dataset`` from a stored data configuration -> {'train': Dataset, 'test': Dataset}."""
+    from .data import load_dataset
+    d = dict(dcfg)
+    name, path = d.pop("name"), d.pop("path")
+    return load_dataset(name, path, vocab=vocab, **d)
+
+
+def model_config(c, train_ds, test_ds=None):
+    """A ``ModelConfig`` dict that fits the dataset and the run configuration."""
+    x = train_ds.inputs
+    if train_ds.task == "tag" and train_ds.targets.ndim != 2:
+        raise ValueError("task: per-step regression targets (N, T, K) are not supported; "
+                         "tag tasks need integer class ids (N, T)")
+    if train_ds.task == "regress":
+        num_outputs = int(train_ds.targets.shape[1])
+    else:
+        num_outputs = int(train_ds.num_classes)
+    m = {"task": train_ds.task, "num_outputs": num_outputs, "cell": c["cell"],
+         "hidden_size": c["hidden_size"], "num_layers": c["num_layers"],
+         "bidirectional": c["bidirectional"], "dropout": float(c["dropout"]),
+         "reset_after": c["reset_after"], "pooling": c["pooling"], "dtype": c["dtype"],
+         "device": c["device"], "seed": c["seed"]}
+    if x.ndim == 2:
+        if train_ds.vocab is not None:
+            vocab_size, pad = len(train_ds.vocab), 0
+        else:  # synthetic token tasks: every id is a real symbol, no padding row
+            hi = max(int(x.max()), int(test_ds.inputs.max()) if test_ds is not None else 0)
+            vocab_size, pad = max(hi + 1, 2), None
+        m.update(input="tokens", vocab_size=vocab_size, embed_dim=c["embed_dim"], padding_idx=pad)
+    else:
+        m.update(input="features", num_features=int(x.shape[2]), input_proj=c["input_proj"])
+    return m

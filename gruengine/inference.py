@@ -1,0 +1,218 @@
+"""Using a model: metrics over a dataset, and loading, evaluating and running checkpoints.
+
+    model, meta = load_model("runs/imdb")                  # its best.npz, in eval mode
+    res = evaluate(model, test_ds)                         # {'loss', 'acc' | 'mse', 'n', 'tokens'}
+    res = evaluate_checkpoint("runs/imdb/best.npz")        # on the run's own test split
+    out = predict_texts("runs/imdb", ["A moving film."])   # [{'label', 'probability', 'probs'}]
+"""
+import os
+import time
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .batching import make_batch, sorted_batches
+from .config import check_task, load_data
+from .errors import CheckpointError
+from .models import ModelConfig, SequenceModel
+from .progress import Progress
+from .rundir import BEST
+
+
+def val_metric(task):
+    """(name, mode) of the validation metric early stopping watches."""
+    return ("mse", "min") if task == "regress" else ("acc", "max")
+
+
+class MetricSums:
+    """Running sums over batches (a training epoch's are saved in checkpoints, so a resumed
+    epoch reports the same): the loss weighted by the examples or steps ``score`` counts."""
+
+    def __init__(self, loss_sum=0.0, weight=0, correct=0, sq_err=0.0, count=0, tokens=0,
+                 seconds=0.0):
+        self.loss_sum, self.weight, self.correct, self.sq_err = loss_sum, weight, correct, sq_err
+        self.count, self.tokens, self.seconds = count, tokens, seconds
+
+    def add(self, loss, s, tokens, seconds=0.0):
+        """``loss``: the batch's mean loss; ``s``: ``SequenceModel.score`` of the batch."""
+        self.loss_sum += loss * s["count"]
+        self.weight += s["count"]
+        self.correct += s.get("correct", 0)
+        self.sq_err += s.get("sq_err", 0.0)
+        self.count += s["count"]
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def loss(self):
+        return self.loss_sum / self.weight if self.weight else None
+
+    def sums(self):
+        return {"correct": self.correct, "sq_err": self.sq_err, "count": self.count}
+
+    def tok_s(self):
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+    def state_dict(self):
+        return {"loss_sum": self.loss_sum, "weight": self.weight, "correct": self.correct,
+                "sq_err": self.sq_err, "count": self.count, "tokens": self.tokens,
+                "seconds": self.seconds}
+
+
+def metric_stats(task, loss, sums):
+    """{'loss'?, 'mse' (regress) | 'acc'} from ``MetricSums.sums()``; no metric without counts."""
+    out = {} if loss is None else {"loss": loss}
+    if not sums.get("count"):
+        return out
+    if task == "regress":
+        out["mse"] = sums["sq_err"] / sums["count"]
+    else:
+        out["acc"] = sums["correct"] / sums["count"]
+    return out
+
+
+def evaluate(model, ds, batch_size=256, quiet=True, desc="eval", stream=None):
+    """Loss and accuracy (classify/tag) or MSE (regress) of ``model`` on ``ds``.
+
+    Returns {'loss': , 'acc': } or {'loss': , 'mse': }, plus 'n' (examples) and 'tokens'.
+    """
+    was_training = model.training
+    model.eval()
+    task = model.config.task
+    acc = MetricSums()
+    batches = sorted_batches(ds.lengths, batch_size)
+    t0 = time.perf_counter()
+    bar = Progress(len(batches), desc=desc, enabled=not quiet, stream=stream)
+    try:
+        for idx in batches:
+            x, L, y = make_batch(ds, idx, model.dtype)
+            out = model.forward(x, L)
+            loss, _ = model.loss_and_grad(out, y, L)
+            acc.add(float(loss), model.score(out, y, L), int(L.sum()))
+            bar.update(1, **metric_stats(task, acc.loss_sum / max(acc.weight, 1), acc.sums()),
+                       tok_s=acc.tokens / max(time.perf_counter() - t0, 1e-9))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    res = {"loss": acc.loss_sum / max(acc.weight, 1), "n": len(ds), "tokens": acc.tokens}
+    res.update(metric_stats(task, None, acc.sums()))
+    return res
+
+
+def baseline(task, train_ds, test_ds):
+    """What a model that ignores its input scores on the test set: the training mean (regress,
+    as MSE) or the most frequent training class (classify/tag, as accuracy)."""
+    if task == "regress":
+        mean = train_ds.targets.mean(axis=0, dtype=np.float64)
+        return {"mse": float(((test_ds.targets - mean) ** 2).mean())}
+    if task == "classify":
+        top = np.bincount(train_ds.targets, minlength=train_ds.num_classes).argmax()
+        return {"acc": float((test_ds.targets == top).mean())}
+    mask = SequenceModel.step_mask(train_ds.lengths, *train_ds.targets.shape)
+    top = np.bincount(train_ds.targets[mask], minlength=train_ds.num_classes).argmax()
+    tmask = SequenceModel.step_mask(test_ds.lengths, *test_ds.targets.shape)
+    return {"acc": float((test_ds.targets[tmask] == top).mean())}
+
+
+def load_model(path, device=None):
+    """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
+    from a run folder (its best.npz).
+
+    ``device``: 'cpu', 'cuda' or 'auto' places the model there; None keeps the device the
+    checkpoint was trained on, or 'cpu' when that was 'cuda' and no GPU is usable here, so a
+    checkpoint written on one device loads on the other with the same weights."""
+    from .backend import check_device, cuda_available
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, BEST)):
+        path = os.path.join(path, BEST)
+    arrays, meta = ckpt.load_checkpoint(path)
+    if "model_config" not in meta:
+        raise CheckpointError(f"checkpoint {path}: metadata has no model_config")
+    mcfg = dict(meta["model_config"])
+    if device is not None:
+        mcfg["device"] = check_device(device)
+    elif mcfg.get("device") == "cuda" and not cuda_available():
+        mcfg["device"] = "cpu"
+    try:
+        model = SequenceModel(ModelConfig.from_dict(mcfg))
+        model.load_state_dict(ckpt.split_arrays(arrays, "model"))
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {' '.join(str(e).split())}") from None
+    model.eval()
+    return model, meta
+
+
+def vocab_from_meta(meta):
+    """The ``Vocab`` a checkpoint's metadata stores, or None (not a text model)."""
+    if meta.get("vocab") is None:
+        return None
+    from .data.text import Vocab
+    return Vocab.from_json(meta["vocab"])
+
+
+def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, device=None):
+    """Evaluate a checkpoint on the test split of its own data configuration, or of
+    ``data`` (a path) / ``task`` (a dataset name) when given. Returns ``evaluate``'s dict
+    plus 'metric' and 'task'. ``device``: see ``load_model``."""
+    model, meta = load_model(path, device)
+    dcfg = dict(meta.get("data_config") or {})
+    if not dcfg:
+        raise CheckpointError(f"checkpoint {path}: metadata has no data_config")
+    if task is not None:
+        dcfg["name"] = check_task(task)
+    if data is not None:
+        dcfg["path"] = os.fspath(data)
+    ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
+    _check_fits(model, ds, path)
+    res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")
+    res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
+    return res
+
+
+def _check_fits(model, ds, path):
+    c = model.config
+    if ds.task != c.task:
+        raise ValueError(f"data: the checkpoint {path} was trained for task {c.task!r}, "
+                         f"the data is a {ds.task!r} task")
+    if c.input == "features" and (ds.inputs.ndim != 3 or ds.inputs.shape[2] != c.num_features):
+        raise ValueError(f"data: the model reads {c.num_features} features per step, the data "
+                         f"has inputs of shape {ds.inputs.shape}")
+    if c.input == "tokens" and ds.inputs.ndim != 2:
+        raise ValueError(f"data: the model reads token ids, the data has inputs of shape "
+                         f"{ds.inputs.shape}")
+
+
+def predict_texts(path, texts, batch_size=256, device=None):
+    """Classify ``texts`` (list of str) with a text checkpoint.
+
+    Returns one dict per text: {'label', 'probability', 'probs'} (classify) or
+    {'value'} (regress), in input order.
+    """
+    from .data.text import encode_texts
+    model, meta = load_model(path, device)
+    vocab = vocab_from_meta(meta)
+    if vocab is None or model.config.input != "tokens":
+        raise ValueError(f"predict: the checkpoint {path} was not trained on text (task "
+                         f"{meta.get('data_config', {}).get('name')!r}); use gruengine evaluate")
+    if model.config.task == "tag":
+        raise ValueError("predict: per-step (tag) models are not supported by predict")
+    if not texts:
+        raise ValueError("texts: expected at least one input text, got none")
+    tc = meta.get("train_config", {})
+    ids, lengths = encode_texts(list(texts), vocab, tc.get("max_len"), tc.get("truncate", "head"))
+    classes = meta.get("classes") or [str(i) for i in range(model.config.num_outputs)]
+    out = [None] * len(texts)
+    for idx in sorted_batches(lengths, batch_size):
+        L = np.ascontiguousarray(lengths[idx])
+        x = np.ascontiguousarray(ids[idx, :int(L.max())])
+        p = model.predict_proba(model.forward(x, L))
+        for row, i in enumerate(idx.tolist()):   # formatting results, one dict per text
+            if model.config.task == "regress":
+                out[i] = {"value": [float(v) for v in p[row]]}
+            else:
+                k = int(p[row].argmax())
+                out[i] = {"label": str(classes[k]), "probability": float(p[row, k]),
+                          "probs": {str(classes[j]): float(p[row, j]) for j in range(p.shape[1])}}
+    return out
