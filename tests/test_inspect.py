@@ -147,7 +147,7 @@ def adding_ckpt(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    from cli.main import main
+    from gruengine_cli.main import main
     with pytest.raises(SystemExit) as e:
         main(argv)
     cap = capsys.readouterr()
