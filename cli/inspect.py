@@ -1,10 +1,68 @@
 """``gruengine inspect CKPT INPUT``: gates, states and memory retention on one input.
 
-Parsing and printing only; the numbers come from ``gruengine.inspect.inspect_checkpoint``.
+Parsing and printing only; the numbers come from ``gruengine.inspection.inspect_checkpoint``.
 """
+import functools
+import sys
+
 import click
 
 from .main import app
+
+
+def parse_input(spec, stdin=None):
+    """The INPUT argument as an input builder for ``inspect_checkpoint``.
+
+    What a string means depends on what the checkpoint's model reads, so the builder decides
+    once the checkpoint is loaded. Token models: the text itself, '@FILE' (a text file) or
+    '-' (``stdin``, default sys.stdin); a copy-task model also takes 'copy:SEED'. Feature
+    models: 'adding:SEED' or 'adding:SEED:T' (one adding-problem instance at the checkpoint's
+    T, or at T), or 'FILE.npz:INDEX' (row INDEX of an .npz).
+    """
+    return functools.partial(_build, spec=spec, stdin=stdin)
+
+
+def _seed(text, spec):
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise ValueError(f"INPUT: expected a seed (an integer >= 0) in {spec!r}, got {text!r}")
+    return v
+
+
+def _build(model, meta, *, spec, stdin):
+    from gruengine.inspection import adding_input, copy_input, npz_input, text_input
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"INPUT: expected a non-empty string, got {spec!r}")
+    head, _, rest = spec.partition(":")
+    if model.config.input == "tokens":
+        if head == "copy" and (meta.get("data_config") or {}).get("name") == "copy":
+            return copy_input(_seed(rest, spec), source=spec)(model, meta)
+        text = spec                                   # anything else is a text, even 'adding:3'
+        if spec == "-":
+            text = (stdin or sys.stdin).read()
+        elif spec.startswith("@"):
+            with open(spec[1:], encoding="utf-8") as f:
+                text = f.read()
+        return text_input(text, source=spec)(model, meta)
+    if head == "adding":
+        parts = rest.split(":")
+        if len(parts) not in (1, 2):
+            raise ValueError(f"INPUT: expected 'adding:SEED' or 'adding:SEED:T', got {spec!r}")
+        seed = _seed(parts[0], spec)
+        T = _seed(parts[1], spec) if len(parts) == 2 else None
+        return adding_input(seed, T, source=spec)(model, meta)
+    path, _, index = spec.rpartition(":")
+    if path.lower().endswith(".npz"):
+        try:
+            index = int(index)
+        except ValueError:
+            pass                                      # the builder reports it with the row count
+        return npz_input(path, index, source=spec)(model, meta)
+    raise ValueError(f"INPUT: expected 'adding:SEED', 'adding:SEED:T' or 'FILE.npz:INDEX' for this "
+                     f"model of {model.config.num_features} features per step, got {spec[:60]!r}")
 
 
 def summary_lines(s):
@@ -70,9 +128,9 @@ def inspect_cmd(ckpt, input_spec, out, layer, units, reverse, no_plot, device):
       gruengine inspect runs/imdb/best.npz "A moving, beautifully shot film." --units 32
       gruengine inspect runs/imdb/best.npz @review.txt --layer 0 --reverse
     """
-    from gruengine.inspect import inspect_checkpoint
+    from gruengine.inspection import inspect_checkpoint
     stdin = click.get_text_stream("stdin") if input_spec == "-" else None
-    s = inspect_checkpoint(ckpt, input_spec, out, layer=layer, units=units, reverse=reverse,
-                           plot=not no_plot, stdin=stdin, device=device)
+    s = inspect_checkpoint(ckpt, parse_input(input_spec, stdin), out, layer=layer, units=units,
+                           reverse=reverse, plot=not no_plot, device=device)
     for line in summary_lines(s):
         click.echo(line)

@@ -57,7 +57,7 @@ def _one_line(e):
 
 
 if __name__ == "__main__":
-    # ``python -m cli.main``: command modules register on ``cli.main.app``, not on this
-    # ``__main__`` copy, so run the imported module's entry point
-    from cli.main import main as _main
+    # ``python -m gruengine_cli.main``: command modules register on ``gruengine_cli.main.app``,
+    # not on this ``__main__`` copy, so run the imported module's entry point
+    from .main import main as _main
     _main()

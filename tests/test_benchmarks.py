@@ -20,7 +20,7 @@ def _run(args, tmp_path):
 
 def test_bench_cuda_vs_cpu_quick_grid(tmp_path):
     from gruengine.backend import cuda_available
-    out = _run(["-m", "cli.main", "bench", "--quick", "--out", str(tmp_path)], tmp_path)
+    out = _run(["-m", "gruengine_cli.main", "bench", "--quick", "--out", str(tmp_path)], tmp_path)
     d = json.load(open(tmp_path / "bench_cuda_vs_cpu.json"))
     cpu = {(r["B"], r["H"], r["T"], r["mode"]) for r in d["rows"] if r["engine"] == "engine-cpu"}
     assert cpu == {(B, H, 20, m) for B in (1, 16) for H in (32, 64) for m in ("train", "infer")}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import app, _register
-from cli.train import load_config_file
+from gruengine_cli.main import app, _register
+from gruengine_cli.train import load_config_file
 from gruengine import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,9 +23,9 @@ _register()
 
 
 def _cli(*args, timeout=120, **kw):
-    """Run ``python -m cli.main`` in a fresh process (proves what reaches stderr)."""
+    """Run ``python -m gruengine_cli.main`` in a fresh process (proves what reaches stderr)."""
     env = dict(os.environ, NUMBA_NUM_THREADS="2")
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gruengine_cli.main", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=env, **kw)
 
 
@@ -80,8 +80,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     run = tmp_path / "k"
     env = dict(os.environ, NUMBA_NUM_THREADS="2")
     args = [a for a in TINY if a != "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", *args, "--n-train",
-                             "4000", "--epochs", "3", "--out", str(run)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "gruengine_cli.main", "train", *args,
+                             "--n-train", "4000", "--epochs", "3", "--out", str(run)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.time() + 90

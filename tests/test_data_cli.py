@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from cli.main import main
+from gruengine_cli.main import main
 from gruengine.data import download as dl
 from gruengine.data import load_dataset
 from tests.fixtures.data_builders import imdb_reviews, write_imdb_tar
@@ -112,7 +112,7 @@ def test_download_command(monkeypatch, tmp_path, capsys):
 
 
 def test_subprocess_exit_status(tmp_path):
-    r = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "data", "info",
+    r = subprocess.run([sys.executable, "-c", "from gruengine_cli.main import main; main()", "data", "info",
                         str(tmp_path / "missing.npz")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and "missing.npz" in r.stderr and r.stderr.count("\n") == 1

@@ -48,7 +48,7 @@ if __name__ == "__main__":
                                  "data download", "data info"])
 def test_cli_md_lists_every_option(cmd):
     from click.testing import CliRunner
-    from cli.main import app, _register
+    from gruengine_cli.main import app, _register
     _register()
     res = CliRunner().invoke(app, cmd.split() + ["--help"])
     assert res.exit_code == 0, res.output

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import gruengine
-from gruengine import inspect as gi
+from gruengine import gates as gi
+from gruengine import gates_plot
 from gruengine.models import SequenceModel
 
 
@@ -147,7 +148,7 @@ def adding_ckpt(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    from cli.main import main
+    from gruengine_cli.main import main
     with pytest.raises(SystemExit) as e:
         main(argv)
     cap = capsys.readouterr()
@@ -268,11 +269,11 @@ def test_plot_gates_other_cells(cell, tmp_path):
     layer = (gruengine.LSTM if cell == "lstm" else gruengine.MinGRU)(2, 5, dtype=np.float64, seed=0)
     x = rng.standard_normal((1, 12, 2))
     g = {k: v[0] for k, v in gi.record_gates(layer, x)["l0"].items()}
-    path = gi.plot_gates(g, str(tmp_path / "g.png"), marks=[3], units=3,
+    path = gates_plot.plot_gates(g, str(tmp_path / "g.png"), marks=[3], units=3,
                          labels=[f"w{t}" for t in range(12)], inputs=x[0])
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert set(k for k, _ in gi.PANELS[cell]) <= set(g)
+    assert set(k for k, _ in gates_plot.PANELS[cell]) <= set(g)
 
 
 def test_cli_inspect_copy_task_reverse_direction(tmp_path, capsys):
@@ -299,6 +300,121 @@ def test_cli_inspect_copy_task_reverse_direction(tmp_path, capsys):
                                    gi.retention_curve(1 - ref["z"][0], reverse=True), rtol=1e-12)
         assert bool(z["reverse"]) and z["tokens"].tolist() == vocab.decode(X[0] + 2)
     assert "reverse direction" in stdout
+
+
+# ---------------------------------------------------------------------------------- from Python
+def _direct_retention(z):
+    """R[t] = prod_{s>t} z[s], one product per step, in float64."""
+    z = z.astype(np.float64)
+    return np.array([np.prod(z[t + 1:], axis=0) for t in range(len(z))])
+
+
+def _npz_arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_inspect_checkpoint_builders_match_a_numpy_gru(adding_ckpt, tmp_path, capsys, rng):
+    from gruengine.data.synthetic import adding_problem
+    from gruengine.inspection import adding_input, inspect_checkpoint, npz_input
+    from gruengine.inference import load_model
+    model, _ = load_model(adding_ckpt)
+    rnn = {k[len("rnn."):]: v for k, v in model.state_dict().items() if k.startswith("rnn.")}
+    seed, T = int(rng.integers(1000)), int(rng.integers(2, 30))
+    s = inspect_checkpoint(adding_ckpt, adding_input(seed, T), str(tmp_path / "lib"), plot=False)
+    X, y = adding_problem(1, T, seed=seed)
+    ref = numpy_gru_gates(X.astype(np.float64), [T], rnn)
+    d = _npz_arrays(tmp_path / "lib" / "gates.npz")
+    for k in "rznh":                               # float32 model: test_ops.py's float32 bounds
+        np.testing.assert_allclose(d[k], ref[k][0], rtol=2e-5, atol=2e-6, err_msg=k)
+    np.testing.assert_allclose(d["retention"], _direct_retention(d["z"]), rtol=1e-12)
+    assert s["input"] == {"source": f"adding:{seed}:{T}", "labels": None,
+                          "marks": np.nonzero(X[0, :, 1])[0].tolist(), "target": y[0].tolist()}
+    assert s["png"] is None and not (tmp_path / "lib" / "gates.png").exists()
+    # the command on the same input writes the same file
+    code, _, err = _run(["inspect", adding_ckpt, f"adding:{seed}:{T}", "--no-plot",
+                         "--out", str(tmp_path / "cli")], capsys)
+    assert code == 0, err
+    dc = _npz_arrays(tmp_path / "cli" / "gates.npz")
+    assert sorted(dc) == sorted(d)
+    for k in d:
+        np.testing.assert_array_equal(dc[k], d[k], err_msg=k)
+    # a row of an .npz file: fresh rows, one picked at random
+    N = 4
+    lengths = rng.integers(2, 12, N)
+    rows = rng.random((N, 12, 2)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", X=rows, y=rng.random((N, 1)).astype(np.float32),
+             lengths=lengths)
+    i = int(rng.integers(N))
+    s = inspect_checkpoint(adding_ckpt, npz_input(tmp_path / "rows.npz", i), str(tmp_path / "n"),
+                           plot=False)
+    ref = numpy_gru_gates(rows[i:i + 1].astype(np.float64), lengths[i:i + 1], rnn)
+    d = _npz_arrays(tmp_path / "n" / "gates.npz")
+    np.testing.assert_allclose(d["z"], ref["z"][0, :lengths[i]], rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(s["retention"], _direct_retention(d["z"]), rtol=1e-12)
+    assert s["input"]["source"] == f"{tmp_path / 'rows.npz'}:{i}" and s["length"] == lengths[i]
+
+
+def test_input_builders_check_arguments_and_model(adding_ckpt, tmp_path, rng):
+    from gruengine.inspection import (adding_input, copy_input, inspect_checkpoint, npz_input,
+                                      text_input)
+    from gruengine.inference import load_model
+    model, meta = load_model(adding_ckpt)
+    cases = [
+        (lambda: adding_input(-1), "seed: expected an integer >= 0, got -1"),
+        (lambda: adding_input(1, T=2.5), "T: expected an integer >= 0, got 2.5"),
+        (lambda: copy_input(True), "seed: expected an integer >= 0, got True"),
+        (lambda: text_input(b"bytes"), "text: expected a string, got bytes"),
+        (lambda: npz_input(3, 0), "path: expected a file path, got int"),
+        (lambda: adding_input(1, 1)(model, meta), "INPUT: the adding problem needs T >= 2, got 1"),
+        (lambda: text_input("a good film")(model, meta),
+         "INPUT: a text needs a model that reads tokens, the model reads 2 features per step"),
+        (lambda: copy_input(0)(model, meta), "INPUT: a copy-task instance needs a model that"),
+        (lambda: inspect_checkpoint(adding_ckpt, 42, str(tmp_path)),
+         "input_spec: expected a text or an input builder"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value).startswith(msg) and "\n" not in str(e.value), str(e.value)
+    # a token model refuses feature inputs
+    tok = _tiny_token_model(rng)
+    for builder in (adding_input(1), npz_input(tmp_path / "x.npz", 0)):
+        with pytest.raises(ValueError, match="is a feature input, the model reads tokens"):
+            builder(tok, {"vocab": None})
+
+
+def test_cli_input_on_a_token_model_is_text(tmp_path, rng):
+    # 'adding:3' or 'x.npz:1' mean text to a token model; '-' reads the given stream
+    import io
+    from gruengine.data.text import Vocab, encode_texts, tokenize
+    from gruengine_cli.inspect import parse_input
+    model = _tiny_token_model(rng)
+    vocab = Vocab.build([["adding", "good", "film", "npz"]])
+    meta = {"vocab": vocab.to_json(), "data_config": {"name": "text"}}
+    for spec, stdin in (("adding:3", None), ("rows.npz:1", None), ("copy:2", None),
+                        ("-", io.StringIO("a good film, good")), ("@" + str(tmp_path / "r.txt"), None)):
+        text = stdin.getvalue() if stdin else spec
+        if spec.startswith("@"):
+            text = "film film adding"
+            (tmp_path / "r.txt").write_text(text)
+        ids, lengths, info = parse_input(spec, stdin)(model, meta)
+        ref_ids, ref_len = encode_texts([text], vocab)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(lengths, ref_len)
+        assert info["source"] == spec
+        assert info["labels"] == [w if w in vocab.stoi else "<unk>" for w in tokenize(text)]
+
+
+def test_gate_maths_loads_no_plotting(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, gruengine.gates, gruengine.inspection; "
+            "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'gruengine.gates_plot'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------- the study script

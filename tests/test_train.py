@@ -259,7 +259,8 @@ def test_checkpoint_from_a_gpu_run_loads_on_the_cpu(tmp_path):
         return
     with pytest.raises(ValueError, match="device: 'cuda' requested"):
         load_model(gpu, device="cuda")
-    r = subprocess.run([sys.executable, "-m", "cli.main", "evaluate", str(gpu), "--device", "cuda"],
+    r = subprocess.run([sys.executable, "-m", "gruengine_cli.main", "evaluate", str(gpu),
+                        "--device", "cuda"],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: device: 'cuda' requested")
