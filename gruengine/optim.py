@@ -86,7 +86,7 @@ def _device_sum_of_squares(flat_arrays):
 def _partials(a):
     # a: (N,) C-contiguous -> (C,) float64 partial sums on the grid that starts at a[0]
     starts, stops = _kernels.chunk_bounds(0, a.shape[0])
-    return _kernels.chunk_sums(a, starts, stops)
+    return _kernels.sum_of_squares_partials(a, starts, stops)
 
 
 def _sum_of_squares(flat_arrays):
@@ -296,7 +296,7 @@ class _Optimizer:
             if fused and self._device == "cuda":
                 total = self._k.sum_of_squares(self._buffer.grad)
             elif fused:
-                partials = _kernels.chunk_sums(self._buffer.grad, self._starts, self._stops)
+                partials = _kernels.sum_of_squares_partials(self._buffer.grad, self._starts, self._stops)
                 total = float(_kernels.ordered_sum(partials))
             elif self._device == "cuda":
                 total = _device_sum_of_squares(list(flat_grads.values()))
