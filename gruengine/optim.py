@@ -8,17 +8,20 @@
 
 ``params`` is a :class:`~gruengine.params.ParamBuffer` (fast path: one kernel over the
 flat buffer) or a dict name -> ndarray (each array updated in place, one kernel call
-each). Both paths give bit-identical results: the kernels are elementwise, and the
-global norm is reduced on the same chunk grid (each parameter's range is cut into
-chunks from its own start), so the clipping scale has the same bits too.
+each). Both are :class:`~gruengine.params.Segment` lists to the optimizer (one segment
+for the buffer, one per array) and go through one code path: the global norm is the sum,
+in order, of every segment's chunk partial sums, then the update kernel runs once per
+segment. Both give bit-identical results: the kernels are elementwise, and the global
+norm is reduced on the same chunk grid (each parameter's range is cut into chunks from
+its own start), so the clipping scale has the same bits too.
 
 With ``max_norm``, a non-finite gradient norm skips the update (parameters, state and
 step count stay as they were) and ``step`` returns that norm, so a caller can stop.
 
 Parameters on the GPU (a ParamBuffer of ``device="cuda"`` modules, or a dict of CUDA device
 arrays) keep their optimizer state on the GPU too and update there with the CUDA kernels
-(``gruengine.kernels.cuda.optim``): the norm is the one number that comes back.
-``state_dict`` returns NumPy copies on every device.
+(``gruengine.kernels.cuda.optim``, the same primitives as ``kernels.cpu.optim``): only the
+norm's chunk partials come back. ``state_dict`` returns NumPy copies on every device.
 """
 import math
 
@@ -26,9 +29,9 @@ import numpy as np
 
 from . import arrays
 from ._checks import check_dtype, check_positive_int, check_state_dict
+from ._device import device_of, is_device
 from .backend import get_kernels
-from .kernels.cpu import optim as _kernels
-from .params import ParamBuffer
+from .params import ParamBuffer, array_segments
 
 __all__ = ["Adam", "AdamW", "SGD", "clip_grad_norm", "clip_grad_value"]
 
@@ -72,29 +75,16 @@ def _check_bool(name, value):
 def _flat(a):
     # a: any shape -> (a.size,) view when C-contiguous, else a contiguous copy (read-only use);
     # device arrays are contiguous (module parameters and gradients, or views of a flat buffer)
-    if arrays.is_device(a):
+    if is_device(a):
         return a.reshape(a.size)
     return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
 
 
-def _device_sum_of_squares(flat_arrays):
-    # per-array float64 block sums on the GPU, added in order on the host
-    k = get_kernels("cuda")
-    return float(sum(k.sum_of_squares(a) for a in flat_arrays))
-
-
-def _partials(a):
-    # a: (N,) C-contiguous -> (C,) float64 partial sums on the grid that starts at a[0]
-    starts, stops = _kernels.chunk_bounds(0, a.shape[0])
-    return _kernels.chunk_sums(a, starts, stops)
-
-
-def _sum_of_squares(flat_arrays):
-    # Partials of each array in order, then one ordered sum: the same bits as the flat
-    # buffer reduced on its per-segment grid.
-    if not flat_arrays:
-        return 0.0
-    return float(_kernels.ordered_sum(np.concatenate([_partials(a) for a in flat_arrays])))
+def _global_norm(k, grads_on_grids):
+    # [(g (N,), (starts, stops))] -> float: every chunk's partial sum of squares, in order,
+    # added left to right; the same bits for one flat buffer or its parameters one by one
+    partials = [k.sum_of_squares_partials(g, starts, stops) for g, (starts, stops) in grads_on_grids]
+    return math.sqrt(k.ordered_sum(np.concatenate(partials)) if partials else 0.0)
 
 
 def _grad_arrays(name, grads):
@@ -106,15 +96,15 @@ def _grad_arrays(name, grads):
         raise ValueError(f"{name}: expected a dict or list of arrays, got {type(grads).__name__}")
     out = []
     for label, g in items:
-        if arrays.is_device(g):
+        if is_device(g):
             check_dtype(f"{label}.dtype", g.dtype)
-            if out and not arrays.is_device(out[0]):
+            if out and not is_device(out[0]):
                 raise ValueError(f"{label}: expected a numpy.ndarray like the others, got a device array")
             out.append(g)
             continue
         if not isinstance(g, np.ndarray):
             raise ValueError(f"{label}: expected a numpy.ndarray, got {type(g).__name__}")
-        if out and arrays.is_device(out[0]):
+        if out and is_device(out[0]):
             raise ValueError(f"{label}: expected a CUDA device array like the others, got a numpy.ndarray")
         check_dtype(f"{label}.dtype", g.dtype)
         if not g.flags.writeable:
@@ -147,19 +137,15 @@ def clip_grad_norm(grads, max_norm):
     """
     grads = _grad_arrays("grads", grads)
     max_norm = _check_real("max_norm", max_norm, 0.0, False)
-    on_device = bool(grads) and arrays.is_device(grads[0])
+    k = get_kernels(device_of(grads[0]) if grads else "cpu")
     flats = [_flat(g) for g in grads]
-    total = _device_sum_of_squares(flats) if on_device else _sum_of_squares(flats)
-    norm = math.sqrt(total)
+    norm = _global_norm(k, [(f, k.chunk_bounds(0, f.shape[0])) for f in flats])
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + _CLIP_EPS)
     if coef < 1.0:
         for g in grads:
-            if on_device:
-                get_kernels("cuda").scale_inplace(g, coef)
-            else:
-                g *= coef
+            k.scale_inplace(g, coef)
     return norm
 
 
@@ -171,16 +157,13 @@ def clip_grad_value(grads, clip_value):
     grads = _grad_arrays("grads", grads)
     clip_value = _check_real("clip_value", clip_value, 0.0, False)
     for g in grads:
-        if arrays.is_device(g):
-            get_kernels("cuda").clamp_inplace(g, clip_value)
-        else:
-            np.clip(g, -clip_value, clip_value, out=g)
+        get_kernels(device_of(g)).clamp_inplace(g, clip_value)
 
 
 # ---------------------------------------------------------------- optimizers
 
 class _Optimizer:
-    """Shared machinery: parameter bookkeeping, grads validation, clipping, state_dict.
+    """Shared machinery: parameter segments, grads validation, clipping, state_dict.
 
     Subclasses define ``_state_names(hyper=None)``, ``_validate_hyper(dict) -> dict`` (every
     hyper-parameter except lr), ``_set_hyper``, ``_hyper_meta`` and
@@ -195,62 +178,29 @@ class _Optimizer:
     # -- parameters and state
 
     def _setup_params(self, params):
+        # self._segments: what the update kernels run over (one per ParamBuffer, one per array)
         if isinstance(params, ParamBuffer):
-            self._buffer = params
-            self._device = params.device
             self._params = dict(params.params)
-            self._flat_params = {n: params.data[sl] for n, sl in params.slices.items()}
-            bounds = [_kernels.chunk_bounds(sl.start, sl.stop - sl.start) for sl in params.slices.values()]
-            self._starts = np.concatenate([b[0] for b in bounds])
-            self._stops = np.concatenate([b[1] for b in bounds])
+            self._segments = [params.segment()]
         elif isinstance(params, dict):
-            if not params:
-                raise ValueError("params: expected a non-empty dict of name -> ndarray or a ParamBuffer, got {}")
-            first = next(iter(params.values()))
-            self._device = "cuda" if arrays.is_device(first) else "cpu"
-            for name, p in params.items():
-                if not isinstance(name, str):
-                    raise ValueError(f"params: expected string names, got {name!r}")
-                if arrays.is_device(p) != (self._device == "cuda"):
-                    raise ValueError(f"params[{name!r}]: expected every parameter on one device "
-                                     f"({self._device}, like the first), got {type(p).__name__}")
-                if self._device == "cpu" and not isinstance(p, np.ndarray):
-                    raise ValueError(f"params[{name!r}]: expected a numpy.ndarray, got {type(p).__name__}")
-                check_dtype(f"params[{name!r}].dtype", p.dtype)
-                if self._device == "cpu" and not (p.flags.c_contiguous and p.flags.writeable):
-                    raise ValueError(f"params[{name!r}]: expected a C-contiguous writeable array "
-                                     f"(updated in place), got a non-contiguous or read-only one")
-            items = list(params.items())
-            for i in range(len(items) if self._device == "cpu" else 0):
-                for j in range(i + 1, len(items)):
-                    a, b = items[i][1], items[j][1]
-                    if a.size and b.size and np.may_share_memory(a, b):
-                        raise ValueError(f"params[{items[j][0]!r}]: shares memory with {items[i][0]!r}; "
-                                         f"expected distinct arrays")
-            self._buffer = None
+            self._segments = array_segments(params)
             self._params = dict(params)
-            self._flat_params = {n: _flat(p) for n, p in params.items()}
         else:
             raise ValueError(f"params: expected a ParamBuffer or a dict of name -> ndarray, "
                              f"got {type(params).__name__}")
+        self._device = self._segments[0].device
         self._allocate_state()
 
     def _allocate_state(self):
-        # self._state[s][name]: (N_name,) flat view; self._flat_state[s]: whole buffer (ParamBuffer path)
-        self._state = {}
-        self._flat_state = {}
-        for s in self._state_names():
-            if self._buffer is not None:
-                flat = arrays.zeros(self._buffer.size, self._buffer.dtype, self._device)
-                self._flat_state[s] = flat
-                self._state[s] = {n: flat[sl] for n, sl in self._buffer.slices.items()}
-            else:
-                self._state[s] = {n: arrays.zeros(p.size, p.dtype, self._device)
-                                  for n, p in self._params.items()}
+        # segment.state[s]: (N,) zeros beside the segment's data; self._parts: name -> the
+        # one-parameter segment over the same memory (for gradients given as a dict)
+        for seg in self._segments:
+            seg.state = {s: arrays.zeros(seg.size, seg.dtype, seg.device) for s in self._state_names()}
+        self._parts = {name: part for seg in self._segments for name, part in seg.parts().items()}
 
     @property
     def _k(self):
-        # the update kernels: CPU (Numba) or CUDA, same names and arguments
+        # the primitives: reference, CPU (Numba) or CUDA, same names and arguments
         return get_kernels(self._device)
 
     @property
@@ -284,36 +234,23 @@ class _Optimizer:
         """
         if max_norm is not None:
             max_norm = _check_real("max_norm", max_norm, 0.0, False)
-        fused = self._buffer is not None and grads is None
-        if fused:
-            flat_grads = None
+        if grads is None and all(seg.grad is not None for seg in self._segments):
+            work = [(seg, seg.grad) for seg in self._segments]
         else:
             flat_grads = self._check_grads(grads)
+            work = [(part, flat_grads[name]) for name, part in self._parts.items()]
 
         norm = None
         grad_scale = 1.0
         if max_norm is not None:
-            if fused and self._device == "cuda":
-                total = self._k.sum_of_squares(self._buffer.grad)
-            elif fused:
-                partials = _kernels.chunk_sums(self._buffer.grad, self._starts, self._stops)
-                total = float(_kernels.ordered_sum(partials))
-            elif self._device == "cuda":
-                total = _device_sum_of_squares(list(flat_grads.values()))
-            else:
-                total = _sum_of_squares(list(flat_grads.values()))
-            norm = math.sqrt(total)
+            norm = _global_norm(self._k, [(g, seg.grid) for seg, g in work])
             if not math.isfinite(norm):
                 return norm
             grad_scale = min(1.0, max_norm / (norm + _CLIP_EPS))
 
         self.num_steps += 1
-        if fused:
-            self._update(self._buffer.data, self._buffer.grad, self._flat_state, grad_scale)
-        else:
-            for name, p in self._flat_params.items():
-                state = {s: self._state[s][name] for s in self._state}
-                self._update(p, flat_grads[name], state, grad_scale)
+        for seg, g in work:
+            self._update(seg.data, g, seg.state, grad_scale)
         return norm
 
     def _check_grads(self, grads):
@@ -329,7 +266,7 @@ class _Optimizer:
         flat = {}
         for name, p in self._params.items():
             g = grads[name]
-            if arrays.is_device(g) != (self._device == "cuda"):
+            if is_device(g) != (self._device == "cuda"):
                 kind = "CUDA device array" if self._device == "cuda" else "numpy.ndarray"
                 raise ValueError(f"grads[{name!r}]: expected a {kind} like the parameters, "
                                  f"got {type(g).__name__}")
@@ -342,12 +279,9 @@ class _Optimizer:
     def state_dict(self):
         """``{"arrays": {"<state>.<param name>": ndarray copy}, "meta": {json-serialisable}}``."""
         out = {}
-        for s, per_name in self._state.items():
-            if s in self._flat_state:          # one copy of the flat buffer (from the GPU on cuda)
-                flat = arrays.to_host(self._flat_state[s])
-                per_name = {n: flat[sl] for n, sl in self._buffer.slices.items()}
-            for name, a in per_name.items():
-                out[f"{s}.{name}"] = arrays.to_host(a).reshape(tuple(self._params[name].shape)).copy()
+        for s in self._segments[0].state:          # one copy per state buffer (from the GPU on cuda)
+            for seg in self._segments:
+                out.update((f"{s}.{name}", a) for name, a in seg.named_copies(seg.state[s]).items())
         meta = {"type": type(self).__name__, "step": self.num_steps, "lr": self.lr,
                 "names": list(self._params)}
         meta.update(self._hyper_meta())
@@ -388,17 +322,12 @@ class _Optimizer:
         self.lr = lr
         self.num_steps = step
         self._set_hyper(hyper)
-        if set(self._state) != set(self._state_names()):
+        if set(self._segments[0].state) != set(self._state_names()):
             self._allocate_state()
-        for s, per_name in self._state.items():
-            if s in self._flat_state:          # one copy into the flat buffer
-                flat = np.empty(self._buffer.size, dtype=self._buffer.dtype)
-                for name, sl in self._buffer.slices.items():
-                    flat[sl] = state_dict["arrays"][f"{s}.{name}"].reshape(-1)
-                arrays.assign(self._flat_state[s], flat)
-                continue
-            for name, a in per_name.items():
-                arrays.assign(a, state_dict["arrays"][f"{s}.{name}"].reshape(-1))
+        saved = state_dict["arrays"]
+        for seg in self._segments:
+            for s, flat in seg.state.items():
+                seg.assign_named(flat, {name: saved[f"{s}.{name}"] for name in seg.views})
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyper_meta().items())

@@ -15,13 +15,126 @@ Modules built with ``device="cuda"`` hold device arrays: the buffer is then buil
 device (``device == "cuda"``, ``data`` and ``grad`` are device arrays and the named views
 are device views), so parameters and gradients never leave the GPU. ``state_dict`` returns
 NumPy copies and ``load_state_dict`` takes NumPy arrays on every device.
+
+A :class:`Segment` is what the optimizers update with one kernel call: flat data, gradient
+and state arrays with named ranges. A ParamBuffer is one segment (``buf.segment()``), a
+dict of arrays is one segment per array; ``gruengine.optim`` has one code path over both.
 """
 import numpy as np
 
 from . import arrays
 from ._checks import check_dtype, check_state_dict
+from ._device import device_of
+from .reference.optim import chunk_bounds
 
-__all__ = ["ParamBuffer"]
+__all__ = ["ParamBuffer", "Segment", "array_segments"]
+
+
+def _named_copies(flat, views):
+    # flat: (N,) NumPy or device -> {name: NumPy copy of flat[sl] in shape}; one device copy
+    host = arrays.to_host(flat)
+    return {name: host[sl].reshape(shape).copy() for name, (sl, shape) in views.items()}
+
+
+def _assign_named(flat, views, named):
+    # flat[sl] = named[name] for every view, in place; device: assembled on the host, one copy
+    host = flat if isinstance(flat, np.ndarray) else np.empty(flat.shape[0], flat.dtype)
+    for name, (sl, _) in views.items():
+        host[sl] = named[name].reshape(-1)
+    if host is not flat:
+        arrays.assign(flat, host)
+
+
+class Segment:
+    """Flat parameters with named ranges, updated by one optimizer kernel call.
+
+    Parameters
+    ----------
+    data : ndarray or CUDA device array, shape (N,)
+        C-contiguous, updated in place.
+    views : dict[str, (slice, tuple)]
+        Parameter name -> (its range in ``data``, its shape); the ranges tile ``data`` in order.
+    grad : same kind as ``data``, shape (N,), optional
+        The flat gradient (a ParamBuffer's); None when gradients come with each step.
+
+    Attributes
+    ----------
+    state : dict[str, array (N,)]
+        Optimizer state name -> flat buffer on the segment's device (set by the optimizer).
+    device, dtype, size
+    """
+
+    def __init__(self, data, views, grad=None):
+        self.data, self.grad, self.views = data, grad, dict(views)
+        self.device = device_of(data)
+        self.dtype = np.dtype(data.dtype)
+        self.size = data.shape[0]
+        self.state = {}
+        self._grid = None
+
+    @property
+    def grid(self):
+        """(starts, stops): int64 chunk bounds of the sum of squares, on the segment's device.
+
+        Each parameter's range is cut from its own start, so one parameter alone and the same
+        parameter inside a flat buffer are reduced on the same chunks, with the same bits."""
+        if self._grid is None:
+            bounds = [chunk_bounds(sl.start, sl.stop - sl.start) for sl, _ in self.views.values()]
+            self._grid = tuple(arrays.on_device_of(np.concatenate(b), self.device)
+                               for b in zip(*bounds))
+        return self._grid
+
+    def parts(self):
+        """name -> a Segment of that one parameter, over this one's data and state memory
+        (this segment itself when it holds one parameter)."""
+        if len(self.views) == 1:
+            return {name: self for name in self.views}
+        out = {}
+        for name, (sl, shape) in self.views.items():
+            part = Segment(self.data[sl], {name: (slice(0, sl.stop - sl.start), shape)})
+            part.state = {s: a[sl] for s, a in self.state.items()}
+            out[name] = part
+        return out
+
+    def named_copies(self, flat):
+        """``{name: NumPy copy}`` of each parameter's range of ``flat`` (N,) (data, grad or
+        a state buffer), in the parameter's shape."""
+        return _named_copies(flat, self.views)
+
+    def assign_named(self, flat, named):
+        """Copy ``named[name]`` (NumPy, the parameter's shape) into each range of ``flat``."""
+        _assign_named(flat, self.views, named)
+
+
+def array_segments(params):
+    """One :class:`Segment` per array of a dict name -> ndarray (or CUDA device array).
+
+    Validated: string names, one device, float32/float64, C-contiguous, writeable and
+    disjoint on the host (each array is updated in place through a flat view)."""
+    if not params:
+        raise ValueError("params: expected a non-empty dict of name -> ndarray or a ParamBuffer, got {}")
+    device = device_of(next(iter(params.values())))
+    for name, p in params.items():
+        if not isinstance(name, str):
+            raise ValueError(f"params: expected string names, got {name!r}")
+        if device_of(p) != device:
+            raise ValueError(f"params[{name!r}]: expected every parameter on one device "
+                             f"({device}, like the first), got {type(p).__name__}")
+        if device == "cpu" and not isinstance(p, np.ndarray):
+            raise ValueError(f"params[{name!r}]: expected a numpy.ndarray, got {type(p).__name__}")
+        check_dtype(f"params[{name!r}].dtype", p.dtype)
+        if device == "cpu" and not (p.flags.c_contiguous and p.flags.writeable):
+            raise ValueError(f"params[{name!r}]: expected a C-contiguous writeable array "
+                             f"(updated in place), got a non-contiguous or read-only one")
+    items = list(params.items())
+    for i in range(len(items) if device == "cpu" else 0):
+        for j in range(i + 1, len(items)):
+            a, b = items[i][1], items[j][1]
+            if a.size and b.size and np.may_share_memory(a, b):
+                raise ValueError(f"params[{items[j][0]!r}]: shares memory with {items[i][0]!r}; "
+                                 f"expected distinct arrays")
+    return [Segment(p.reshape(p.size), {name: (slice(0, p.size), tuple(p.shape))})
+            for name, p in params.items()]
 
 
 class ParamBuffer:
@@ -124,6 +237,7 @@ class ParamBuffer:
                        for (_, _, name, p, _), sl in zip(entries, self.slices.values())}
         self.grads = {name: self.grad[sl].reshape(p.shape)
                       for (_, _, name, p, _), sl in zip(entries, self.slices.values())}
+        self._views = {name: (sl, tuple(self.params[name].shape)) for name, sl in self.slices.items()}
         # Re-point only after every check and copy succeeded, so a failure leaves modules untouched.
         for module, key, name, _, _ in entries:
             module.params[key] = self.params[name]
@@ -134,6 +248,12 @@ class ParamBuffer:
         """Number of scalars in the buffer."""
         return self.data.shape[0]
 
+    def segment(self):
+        """The whole buffer as one :class:`Segment` (data, grad, every parameter's range).
+
+        A new one on each call: the optimizer state it will hold belongs to one optimizer."""
+        return Segment(self.data, self._views, grad=self.grad)
+
     def zero_grad(self):
         """Set every gradient to zero (one fill of the flat gradient array)."""
         arrays.fill_zero(self.grad)
@@ -141,19 +261,12 @@ class ParamBuffer:
     def state_dict(self):
         """NumPy copies of the named parameters: ``{"prefix.k": ndarray}`` (one copy from the
         device on 'cuda')."""
-        data = arrays.to_host(self.data)
-        return {name: data[sl].reshape(self.params[name].shape).copy()
-                for name, sl in self.slices.items()}
+        return _named_copies(self.data, self._views)
 
     def load_state_dict(self, state_dict):
         """Validate names, shapes, dtypes and finiteness, then copy into the buffer in place."""
         check_state_dict("state_dict", state_dict, self.params)
-        # on cuda: assembled on the host, then one copy over
-        data = np.empty(self.size, self.dtype) if self.device == "cuda" else self.data
-        for name, sl in self.slices.items():
-            data[sl] = state_dict[name].reshape(-1)
-        if data is not self.data:
-            arrays.assign(self.data, data)
+        _assign_named(self.data, self._views, state_dict)   # on cuda: one copy over
 
     def __repr__(self):
         where = ", on cuda" if self.device == "cuda" else ""

@@ -4,6 +4,7 @@ round trips, determinism and validation.
 
 Run: NUMBA_NUM_THREADS=2 python -m pytest tests/test_optim.py -q -x
 """
+import inspect
 import json
 import math
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from gruengine.kernels.cpu import optim as cpu
+from gruengine.kernels.cuda import optim as gpu  # importable without a GPU (signatures only)
 from gruengine.optim import SGD, Adam, AdamW, clip_grad_norm, clip_grad_value
 from gruengine.params import ParamBuffer
 from gruengine.reference import optim as ref
@@ -130,6 +132,92 @@ def test_sum_of_squares_bit_identical_across_runs_and_threads():
     finally:
         numba.set_num_threads(before)
     assert len(set(results)) == 1
+
+
+PRIMITIVES = ["adam_step", "sgd_step", "chunk_bounds", "sum_of_squares_partials", "ordered_sum",
+              "sum_of_squares", "scale_inplace", "clamp_inplace"]
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+def test_every_backend_has_the_primitive_with_the_same_arguments(name):
+    # what gruengine.optim calls through get_kernels(device): the same names and argument
+    # order in the reference, the CPU and the CUDA backend
+    want = list(inspect.signature(getattr(ref, name)).parameters)
+    for module in (cpu, gpu):
+        assert name in module.__all__
+        assert list(inspect.signature(getattr(module, name)).parameters) == want, module.__name__
+
+
+def random_grid(rng, n):
+    """Random chunk bounds over [0, n): uneven chunks, gaps and empty chunks included."""
+    cuts = np.sort(rng.integers(0, n + 1, size=2 * int(rng.integers(1, 12))))
+    return cuts[0::2].astype(np.int64), cuts[1::2].astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_of_squares_partials_match_reference_on_any_grid(dtype):
+    rng = np.random.default_rng(15)
+    for _ in range(5):
+        x = (3 * rng.standard_normal(int(rng.integers(1, 3 * cpu.CHUNK)))).astype(dtype)
+        starts, stops = random_grid(rng, x.shape[0])
+        got = cpu.sum_of_squares_partials(x, starts, stops)
+        want = ref.sum_of_squares_partials(x, starts, stops)
+        assert got.dtype == np.float64 and got.shape == starts.shape
+        # float64 sums of a few thousand squares in two orders: a few float64 ulps apart
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+        np.testing.assert_array_equal(got[starts == stops], 0.0)
+    # the grid of one parameter: CHUNK-sized pieces from its own start, the last one shorter
+    starts, stops = cpu.chunk_bounds(5, 2 * cpu.CHUNK + 3)
+    np.testing.assert_array_equal(starts, [5, 5 + cpu.CHUNK, 5 + 2 * cpu.CHUNK])
+    np.testing.assert_array_equal(stops, [5 + cpu.CHUNK, 5 + 2 * cpu.CHUNK, 8 + 2 * cpu.CHUNK])
+    assert cpu.chunk_bounds(7, 0)[0].shape == (0,)
+
+
+def test_ordered_sum_adds_left_to_right():
+    rng = np.random.default_rng(16)
+    # terms of very different magnitudes: another order or a compensated sum gives other bits
+    # (left to right, 1e16 + 1 rounds back to 1e16 and that 1 is lost)
+    partials = np.concatenate([[1e16, 1.0, -1e16],
+                               rng.standard_normal(257) * 10.0 ** rng.integers(-8, 9, 257)])
+    loop = 0.0
+    for p in partials.tolist():
+        loop += p
+    assert cpu.ordered_sum(partials) == ref.ordered_sum(partials) == gpu.ordered_sum(partials) == loop
+    assert loop != math.fsum(partials.tolist())       # the order matters for these numbers
+    assert cpu.ordered_sum(np.zeros(0)) == ref.ordered_sum(np.zeros(0)) == 0.0
+
+
+def _with_specials(rng, shape, dtype):
+    a = (2 * rng.standard_normal(shape)).astype(dtype)
+    flat = a.reshape(-1)
+    flat[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_scale_and_clamp_inplace_match_reference_bit_for_bit(dtype, layout):
+    rng = np.random.default_rng(17)
+    base = _with_specials(rng, (37, 11), dtype)
+    scale, limit = float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.2, 1.5))
+    for op, value in ((cpu.scale_inplace, scale), (cpu.clamp_inplace, limit)):
+        got, want = base.copy(), base.copy()
+        view = got if layout == "contiguous" else got[::2, 1:]   # in place through a strided view
+        ref_view = want if layout == "contiguous" else want[::2, 1:]
+        assert op(view, value) is view
+        getattr(ref, op.__name__)(ref_view, value)
+        np.testing.assert_array_equal(got, want)                 # NaN in the same places too
+        assert got.dtype == dtype
+        assert not np.array_equal(got, base)
+    # scale rounds to the array's dtype first, as NumPy's a *= float and torch's clipping
+    a = base.copy()
+    cpu.scale_inplace(a, scale)
+    b = base.copy()
+    b *= scale
+    np.testing.assert_array_equal(a, b)
+    c = base.copy()
+    cpu.clamp_inplace(c, limit)
+    np.testing.assert_array_equal(c, np.clip(base, -limit, limit))
 
 
 # ---------------------------------------------------------------- textbook formulas

@@ -7,8 +7,10 @@ Run: NUMBA_NUM_THREADS=2 python -m pytest tests/test_params.py -q -x
 import numpy as np
 import pytest
 
+from gruengine.kernels.cpu import optim as cpu
 from gruengine.optim import AdamW
-from gruengine.params import ParamBuffer
+from gruengine.params import ParamBuffer, Segment, array_segments
+from gruengine.reference import optim as ref
 
 
 class Affine:
@@ -252,3 +254,48 @@ def test_adamw_over_buffer_equals_adamw_over_module_copies():
         np.testing.assert_array_equal(buf.params[name], v)
     np.testing.assert_array_equal(run(net, x), run(twin, x))
     assert losses[-1] < losses[0]
+
+
+def test_segment_of_a_buffer_reduces_like_its_parameters_alone():
+    # the buffer's chunk grid restarts at every parameter, so the partial sums of squares of
+    # the flat gradient are those of each gradient alone, in order: the same bits
+    rng = np.random.default_rng(7)
+    shapes = {"w": (3, 5), "big": (2 * ref.CHUNK + 7,), "b": (4,)}
+    values = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    buf = ParamBuffer({"m": Holder({k: v.copy() for k, v in values.items()})})
+    buf.grad[...] = rng.standard_normal(buf.size).astype(np.float32)
+    seg = buf.segment()
+    assert seg.data is buf.data and seg.grad is buf.grad and seg.size == buf.size
+    starts, stops = seg.grid
+    assert starts.shape == (1 + 3 + 1,)
+    alone = [array_segments({k: g.copy()})[0] for k, g in buf.grads.items()]
+    want = np.concatenate([cpu.sum_of_squares_partials(a.data, *a.grid) for a in alone])
+    np.testing.assert_array_equal(cpu.sum_of_squares_partials(buf.grad, starts, stops), want)
+    np.testing.assert_allclose(ref.sum_of_squares_partials(buf.grad, starts, stops), want, rtol=1e-13)
+    np.testing.assert_allclose(cpu.ordered_sum(want), np.sum(buf.grad.astype(np.float64) ** 2),
+                               rtol=1e-12)
+
+
+def test_segment_parts_and_named_copies_share_the_flat_memory():
+    rng = np.random.default_rng(8)
+    net = make_net(rng)
+    buf = ParamBuffer(net)
+    seg = buf.segment()
+    seg.state = {"exp_avg": np.zeros(buf.size)}
+    parts = seg.parts()
+    assert list(parts) == list(buf.params)
+    for name, part in parts.items():
+        assert part.size == buf.params[name].size and list(part.views) == [name]
+        part.data[...] = rng.standard_normal(part.size)              # writes reach the modules
+        part.state["exp_avg"][...] = rng.standard_normal(part.size)
+        np.testing.assert_array_equal(buf.params[name].reshape(-1), part.data)
+        np.testing.assert_array_equal(seg.state["exp_avg"][buf.slices[name]], part.state["exp_avg"])
+    copies = seg.named_copies(seg.state["exp_avg"])
+    for name, a in copies.items():
+        assert a.shape == buf.params[name].shape and not np.shares_memory(a, seg.state["exp_avg"])
+        np.testing.assert_array_equal(a.reshape(-1), seg.state["exp_avg"][buf.slices[name]])
+    target = np.zeros(buf.size)
+    seg.assign_named(target, copies)
+    np.testing.assert_array_equal(target, seg.state["exp_avg"])
+    single = Segment(np.ones(4), {"v": (slice(0, 4), (2, 2))})
+    assert single.parts() == {"v": single}                       # one parameter: itself

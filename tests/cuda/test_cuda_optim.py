@@ -1,4 +1,5 @@
-"""CUDA Adam(W), SGD and the sum of squares against the NumPy reference (in-place updates)."""
+"""CUDA optimizer primitives (Adam(W), SGD, sums of squares on a chunk grid, in-place scale
+and clamp) against the NumPy reference, and the optimizers over device arrays."""
 import numpy as np
 import pytest
 from numba import cuda
@@ -60,6 +61,45 @@ def test_sum_of_squares(rng, launch_config):
                                rtol=1e-12)
 
 
+def _random_grid(rng, n):
+    # uneven chunks over [0, n), gaps and empty chunks included
+    cuts = np.sort(rng.integers(0, n + 1, size=2 * int(rng.integers(2, 9))))
+    return cuts[0::2].astype(np.int64), cuts[1::2].astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_squares_partials(rng, launch_config, dtype):
+    x = (3 * rng.standard_normal(7 * launch_config + 3)).astype(dtype)
+    starts, stops = _random_grid(rng, x.shape[0])
+    want = ref.sum_of_squares_partials(x, starts, stops)
+    got = kc.sum_of_squares_partials(x, starts, stops)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == starts.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # device data and a device-resident grid (what an optimizer keeps): the same bits again
+    again = kc.sum_of_squares_partials(cuda.to_device(x), cuda.to_device(starts), cuda.to_device(stops))
+    np.testing.assert_array_equal(again, got)
+    assert kc.ordered_sum(got) == ref.ordered_sum(got)
+    assert kc.sum_of_squares_partials(x, starts[:0], stops[:0]).shape == (0,)
+    with pytest.raises(ValueError, match=r"^stops: expected shape"):
+        kc.sum_of_squares_partials(x, starts, stops[:-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scale_and_clamp_inplace(rng, launch_config, dtype):
+    base = (2 * rng.standard_normal((3, launch_config + 1))).astype(dtype)
+    base.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    scale, limit = float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.2, 1.5))
+    for name, value in (("scale_inplace", scale), ("clamp_inplace", limit)):
+        want = getattr(ref, name)(base.copy(), value)
+        d = cuda.to_device(base)
+        assert getattr(kc, name)(d, value) is d                 # in place on the device
+        np.testing.assert_array_equal(d.copy_to_host(), want)   # the same bits, NaN included
+        h = base.copy()
+        getattr(kc, name)(h[:, 1:], value)                      # a strided NumPy view, in place
+        np.testing.assert_array_equal(h[:, 1:], want[:, 1:])
+        np.testing.assert_array_equal(h[:, 0], base[:, 0])
+
+
 def test_optimizer_state_stays_on_device(rng):
     p, g, m = _buffers(rng, 9, np.float32, 3)
     v = rng.random(9).astype(np.float32)
@@ -98,7 +138,7 @@ def test_optimizers_and_clipping_on_device_parameters(rng, launch_config):
         for k, v in opt_h.state_dict()["arrays"].items():
             assert isinstance(state[k], np.ndarray)
             assert_close(state[k], v, np.float32, k)
-        assert all(arrays.is_device(a) for per in opt_d._state.values() for a in per.values())
+        assert all(arrays.is_device(a) for seg in opt_d._segments for a in seg.state.values())
         with pytest.raises(ValueError, match=r"^grads\['a'\]: expected a CUDA device array"):
             opt_d.step(grads)
     # clipping in place on the device
@@ -114,3 +154,52 @@ def test_optimizers_and_clipping_on_device_parameters(rng, launch_config):
     gruengine.clip_grad_value(g_d, 0.01)
     for k in grads:
         np.testing.assert_array_equal(g_d[k].copy_to_host(), g_h[k])
+
+
+def test_buffer_and_dict_paths_agree_bit_for_bit_on_device(rng, launch_config):
+    """A ParamBuffer of device arrays (fused, and with gradients given as a dict) and a dict of
+    device arrays are the same segments to the optimizer: the same norms and parameters, bit
+    for bit, and the norm is the NumPy one to float64 rounding."""
+    import gruengine
+    from gruengine import arrays
+
+    class Holder:
+        def __init__(self, values):
+            self.params = {k: cuda.to_device(v) for k, v in values.items()}
+            self.grads = {k: cuda.to_device(np.zeros_like(v)) for k, v in values.items()}
+
+    shapes = {"w": (launch_config + 1, 3), "b": (2 * launch_config + 1,), "u": (5,)}
+    values = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    fused_buf = gruengine.ParamBuffer({"m": Holder(values)})
+    given_buf = gruengine.ParamBuffer({"m": Holder(values)})
+    plain = {f"m.{k}": cuda.to_device(v) for k, v in values.items()}
+    opts = [gruengine.AdamW(p, lr=1e-2, weight_decay=0.1) for p in (fused_buf, plain, given_buf)]
+    for _ in range(3):
+        grads = {f"m.{k}": (3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        for k, g in grads.items():
+            arrays.assign(fused_buf.grads[k], g)
+        norms = [opts[0].step(max_norm=1.0)]
+        norms += [opt.step({k: cuda.to_device(g) for k, g in grads.items()}, max_norm=1.0)
+                  for opt in opts[1:]]
+        assert norms[0] == norms[1] == norms[2]
+        total = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values())
+        np.testing.assert_allclose(norms[0], np.sqrt(total), rtol=1e-12)
+        assert norms[0] > 1.0                                  # the clip scale is in play
+    for k in plain:
+        want = plain[k].copy_to_host()
+        np.testing.assert_array_equal(fused_buf.params[k].copy_to_host(), want)
+        np.testing.assert_array_equal(given_buf.params[k].copy_to_host(), want)
+        assert not np.array_equal(want, values[k.split(".")[1]])
+    states = [opt.state_dict()["arrays"] for opt in opts]
+    for k in states[0]:
+        np.testing.assert_array_equal(states[0][k], states[1][k])
+        np.testing.assert_array_equal(states[2][k], states[1][k])
+    # the saved state loads into either layout on the device and reads back the same
+    for target in (gruengine.ParamBuffer({"m": Holder(values)}),
+                   {f"m.{k}": cuda.to_device(v) for k, v in values.items()}):
+        fresh = gruengine.AdamW(target, lr=0.5)
+        fresh.load_state_dict(opts[1].state_dict())
+        assert fresh.num_steps == 3 and fresh.lr == 1e-2
+        loaded = fresh.state_dict()["arrays"]
+        for k in states[1]:
+            np.testing.assert_array_equal(loaded[k], states[1][k])

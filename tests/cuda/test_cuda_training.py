@@ -103,7 +103,7 @@ def test_sequence_model_trains_the_same_on_cuda_and_cpu(rng, case):
     for mod in model.modules.values():
         assert all(arrays.is_device(v) for v in mod.params.values())
         assert all(arrays.is_device(v) for v in mod.grads.values())
-    assert opt._flat_state and all(arrays.is_device(a) for a in opt._flat_state.values())
+    assert opt._segments[0].state and all(arrays.is_device(a) for a in opt._segments[0].state.values())
     assert min(cpu[2]) > 0.1                               # the clip really scaled the steps
     np.testing.assert_allclose(gpu[2], cpu[2], rtol=1e-5)  # gradient norms
     np.testing.assert_allclose(gpu[3], cpu[3], rtol=1e-5)  # losses

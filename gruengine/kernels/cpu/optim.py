@@ -11,21 +11,22 @@ float32 ulps and float64 results to float64 rounding. Every ``prange`` iteration
 only its own element (or its own chunk's partial sum), so results are identical on every
 run and for every thread count.
 
-``sum_of_squares`` is deterministic by construction: the buffer is cut into chunks of
-``CHUNK`` elements at fixed positions, each chunk is reduced on its own (four interleaved
-accumulators, fixed order), and the partial sums are added in chunk order. The chunk
-grid does not depend on the number of threads. ``chunk_bounds`` / ``chunk_sums`` /
-``ordered_sum`` expose the pieces so ``gruengine.optim`` can reduce several arrays, or
-the named segments of one flat buffer, on the same grid and get the same bits.
+The sum of squares is deterministic by construction: ``sum_of_squares_partials`` reduces
+each chunk of a fixed grid on its own (four interleaved accumulators, fixed order) and
+``ordered_sum`` adds the partials in chunk order; the grid (``chunk_bounds``, ``CHUNK``,
+shared with the reference) does not depend on the number of threads. ``gruengine.optim``
+reduces several arrays, or the named ranges of one flat buffer, on the same grid and gets
+the same bits.
 """
 import math
 
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["adam_step", "sgd_step", "sum_of_squares"]
+from ...reference.optim import CHUNK, chunk_bounds  # noqa: F401  (the one chunk grid)
 
-CHUNK = 8192  # elements per partial sum of sum_of_squares; fixed so results never depend on threads
+__all__ = ["adam_step", "sgd_step", "chunk_bounds", "sum_of_squares_partials", "ordered_sum",
+           "sum_of_squares", "scale_inplace", "clamp_inplace"]
 
 
 # ---------------------------------------------------------------- Adam / AdamW
@@ -118,7 +119,7 @@ def sgd_step(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, 
 # ---------------------------------------------------------------- sum of squares
 
 @njit(parallel=True, cache=True)
-def _chunk_sums_kernel(x, starts, stops, out):
+def _partials_kernel(x, starts, stops, out):
     # x: (N,)   starts, stops: (C,) int64 chunk bounds   out: (C,) float64 partial sums
     for c in prange(starts.shape[0]):
         a0 = 0.0
@@ -153,21 +154,57 @@ def ordered_sum(partials):
     return total
 
 
-def chunk_bounds(offset, size):
-    """Chunk grid of one segment ``[offset, offset + size)``: (starts, stops) int64 arrays."""
-    starts = np.arange(offset, offset + size, CHUNK, dtype=np.int64)
-    stops = np.minimum(starts + CHUNK, offset + size)
-    return starts, stops
-
-
-def chunk_sums(x, starts, stops):
-    # x: (N,)   -> (C,) float64 partial sums of squares over the given chunks
+def sum_of_squares_partials(x, starts, stops):
+    # x: (N,) C-contiguous   starts, stops: (C,) int64   -> (C,) float64 partial sums of squares
     out = np.empty(starts.shape[0], dtype=np.float64)
-    _chunk_sums_kernel(x, starts, stops, out)
+    _partials_kernel(x, starts, stops, out)
     return out
 
 
 def sum_of_squares(grad):
     # grad: (N,) C-contiguous   -> float
     starts, stops = chunk_bounds(0, grad.shape[0])
-    return float(ordered_sum(chunk_sums(grad, starts, stops)))
+    return float(ordered_sum(sum_of_squares_partials(grad, starts, stops)))
+
+
+# ---------------------------------------------------------------- clipping in place
+
+@njit(parallel=True, cache=True)
+def _scale_kernel(a, scale):
+    # a: (N,) ; a *= scale, scale in a's dtype
+    for i in prange(a.shape[0]):
+        a[i] = a[i] * scale
+
+
+@njit(parallel=True, cache=True)
+def _clamp_kernel(a, limit):
+    # a: (N,) ; a = min(max(a, -limit), limit); NaN stays NaN (both comparisons are false)
+    for i in prange(a.shape[0]):
+        v = a[i]
+        if v > limit:
+            a[i] = limit
+        elif v < -limit:
+            a[i] = -limit
+
+
+# A strided array (clip_grad_* accept any writeable array) has no flat view for the kernels;
+# NumPy's ufuncs do the same one operation per element in a's dtype there: the same bits.
+
+def scale_inplace(a, scale):
+    """a *= scale in place (gradient clipping by norm), scale rounded to a's dtype first."""
+    scale = a.dtype.type(scale)
+    if a.flags.c_contiguous:
+        _scale_kernel(a.reshape(-1), scale)
+    else:
+        np.multiply(a, scale, out=a)
+    return a
+
+
+def clamp_inplace(a, limit):
+    """Clamp a to [-limit, limit] in place (gradient clipping by value); NaN stays NaN."""
+    limit = a.dtype.type(limit)
+    if a.flags.c_contiguous:
+        _clamp_kernel(a.reshape(-1), limit)
+    else:
+        np.minimum(np.maximum(a, -limit, out=a), limit, out=a)
+    return a

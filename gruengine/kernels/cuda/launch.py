@@ -12,7 +12,7 @@ import numpy as np
 from numba import cuda, float64
 
 from ..._checks import check_array, check_dtype, check_lengths
-from ...arrays import is_device
+from ..._device import is_device
 
 # threads per block of the 1-D elementwise / reduction kernels (a power of two, <= 1024)
 THREADS_PER_BLOCK = 256
@@ -34,7 +34,7 @@ REDUCE_SHARED = 1024
 
 
 # True for numba device arrays (real or simulated) and foreign CUDA arrays: the one
-# predicate the library uses (gruengine.arrays), under the name the launchers use
+# predicate the library uses (gruengine._device), under the name the launchers use
 is_device_array = is_device
 
 

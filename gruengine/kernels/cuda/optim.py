@@ -1,18 +1,26 @@
-"""Optimizer steps on flat buffers on CUDA: Adam(W), SGD, the sum of squares for clipping.
+"""Optimizer primitives on flat buffers on CUDA: Adam(W), SGD, the sums of squares of the
+global norm, in-place scaling and clamping for clipping.
 
 Same names, argument order and semantics as ``gruengine.reference.optim`` (PyTorch's):
-arithmetic in float64, stored back in the buffers' dtype. Updates are in place: device
-arrays are updated on the device; NumPy arrays are copied over, updated and copied back
-into the same NumPy arrays.
+Adam and SGD in float64, stored back in the buffers' dtype; scale and clamp in the array's
+dtype. Updates are in place: device arrays are updated on the device; NumPy arrays are
+copied over, updated and copied back into the same NumPy arrays.
+
+``sum_of_squares_partials`` reduces each chunk of the grid in one block (a float64 tree sum,
+deterministic for a given ``launch.THREADS_PER_BLOCK``) and returns the partials to the host
+(a few numbers: one per ``CHUNK`` elements), where ``ordered_sum`` adds them in order, as on
+the CPU. The chunk grid is the reference's (``chunk_bounds``).
 """
 import math
 
 import numpy as np
 from numba import cuda, float64
 
+from ...reference.optim import CHUNK, chunk_bounds, ordered_sum  # noqa: F401  (host side, shared)
 from . import blas, launch
 
-__all__ = ["adam_step", "sgd_step", "sum_of_squares", "scale_inplace", "clamp_inplace"]
+__all__ = ["adam_step", "sgd_step", "chunk_bounds", "sum_of_squares_partials", "ordered_sum",
+           "sum_of_squares", "scale_inplace", "clamp_inplace"]
 
 
 @cuda.jit(cache=True)
@@ -57,6 +65,17 @@ def sgd_kernel(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay
             buf[i] = b
             g = g + momentum * b if nesterov else b
         param[i] = p - lr * g
+
+
+@cuda.jit(cache=True)
+def sum_of_squares_partials_kernel(x, starts, stops, partial):
+    # x: (N,) ; starts, stops: (C,) int64 ; partial: (C,) float64 ; block c reduces chunk c
+    c = cuda.blockIdx.x
+    acc = 0.0
+    for i in range(starts[c] + cuda.threadIdx.x, stops[c], cuda.blockDim.x):
+        v = float64(x[i])
+        acc += v * v
+    launch.block_reduce_store(acc, partial)
 
 
 @cuda.jit(cache=True)
@@ -129,13 +148,26 @@ def sgd_step(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay, 
     _copy_back((param, buf) if use_buf else (param,), (p_d, b_d) if use_buf else (p_d,))
 
 
+def sum_of_squares_partials(x, starts, stops):
+    """(C,) float64 NumPy array: the sum of ``x[starts[c]:stops[c]] ** 2`` for each chunk c."""
+    launch.check_input("x", x, (None,))
+    launch.check_float("x", x)
+    launch.check_input("starts", starts, (None,), np.int64)
+    n_chunks = starts.shape[0]
+    launch.check_input("stops", stops, (n_chunks,), np.int64)
+    if n_chunks == 0:
+        return np.zeros(0, dtype=np.float64)
+    tpb = launch.reduce_threads()
+    partial = cuda.device_array(n_chunks, dtype=np.float64)
+    sum_of_squares_partials_kernel[n_chunks, tpb](launch.as_device(x), launch.as_device(starts),
+                                                  launch.as_device(stops), partial)
+    return partial.copy_to_host()
+
+
 def sum_of_squares(grad):
-    """sum(grad**2) as a Python float, accumulated in float64."""
+    """sum(grad**2) as a Python float, accumulated in float64 on the chunk grid."""
     launch.check_input("grad", grad, (None,))
-    launch.check_float("grad", grad)
-    if grad.shape[0] == 0:
-        return 0.0
-    return blas.device_sum(launch.as_device(grad), square=True)
+    return ordered_sum(sum_of_squares_partials(grad, *chunk_bounds(0, grad.shape[0])))
 
 
 def _copy_back(hosts, devs):
@@ -146,19 +178,29 @@ def _copy_back(hosts, devs):
 
 
 def _elementwise_inplace(kernel, a, value):
-    # kernel(flat a, value in a's dtype) over a contiguous device array of any shape
-    flat = a.reshape(a.size) if len(a.shape) != 1 else a
+    # kernel(flat a, value in a's dtype) over a contiguous device array of any shape; a NumPy
+    # array (any strides) is copied over and the result copied back into it
+    d = launch.as_device(a)
+    flat = d.reshape(d.size) if len(d.shape) != 1 else d
     if flat.shape[0]:
         blocks, tpb = launch.grid_1d(flat.shape[0])
         kernel[blocks, tpb](flat, flat.dtype.type(value))
+    if isinstance(a, np.ndarray):
+        a[...] = d.copy_to_host()
     return a
 
 
 def scale_inplace(a, scale):
-    """a *= scale for a contiguous device array (gradient clipping by norm)."""
+    """a *= scale in place (gradient clipping by norm), scale rounded to a's dtype first."""
     return _elementwise_inplace(scale_kernel, a, scale)
 
 
 def clamp_inplace(a, limit):
-    """Clamp a contiguous device array to [-limit, limit] in place (NaN stays NaN)."""
+    """Clamp a to [-limit, limit] in place (gradient clipping by value); NaN stays NaN."""
     return _elementwise_inplace(clamp_kernel, a, limit)
+
+
+def ptx_signatures(f):
+    """name -> argument types of the kernels ``ptx.signatures()`` does not list itself."""
+    from numba import int64
+    return {"sum_of_squares_partials_kernel": (f[::1], int64[::1], int64[::1], float64[::1])}
