@@ -62,6 +62,60 @@ def check_lengths(name, lengths, batch, steps):
     return lengths.astype(np.int64, copy=False)
 
 
+def _gated(gates):
+    # GRU (3 gates) and LSTM (4): stacked input and recurrent weights and biases
+    return lambda I, H: (("W_ih", (gates * H, I)), ("W_hh", (gates * H, H)),
+                         ("b_ih", (gates * H,)), ("b_hh", (gates * H,)))
+
+
+# per cell: (state, final-state gradient) names, and the weights' (name, shape) from (I, H),
+# both in the order of the cell's op arguments
+CELL_ARGS = {
+    "gru": ((("h0", "dh_n"),), _gated(3)),
+    "lstm": ((("h0", "dh_n"), ("c0", "dc_n")), _gated(4)),
+    "mingru": ((("h0", "dh_n"),),
+               lambda I, H: (("W_z", (H, I)), ("W_h", (H, I)), ("b_z", (H,)), ("b_h", (H,)))),
+}
+
+
+def _check_shape(name, a, shape, dtype=None):
+    # the op-level check: shape and dtype; no NaN scan (the modules check their inputs)
+    return check_array(name, a, shape, dtype, finite=False)
+
+
+def check_cell_args(cell, x, states, weights, lengths, check=_check_shape,
+                    to_lengths=check_lengths):
+    """Check the inputs of one layer, one direction of ``cell`` ('gru', 'lstm', 'mingru').
+
+    ``states`` (h0[, c0]) and ``weights`` in the op's argument order: x (B, T, I) float32 or
+    float64, every state (B, H) (H from h0), the weights as ``CELL_ARGS`` says, all of x's
+    dtype. ``check(name, a, shape, dtype)`` checks one array (the CUDA launchers pass one that
+    also takes device arrays), ``to_lengths(name, lengths, B, T)`` the lengths.
+    Returns (lengths as ``to_lengths`` returns them, dtype, (B, T, I, H)).
+    """
+    state_names, weight_shapes = CELL_ARGS[cell]
+    check("x", x, (None, None, None))
+    dt = check_dtype("x", x.dtype)
+    B, T, I = x.shape
+    (h_name, _), *more = state_names
+    check(h_name, states[0], (B, None), dt)
+    H = states[0].shape[1]
+    for (name, _), a in zip(more, states[1:]):
+        check(name, a, (B, H), dt)
+    for (name, shape), a in zip(weight_shapes(I, H), weights):
+        check(name, a, shape, dt)
+    return to_lengths("lengths", lengths, B, T), dt, (B, T, I, H)
+
+
+def check_cell_grads(cell, dy, dfinals, shape, dtype, check=_check_shape):
+    """Check the incoming gradients of ``cell``'s backward op: dy (B, T, H) and the final-state
+    gradients (dh_n[, dc_n]) (B, H), all of ``dtype``; ``shape`` is (B, T, I, H)."""
+    B, T, _, H = shape
+    check("dy", dy, (B, T, H), dtype)
+    for (_, name), a in zip(CELL_ARGS[cell][0], dfinals):
+        check(name, a, (B, H), dtype)
+
+
 def check_positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")

@@ -15,13 +15,12 @@ with in = input_size for k = 0 and D*H above; initialised U(-1/sqrt(H), 1/sqrt(H
 h0 defaults to zeros; it enters exactly (A_t ⊙ h0 kept in linear space), never through g(h0).
 """
 
-from . import arrays
-from .lstm import _RecurrentStack
+from .recurrent import RecurrentStack
 
 __all__ = ["MinGRU"]
 
 
-class MinGRU(_RecurrentStack):
+class MinGRU(RecurrentStack):
     """Multi-layer, optionally bidirectional minGRU with packed-sequence length semantics.
 
     Parameters
@@ -49,22 +48,13 @@ class MinGRU(_RecurrentStack):
         ``return_gates=True`` also returns {"l{k}[_reverse]": {"z", "h", "h_tilde": (B,T,H)}}
         ("h" is the hidden state, "h_tilde" the candidate g(W_h x + b_h)).
         """
-        caller = x
-        x, lengths = self._check_x(x, lengths)
-        h0 = self._check_state("h0", h0, x.shape[0])
-        y, (h_n,), gates = self._stack_forward(x, lengths, (h0,), return_gates)
-        y, h_n = arrays.host_like(y, caller), arrays.host_like(h_n, caller)
-        return (y, h_n, gates) if return_gates else (y, h_n)
+        return self._forward_h(x, h0, lengths, return_gates)
 
     def backward(self, dy, dh_n=None):
         """dy (B,T,D*H) or None, dh_n (L*D,B,H) or None -> dx (B,T,I), dh0 (L*D,B,H).
 
         Writes every parameter gradient into ``self.grads`` (overwrites, in place).
         """
-        caller = dy if dy is not None else dh_n
-        dy = self._check_dy(dy, dh_n is not None)
-        dh_n = self._check_state("dh_n", dh_n, self._saved["shape"][0])
-        dx, (dh0,) = self._stack_backward(dy, (dh_n,))
-        return arrays.host_like(dx, caller), arrays.host_like(dh0, caller)
+        return self._backward_h(dy, dh_n)
 
     __call__ = forward

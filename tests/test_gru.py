@@ -102,6 +102,56 @@ def test_cpu_kernels_flush_subnormals():
     assert np.any((dh0_64 != 0) & (np.abs(dh0_64) < tiny))
 
 
+def per_row_gates(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse):
+    """r, z, n, h (B, T, H) in float64 from a plain loop over each sequence on its own,
+    zero past each length: independent of the batched reference."""
+    B, T, _ = x.shape
+    H = h0.shape[1]
+    out = {k: np.zeros((B, T, H)) for k in "rznh"}
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))                            # noqa: E731
+    for b in range(B):
+        h = h0[b].astype(F64)
+        for t in (range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])):
+            gx = W_ih @ x[b, t] + b_ih
+            r = sig(gx[:H] + W_hh[:H] @ h + b_hh[:H])
+            z = sig(gx[H:2 * H] + W_hh[H:2 * H] @ h + b_hh[H:2 * H])
+            if reset_after:
+                n = np.tanh(gx[2 * H:] + r * (W_hh[2 * H:] @ h + b_hh[2 * H:]))
+            else:
+                n = np.tanh(gx[2 * H:] + W_hh[2 * H:] @ (r * h) + b_hh[2 * H:])
+            h = (1 - z) * n + z * h
+            for k, v in zip("rznh", (r, z, n, h)):
+                out[k][b, t] = v
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (F32, 2e-6)])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_gates_cpu_and_reference(rng, dtype, tol, reset_after, reverse):
+    # each backend's gru_gates(cache): the reference against a per-sequence loop, the CPU
+    # kernels' against the reference; zero at padding, "h" is y
+    B, T, I, H = 4, 6, 3, 9
+    lengths = rng.integers(1, T + 1, B)
+    lengths[rng.integers(B)] = T
+    args = op_inputs(rng, B, T, I, H, dtype, lengths)
+    want = per_row_gates(*(a.astype(F64) for a in args[:6]), args[6], reset_after, reverse)
+    pad = np.arange(T)[None, :] >= lengths[:, None]
+    got = {}
+    for name, mod in (("reference", ref), ("cpu", cpu)):
+        y, _, cache = mod.gru_forward(*args, reset_after, reverse)
+        gates = mod.gru_gates(cache)
+        assert list(gates) == ["r", "z", "n", "h"], name
+        for k, v in gates.items():
+            assert v.shape == (B, T, H) and v.dtype == dtype, (name, k)
+            assert np.all(v[pad] == 0), (name, k)
+        np.testing.assert_array_equal(gates["h"], y)
+        got[name] = gates
+    for k in "rznh":
+        assert rel_err(got["reference"][k], want[k]) < (1e-12 if dtype == F64 else 1e-5), k
+        assert rel_err(got["cpu"][k], got["reference"][k]) < tol, k
+
+
 # ---- the layer ------------------------------------------------------------------------------
 def layer_case(rng, gru, B, T, dtype):
     L, D, H = gru.num_layers, gru.num_directions, gru.hidden_size
@@ -257,6 +307,30 @@ def test_return_gates_match_reference_cache():
                                            rtol=1e-12, atol=1e-14)
         pad = np.arange(6)[None, :] >= lengths[:, None]
         assert all(np.all(gates[key][g][pad] == 0) for g in "rznh")
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_return_gates_cpu_matches_reference_device(rng, reset_after):
+    # the layer's gates come from each backend's gru_gates: the same on 'cpu' and 'reference',
+    # for every layer and direction, with the output of the top layer as "h"
+    layers = [GRU(3, 5, num_layers=2, bidirectional=True, reset_after=reset_after, dtype=F64,
+                  seed=4, device=d) for d in ("cpu", "reference")]
+    x, lengths, h0, _, _ = layer_case(rng, layers[0], 3, 6, F64)
+    (ya, _, ga), (yb, _, gb) = (g.forward(x, h0, lengths, return_gates=True) for g in layers)
+    assert list(ga) == ["l0", "l0_reverse", "l1", "l1_reverse"] and list(gb) == list(ga)
+    for key in ga:
+        assert list(ga[key]) == ["r", "z", "n", "h"]
+        for g in "rznh":
+            assert rel_err(ga[key][g], gb[key][g]) < 1e-12, (key, g)
+    np.testing.assert_array_equal(ga["l1"]["h"], ya[:, :, :5])
+    np.testing.assert_array_equal(ga["l1_reverse"]["h"], ya[:, :, 5:])
+    # layer 0's gates follow from its input alone: the per-sequence loop agrees
+    sd = layers[0].state_dict()
+    for d, key in enumerate(("l0", "l0_reverse")):
+        W = [sd[w + "_" + key] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        want = per_row_gates(x, h0[d], *W, lengths, reset_after, bool(d))
+        for g in "rznh":
+            assert rel_err(ga[key][g], want[g]) < 1e-12, (key, g)
 
 
 def test_state_dict_roundtrip_and_validation():

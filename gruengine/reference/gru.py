@@ -10,23 +10,16 @@ reset_after=False : n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)      (Cho et a
 """
 import numpy as np
 
-__all__ = ["gru_forward", "gru_backward"]
+from .._checks import check_cell_args, check_cell_grads
+from ._math import sigmoid, time_index
 
-
-def _sigmoid(a):
-    return 1.0 / (1.0 + np.exp(-a))
-
-
-def _time_index(s, lengths, reverse):
-    # (B,) time index read by every row at step s (only meaningful where s < lengths)
-    if reverse:
-        return np.maximum(lengths - 1 - s, 0)
-    return np.full(lengths.shape, s, dtype=np.int64)
+__all__ = ["gru_forward", "gru_backward", "gru_gates"]
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
     # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
     # -> y: (B, T, H), h_n: (B, H), cache
+    lengths = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, _ = x.shape
     H = h0.shape[1]
     rows = np.arange(B)
@@ -35,32 +28,34 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     steps = []  # per step: dict of what backward needs
     for s in range(T):
         active = s < lengths                      # (B,)
-        t = _time_index(s, lengths, reverse)      # (B,)
+        t = time_index(s, lengths, reverse)      # (B,)
         x_t = x[rows, t]                          # (B, I)
         gx = x_t @ W_ih.T + b_ih                  # (B, 3H)
         if reset_after:
             gh = h @ W_hh.T + b_hh                # (B, 3H)
-            r = _sigmoid(gx[:, :H] + gh[:, :H])
-            z = _sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+            r = sigmoid(gx[:, :H] + gh[:, :H])
+            z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
             hn = gh[:, 2 * H:]                    # W_hn h + b_hn
             n = np.tanh(gx[:, 2 * H:] + r * hn)
         else:
             gh = h @ W_hh[:2 * H].T + b_hh[:2 * H]
-            r = _sigmoid(gx[:, :H] + gh[:, :H])
-            z = _sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+            r = sigmoid(gx[:, :H] + gh[:, :H])
+            z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
             hn = (r * h) @ W_hh[2 * H:].T + b_hh[2 * H:]   # W_hn (r h) + b_hn
             n = np.tanh(gx[:, 2 * H:] + hn)
         h_new = (1.0 - z) * n + z * h
         steps.append(dict(active=active, t=t, h_prev=h, r=r, z=z, n=n, hn=hn))
         h = np.where(active[:, None], h_new, h).astype(x.dtype)
         y[rows[active], t[active]] = h[active]
-    return y, h, {"steps": steps}
+    return y, h, {"steps": steps, "y": y}
 
 
 def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
                  reset_after=True, reverse=False):
     # dy: (B, T, H)  dh_n: (B, H)  (other arguments as in gru_forward, cache from it)
     # -> dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
+    lengths, dt, shape = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)
+    check_cell_grads("gru", dy, (dh_n,), shape, dt)
     B, T, I = x.shape
     H = h0.shape[1]
     rows = np.arange(B)
@@ -104,3 +99,17 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
         dx[rows[active], t[active]] = dx_t[active]
         dh = dh_prev.astype(x.dtype)
     return dx, dh, dW_ih, dW_hh, db_ih, db_hh
+
+
+def gru_gates(cache):
+    """Per-time values kept by ``gru_forward``: dict of "r", "z", "n" (the gates) and "h"
+    (the hidden state), each (B,T,H), zero past each row's length."""
+    y = cache["y"]
+    rows = np.arange(y.shape[0])
+    out = {k: np.zeros_like(y) for k in "rzn"}
+    for st in cache["steps"]:
+        a = st["active"]
+        for k in "rzn":
+            out[k][rows[a], st["t"][a]] = st[k][a]
+    out["h"] = y.copy()
+    return out

@@ -12,44 +12,10 @@ for t >= lengths[b]; h_n, c_n are the state after the row's last active step.
 """
 import numpy as np
 
-from .._checks import check_array, check_lengths
+from .._checks import check_cell_args, check_cell_grads
+from ._math import sigmoid, time_index
 
 __all__ = ["lstm_forward", "lstm_backward", "lstm_gates"]
-
-
-def _sigmoid(a):
-    # exp of a non-positive argument only: no overflow for large |a|
-    e = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
-
-
-def check_lstm_args(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths):
-    """Shape/dtype checks shared by every backend's ``lstm_forward``; returns int64 lengths."""
-    check_array("x", x, (None, None, None), finite=False)
-    dt = x.dtype
-    B, T, I = x.shape
-    check_array("h0", h0, (B, None), dt, finite=False)
-    H = h0.shape[1]
-    check_array("c0", c0, (B, H), dt, finite=False)
-    check_array("W_ih", W_ih, (4 * H, I), dt, finite=False)
-    check_array("W_hh", W_hh, (4 * H, H), dt, finite=False)
-    check_array("b_ih", b_ih, (4 * H,), dt, finite=False)
-    check_array("b_hh", b_hh, (4 * H,), dt, finite=False)
-    return check_lengths("lengths", lengths, B, T)
-
-
-def check_lstm_grads(dy, dh_n, dc_n, x, h0):
-    B, T, _ = x.shape
-    H = h0.shape[1]
-    check_array("dy", dy, (B, T, H), x.dtype, finite=False)
-    check_array("dh_n", dh_n, (B, H), x.dtype, finite=False)
-    check_array("dc_n", dc_n, (B, H), x.dtype, finite=False)
-
-
-def _time_index(s, lengths, reverse):
-    # time index read at step s by every row; clipped for rows already finished
-    t = lengths - 1 - s if reverse else np.full_like(lengths, s)
-    return np.clip(t, 0, None)
 
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
@@ -58,7 +24,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     x (B,T,I)  h0, c0 (B,H)  W_ih (4H,I)  W_hh (4H,H)  b_ih, b_hh (4H,)  lengths (B,) int64 in [1,T]
     -> y (B,T,H), h_n (B,H), c_n (B,H), cache
     """
-    lengths = check_lstm_args(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
+    lengths = check_cell_args("lstm", x, (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, _ = x.shape
     H = h0.shape[1]
     rows = np.arange(B)
@@ -69,13 +35,13 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     steps = []
     for s in range(T):
         active = s < lengths
-        t = _time_index(s, lengths, reverse)
+        t = time_index(s, lengths, reverse)
         xt = x[rows, t]                                          # (B, I)
         a = xt @ W_ih.T + b_ih + h @ W_hh.T + b_hh               # (B, 4H)
-        i = _sigmoid(a[:, :H])
-        f = _sigmoid(a[:, H:2 * H])
+        i = sigmoid(a[:, :H])
+        f = sigmoid(a[:, H:2 * H])
         g = np.tanh(a[:, 2 * H:3 * H])
-        o = _sigmoid(a[:, 3 * H:])
+        o = sigmoid(a[:, 3 * H:])
         c_new = f * c + i * g
         h_new = o * np.tanh(c_new)
         steps.append((t, active, xt, h, c, i, f, g, o, c_new))
@@ -97,8 +63,8 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     dy (B,T,H)  dh_n, dc_n (B,H) ; the rest as in ``lstm_forward``, cache from it
     -> dx (B,T,I), dh0 (B,H), dc0 (B,H), dW_ih (4H,I), dW_hh (4H,H), db_ih (4H,), db_hh (4H,)
     """
-    lengths = check_lstm_args(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
-    check_lstm_grads(dy, dh_n, dc_n, x, h0)
+    lengths, dt, shape = check_cell_args("lstm", x, (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)
+    check_cell_grads("lstm", dy, (dh_n, dc_n), shape, dt)
     B, T, _ = x.shape
     rows = np.arange(B)
     dx = np.zeros_like(x)

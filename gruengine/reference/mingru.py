@@ -20,44 +20,19 @@ after the row's last active step.
 """
 import numpy as np
 
-from .._checks import check_array, check_lengths
+from .._checks import check_cell_args, check_cell_grads
+from ._math import sigmoid
 
 __all__ = ["mingru_forward", "mingru_backward", "mingru_gates",
            "mingru_forward_sequential", "mingru_backward_sequential"]
-
-
-def check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths):
-    """Shape/dtype checks shared by every backend's minGRU ops; returns int64 lengths."""
-    check_array("x", x, (None, None, None), finite=False)
-    dt = x.dtype
-    B, T, I = x.shape
-    check_array("h0", h0, (B, None), dt, finite=False)
-    H = h0.shape[1]
-    check_array("W_z", W_z, (H, I), dt, finite=False)
-    check_array("W_h", W_h, (H, I), dt, finite=False)
-    check_array("b_z", b_z, (H,), dt, finite=False)
-    check_array("b_h", b_h, (H,), dt, finite=False)
-    return check_lengths("lengths", lengths, B, T)
-
-
-def check_mingru_grads(dy, dh_n, x, h0):
-    B, T, _ = x.shape
-    H = h0.shape[1]
-    check_array("dy", dy, (B, T, H), x.dtype, finite=False)
-    check_array("dh_n", dh_n, (B, H), x.dtype, finite=False)
 
 
 def _softplus(v):
     return np.logaddexp(0.0, v)
 
 
-def _sigmoid(v):
-    e = np.exp(-np.abs(v))
-    return np.where(v >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 def _g(k):
-    return np.where(k >= 0, np.maximum(k, 0) + 0.5, _sigmoid(k))
+    return np.where(k >= 0, np.maximum(k, 0) + 0.5, sigmoid(k))
 
 
 def _log_g(k):
@@ -65,7 +40,7 @@ def _log_g(k):
 
 
 def _dg(k):
-    s = _sigmoid(k)
+    s = sigmoid(k)
     return np.where(k >= 0, 1.0, s * (1 - s))
 
 
@@ -100,7 +75,7 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     x (B,T,I)  h0 (B,H)  W_z, W_h (H,I)  b_z, b_h (H,)  lengths (B,) int64 in [1,T]
     -> y (B,T,H), h_n (B,H), cache
     """
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
+    lengths = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)[0]
     dt = x.dtype
     B, T, _ = x.shape
     pre_z, pre_h, xs, t, active, rows = _projections(x, W_z, W_h, b_z, b_h, lengths, reverse)
@@ -114,7 +89,7 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     h = (A * h0[:, None, :] + np.exp(log_A + L)).astype(dt)     # (B, T, H) step order
     y = _scatter_time(h, t, active, rows, T)
     h_n = h[np.arange(B), lengths - 1]
-    z = _sigmoid(pre_z).astype(dt)
+    z = sigmoid(pre_z).astype(dt)
     cache = {"pre_z": pre_z, "pre_h": pre_h, "xs": xs, "t": t, "active": active, "h": h,
              "log_A": log_A, "z": z, "y": y}
     return y, h_n, cache
@@ -180,8 +155,8 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
     dy (B,T,H)  dh_n (B,H) ; the rest as in ``mingru_forward``, cache from it
     -> dx (B,T,I), dh0 (B,H), dW_z (H,I), dW_h (H,I), db_z (H,), db_h (H,)
     """
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
-    check_mingru_grads(dy, dh_n, x, h0)
+    lengths, dt, shape = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)
+    check_cell_grads("mingru", dy, (dh_n,), shape, dt)
     if "log_A" not in cache:
         raise ValueError("cache: expected the cache of mingru_forward (log-space scan)")
     return _reorder(_mingru_backward_log(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache,
@@ -190,10 +165,10 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
 
 def mingru_forward_sequential(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     """The same op as ``mingru_forward``, as a plain loop over time (no log space)."""
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
+    lengths = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)[0]
     B, T, _ = x.shape
     pre_z, pre_h, xs, t, active, rows = _projections(x, W_z, W_h, b_z, b_h, lengths, reverse)
-    z, h_tilde = _sigmoid(pre_z), _g(pre_h)
+    z, h_tilde = sigmoid(pre_z), _g(pre_h)
     hs = np.zeros_like(pre_z)
     h = h0.copy()
     for s in range(T):
@@ -210,13 +185,13 @@ def mingru_forward_sequential(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False)
 def mingru_backward_sequential(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache,
                                reverse=False):
     """The same gradients as ``mingru_backward``, from a plain reverse loop over time."""
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
-    check_mingru_grads(dy, dh_n, x, h0)
+    lengths, dt, shape = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)
+    check_cell_grads("mingru", dy, (dh_n,), shape, dt)
     B, T, _ = x.shape
     pre_z, pre_h, xs, t, active, h = (cache[k] for k in ("pre_z", "pre_h", "xs", "t",
                                                           "active", "h"))
     rows = np.arange(B)[:, None]
-    z, h_tilde, dgk = _sigmoid(pre_z), _g(pre_h), _dg(pre_h)
+    z, h_tilde, dgk = sigmoid(pre_z), _g(pre_h), _dg(pre_h)
     d_pre_z = np.zeros_like(pre_z)
     d_pre_h = np.zeros_like(pre_h)
     dh = dh_n.copy()

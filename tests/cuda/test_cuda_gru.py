@@ -1,4 +1,4 @@
-"""CUDA GRU forward/backward against the NumPy reference (simulator, or a real GPU).
+"""CUDA GRU forward/backward/gates against the NumPy reference (simulator, or a real GPU).
 
 Run in a process of its own: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q
 """
@@ -36,6 +36,12 @@ def _compare(args, dy, dh_n, reset_after, reverse, dtype):
     grads_r = ref.gru_backward(dy, dh_n, *args, cache_r, reset_after=reset_after, reverse=reverse)
     for name, g, g_r in zip(NAMES, grads, grads_r):
         assert_close(g, g_r, dtype, name)
+    gates, gates_r = kc.gru_gates(cache), ref.gru_gates(cache_r)
+    assert list(gates) == list(gates_r) == ["r", "z", "n", "h"]
+    for k in gates_r:
+        assert isinstance(gates[k], np.ndarray)
+        assert_close(gates[k], gates_r[k], dtype, f"gates[{k!r}]")
+    np.testing.assert_array_equal(gates["h"], y)
     return y, grads
 
 
@@ -123,6 +129,10 @@ def test_gru_device_arrays_stay_on_device(rng):
     assert_close(h_d.copy_to_host(), h_r, np.float32, "h_n")
     for name, g, g_r in zip(NAMES, grads_d, grads_r):
         assert_close(g.copy_to_host(), g_r, np.float32, name)
+    gates, gates_r = kc.gru_gates(cache), ref.gru_gates(cache_r)
+    assert not any(isinstance(g, np.ndarray) for g in gates.values())
+    for k in gates_r:
+        assert_close(gates[k].copy_to_host(), gates_r[k], np.float32, k)
 
 
 def test_gru_rejects_bad_input_with_one_line_message(rng):
@@ -181,3 +191,26 @@ def test_gru_layer_on_cuda_keeps_its_state_on_the_device(rng, monkeypatch):
     back.load_state_dict(cpu2.state_dict())
     for k, v in sd.items():
         np.testing.assert_array_equal(back.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+def test_gru_layer_gates_on_cuda_match_cpu(rng, monkeypatch, reset_after):
+    # return_gates=True on device='cuda' reads the kernels' cache (both directions, tiled path)
+    import gruengine
+    monkeypatch.setattr(launch, "PERSISTENT_MAX_BH", 0)
+    B, T, I, H = 2, 3, 2, 3
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = np.array([3, 2], dtype=np.int64)
+    out = {}
+    for device in ("cpu", "cuda"):
+        gru = gruengine.GRU(I, H, bidirectional=True, reset_after=reset_after, device=device,
+                            seed=5)
+        out[device] = gru.forward(x, lengths=lengths, return_gates=True)
+    assert_close(out["cuda"][0], out["cpu"][0], np.float32, "y")
+    gates, want = out["cuda"][2], out["cpu"][2]
+    assert list(gates) == ["l0", "l0_reverse"]
+    for key in want:
+        assert list(gates[key]) == ["r", "z", "n", "h"]
+        for g, a in gates[key].items():
+            assert isinstance(a, np.ndarray)
+            assert_close(a, want[key][g], np.float32, f"{key} {g}")

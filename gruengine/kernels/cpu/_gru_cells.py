@@ -30,15 +30,9 @@ take these values (the caller passes tiny = sqrt(smallest normal), see ``gru._sc
 """
 from numba import njit, prange
 
-from ._gru_math import sigmoid_, tanh_
+from ._math import ftz, sigmoid_, tanh_
 
 __all__ = []
-
-
-@njit(inline="always")
-def _ftz(v, tiny):
-    # flush subnormals to an exact zero (branch-free select; v is finite)
-    return v if abs(v) >= tiny else v - v
 
 
 @njit(inline="always")
@@ -69,15 +63,15 @@ def fwd_step_after(s, n, off, nb_next, off_next, Gx, gh, b_ih, b_hh, Hp, G,
         gx, ghb, hp, gp, yr = Gx[row, t], gh[b], Hp[p], G[p], y[row, t]
         # short loops over few arrays vectorize best (see bwd_step_after)
         for k in range(2 * H):                                          # r, z
-            gp[k] = _ftz(sigmoid_(gx[k] + b_ih[k] + ghb[k] + b_hh[k]), tiny)
+            gp[k] = ftz(sigmoid_(gx[k] + b_ih[k] + ghb[k] + b_hh[k]), tiny)
         for j in range(H):                                              # W_hn h + b_hn
-            gp[3 * H + j] = _ftz(ghb[2 * H + j] + b_hh[2 * H + j], tiny)
+            gp[3 * H + j] = ftz(ghb[2 * H + j] + b_hh[2 * H + j], tiny)
         for j in range(H):                                              # n
             a_n = gx[2 * H + j] + b_ih[2 * H + j] + gp[j] * gp[3 * H + j]
-            gp[2 * H + j] = _ftz(tanh_(a_n), tiny)
+            gp[2 * H + j] = ftz(tanh_(a_n), tiny)
         for j in range(H):                                              # h_t
             z = gp[H + j]
-            yr[j] = _ftz((one - z) * gp[2 * H + j] + z * hp[j], tiny)
+            yr[j] = ftz((one - z) * gp[2 * H + j] + z * hp[j], tiny)
         _store_h(b, row, b < nb_next, off_next, yr, Hp, h_n)
 
 
@@ -92,10 +86,10 @@ def fwd_step_before_rz(s, n, off, Gx, gh, b_ih, b_hh, Hp, G, perm, lengths, reve
         p = off + b
         gx, ghb, hp, gp = Gx[row, t], gh[b], Hp[p], G[p]
         for j in range(H):
-            r = _ftz(sigmoid_(gx[j] + b_ih[j] + ghb[j] + b_hh[j]), tiny)
+            r = ftz(sigmoid_(gx[j] + b_ih[j] + ghb[j] + b_hh[j]), tiny)
             gp[j] = r
-            gp[H + j] = _ftz(sigmoid_(gx[H + j] + b_ih[H + j] + ghb[H + j] + b_hh[H + j]), tiny)
-            gp[3 * H + j] = _ftz(r * hp[j], tiny)
+            gp[H + j] = ftz(sigmoid_(gx[H + j] + b_ih[H + j] + ghb[H + j] + b_hh[H + j]), tiny)
+            gp[3 * H + j] = ftz(r * hp[j], tiny)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -110,9 +104,9 @@ def fwd_step_before_n(s, n, off, nb_next, off_next, Gx, ghn, b_ih, b_hh, Hp, G,
         gx, g_n, hp, gp, yr = Gx[row, t], ghn[b], Hp[p], G[p], y[row, t]
         for j in range(H):
             z = gp[H + j]
-            nn = _ftz(tanh_(gx[2 * H + j] + b_ih[2 * H + j] + g_n[j] + b_hh[2 * H + j]), tiny)
+            nn = ftz(tanh_(gx[2 * H + j] + b_ih[2 * H + j] + g_n[j] + b_hh[2 * H + j]), tiny)
             gp[2 * H + j] = nn
-            yr[j] = _ftz((one - z) * nn + z * hp[j], tiny)
+            yr[j] = ftz((one - z) * nn + z * hp[j], tiny)
         _store_h(b, row, b < nb_next, off_next, yr, Hp, h_n)
 
 
@@ -124,11 +118,11 @@ def _dh_in(b, row, t, nb_next, dhz, dhg, dh_n, dy, tiny):
     if b < nb_next:
         src, src2 = dhz[b], dhg[b]
         for j in range(g.shape[0]):
-            g[j] = _ftz(src[j] + src2[j] + dyr[j], tiny)
+            g[j] = ftz(src[j] + src2[j] + dyr[j], tiny)
     else:
         src = dh_n[row]
         for j in range(g.shape[0]):
-            g[j] = _ftz(src[j] + dyr[j], tiny)
+            g[j] = ftz(src[j] + dyr[j], tiny)
     return g
 
 
@@ -154,18 +148,18 @@ def bwd_step_after(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, reverse,
             r = gp[j]
             z = gp[H + j]
             nn = gp[2 * H + j]
-            da_n = _ftz(gj * (one - z) * (one - nn * nn), tiny)
-            dgh[j] = _ftz(da_n * gp[3 * H + j] * r * (one - r), tiny)       # da_r
-            dgh[H + j] = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
+            da_n = ftz(gj * (one - z) * (one - nn * nn), tiny)
+            dgh[j] = ftz(da_n * gp[3 * H + j] * r * (one - r), tiny)       # da_r
+            dgh[H + j] = ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
             dgh[2 * H + j] = da_n
         for j in range(H):
-            g[j] = _ftz(g[j] * gp[H + j], tiny)
+            g[j] = ftz(g[j] * gp[H + j], tiny)
         for k in range(3 * H):
             v = dgh[k]
             dgx[k] = v
             dbb[k] += v
         for j in range(H):
-            v = _ftz(dgh[2 * H + j] * gp[j], tiny)                           # da_n * r
+            v = ftz(dgh[2 * H + j] * gp[j], tiny)                           # da_n * r
             dgh[2 * H + j] = v
             dbb[3 * H + j] += v
 
@@ -186,8 +180,8 @@ def bwd_step_before_n(s, n, off, nb_next, dy, dh_n, Hp, G, perm, lengths, revers
             gj = g[j]
             z = gp[H + j]
             nn = gp[2 * H + j]
-            dgh[H + j] = _ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
-            dgh[2 * H + j] = _ftz(gj * (one - z) * (one - nn * nn), tiny)  # da_n
+            dgh[H + j] = ftz(gj * (hp[j] - nn) * z * (one - z), tiny)     # da_z
+            dgh[2 * H + j] = ftz(gj * (one - z) * (one - nn * nn), tiny)  # da_n
         for j in range(H):
             g[j] = g[j] * gp[H + j]
         for k in range(H, 3 * H):
@@ -210,9 +204,9 @@ def bwd_step_before_r(s, n, off, d_rh, Hp, G, perm, lengths, reverse, dhz, dGx, 
         d, hp, gp, dgx, dgh, g, dbb = d_rh[b], Hp[p], G[p], dGx[row, t], dGh[p], dhz[b], db[b]
         for j in range(H):                       # short loops: see bwd_step_after
             r = gp[j]
-            dgh[j] = _ftz(d[j] * hp[j] * r * (one - r), tiny)                # da_r
+            dgh[j] = ftz(d[j] * hp[j] * r * (one - r), tiny)                # da_r
         for j in range(H):
-            g[j] = _ftz(g[j] + d[j] * gp[j], tiny)
+            g[j] = ftz(g[j] + d[j] * gp[j], tiny)
         for j in range(H):
             v = dgh[j]
             dgx[j] = v
@@ -225,4 +219,4 @@ def sum_rows_scatter(dhz, dhg, perm, out, tiny):
     for b in range(dhz.shape[0]):
         o, a, c = out[perm[b]], dhz[b], dhg[b]
         for j in range(o.shape[0]):
-            o[j] = _ftz(a[j] + c[j], tiny)
+            o[j] = ftz(a[j] + c[j], tiny)

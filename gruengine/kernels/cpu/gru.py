@@ -13,13 +13,15 @@ and the per-step GEMMs shrink with the sequences; the recurrent state is kept pa
 contiguous block per step), like a PyTorch PackedSequence. The Python loop runs over time
 steps only; batch rows and hidden units are covered by the kernels and GEMMs.
 
-``cache`` holds the packed state and gates; it is private to this module.
+``cache`` holds the packed state and gates (and y, for ``gru_gates``); it is private to this
+module.
 """
 import numpy as np
 
+from ..._checks import check_cell_args, check_cell_grads
 from . import _gru_cells as K
 
-__all__ = ["gru_forward", "gru_backward"]
+__all__ = ["gru_forward", "gru_backward", "gru_gates"]
 
 
 def _pack(lengths):
@@ -47,6 +49,7 @@ def _scalars(dtype):
 def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
     # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
     # -> y: (B, T, H), h_n: (B, H), cache
+    lengths = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -83,7 +86,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
             K.fwd_step_before_n(s, n, o, nb[s + 1], off[s + 1], Gx, ghn, b_ih, b_hh, Hp, G,
                                 perm, lengths, rev, y, h_n, one, tiny)
     cache = {"perm": perm, "nb": nb, "off": off, "steps": steps, "lengths": lengths,
-             "Hp": Hp, "G": G}
+             "Hp": Hp, "G": G, "y": y, "reverse": rev}
     return y, h_n, cache
 
 
@@ -91,6 +94,8 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
                  reset_after=True, reverse=False):
     # dy: (B, T, H)  dh_n: (B, H)  (other arguments as in gru_forward, cache from it)
     # -> dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
+    _, dt, shape = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)
+    check_cell_grads("gru", dy, (dh_n,), shape, dt)
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -138,3 +143,20 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
         np.matmul(dGh[:, 2 * H:].T, G[:, 3 * H:], out=dW_hh[2 * H:])
     db_hh = np.concatenate([db[:2 * H], db[3 * H:]])
     return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
+
+
+def gru_gates(cache):
+    """Per-time values kept by ``gru_forward``: dict of "r", "z", "n" (the gates) and "h"
+    (the hidden state), each (B, T, H), zero past each row's length."""
+    y, G, perm, lengths = cache["y"], cache["G"], cache["perm"], cache["lengths"]
+    H = y.shape[2]
+    out = {k: np.zeros_like(y) for k in "rzn"}
+    for s in range(cache["steps"]):
+        # host-side gather of the packed rows of step s, only used for inspection
+        n, o = cache["nb"][s], cache["off"][s]
+        rows = perm[:n]
+        t = lengths[rows] - 1 - s if cache["reverse"] else np.full(n, s)
+        for i, k in enumerate("rzn"):
+            out[k][rows, t] = G[o:o + n, i * H:(i + 1) * H]
+    out["h"] = y.copy()
+    return out

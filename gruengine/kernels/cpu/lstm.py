@@ -12,26 +12,20 @@ for backward (``hs``, ``cs``, ``acts``) are indexed [step, sorted row]; ``y``/``
 caller's [row, time] layout. Every value a kernel stores is flushed to zero below the dtype's
 smallest normal number, so long sequences never crawl on denormals.
 
-Activations come from ``_gru_math`` (shared with the GRU): libm in float64, a vectorizable
-rational tanh/sigmoid in float32 (error < 3.2e-7); ``one``/``tiny`` arrive as scalars of the
-array dtype so float32 math stays float32. Each step kernel exists as a ``prange`` version and
-a serial one from the same row function; steps with fewer than ``PARALLEL_MIN_ELEMENTS`` gate
-elements take the serial one (a parallel launch next to OpenBLAS's threads costs more than
-the work, see ``_gru_cells``).
+Activations and the flush come from ``_math`` (shared with the GRU and minGRU): libm in
+float64, a vectorizable rational tanh/sigmoid in float32 (error < 3.2e-7); ``one``/``tiny``
+arrive as scalars of the array dtype so float32 math stays float32. Each step kernel exists
+as a ``prange`` version and a serial one from the same row function; steps with fewer than
+``PARALLEL_MIN_ELEMENTS`` gate elements take the serial one (a parallel launch next to
+OpenBLAS's threads costs more than the work, see ``_gru_cells``).
 """
 import numpy as np
 from numba import njit, prange
 
-from ...reference.lstm import check_lstm_args, check_lstm_grads
-from ._gru_math import sigmoid_, tanh_
+from ..._checks import check_cell_args, check_cell_grads
+from ._math import ftz, sigmoid_, tanh_
 
 __all__ = ["lstm_forward", "lstm_backward", "lstm_gates"]
-
-
-@njit(inline="always")
-def _ftz(v, tiny):
-    # flush subnormals to an exact zero, staying in v's dtype
-    return v if abs(v) >= tiny else v - v
 
 
 @njit(inline="always")
@@ -45,8 +39,8 @@ def _lstm_fwd_row(j, Gx, gh, c_prev, perm, lengths, s, reverse, tiny, h_out, c_o
         f = sigmoid_(Gx[b, t, H + u] + gh[j, H + u])
         g = tanh_(Gx[b, t, 2 * H + u] + gh[j, 2 * H + u])
         o = sigmoid_(Gx[b, t, 3 * H + u] + gh[j, 3 * H + u])
-        c = _ftz(f * c_prev[j, u] + i * g, tiny)
-        h = _ftz(o * tanh_(c), tiny)
+        c = ftz(f * c_prev[j, u] + i * g, tiny)
+        h = ftz(o * tanh_(c), tiny)
         act[j, u] = i
         act[j, H + u] = f
         act[j, 2 * H + u] = g
@@ -90,10 +84,10 @@ def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, one, tin
         dh_t = dh[j, u] + dy[b, t, u]
         tc = tanh_(c_cur[j, u])
         dc_t = dc[j, u] + dh_t * o * (one - tc * tc)
-        da_i = _ftz(dc_t * g * i * (one - i), tiny)
-        da_f = _ftz(dc_t * c_prev[j, u] * f * (one - f), tiny)
-        da_g = _ftz(dc_t * i * (one - g * g), tiny)
-        da_o = _ftz(dh_t * tc * o * (one - o), tiny)
+        da_i = ftz(dc_t * g * i * (one - i), tiny)
+        da_f = ftz(dc_t * c_prev[j, u] * f * (one - f), tiny)
+        da_g = ftz(dc_t * i * (one - g * g), tiny)
+        da_o = ftz(dh_t * tc * o * (one - o), tiny)
         dG[j, u] = da_i
         dG[j, H + u] = da_f
         dG[j, 2 * H + u] = da_g
@@ -102,7 +96,7 @@ def _lstm_bwd_row(j, dy, act, c_prev, c_cur, perm, lengths, s, reverse, one, tin
         dGx[b, t, H + u] = da_f
         dGx[b, t, 2 * H + u] = da_g
         dGx[b, t, 3 * H + u] = da_o
-        dc[j, u] = _ftz(dc_t * f, tiny)
+        dc[j, u] = ftz(dc_t * f, tiny)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -145,7 +139,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     x (B,T,I)  h0, c0 (B,H)  W_ih (4H,I)  W_hh (4H,H)  b_ih, b_hh (4H,)  lengths (B,) int64
     -> y (B,T,H), h_n (B,H), c_n (B,H), cache
     """
-    lengths = check_lstm_args(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
+    lengths = check_cell_args("lstm", x, (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -182,8 +176,8 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
 
     -> dx (B,T,I), dh0 (B,H), dc0 (B,H), dW_ih (4H,I), dW_hh (4H,H), db_ih (4H,), db_hh (4H,)
     """
-    lengths = check_lstm_args(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths)
-    check_lstm_grads(dy, dh_n, dc_n, x, h0)
+    lengths, dt, shape = check_cell_args("lstm", x, (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)
+    check_cell_grads("lstm", dy, (dh_n, dc_n), shape, dt)
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype

@@ -19,7 +19,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ...reference.mingru import check_mingru_args, check_mingru_grads
+from ..._checks import check_cell_args, check_cell_grads
+from ._math import ftz, sigmoid_
 
 __all__ = ["mingru_forward", "mingru_backward", "mingru_gates"]
 
@@ -34,19 +35,6 @@ SCAN = "log"
 @njit(cache=True, inline="always")
 def _softplus(v):
     return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
-
-
-@njit(cache=True, inline="always")
-def _sigmoid(v):
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
-
-
-@njit(cache=True, inline="always")
-def _ftz(v, tiny):
-    return 0.0 if abs(v) < tiny else v
 
 
 @njit(parallel=True, cache=True)
@@ -78,7 +66,7 @@ def _mingru_fwd_scan(G, h0, lengths, reverse, tiny, y, h_n):
                     la = logP[q] - sp
                     logP[q] = max(la, lb) + math.log1p(math.exp(-abs(la - lb)))
                 A[q] *= e / (1.0 + e) if a >= 0 else 1.0 / (1.0 + e)     # 1 - z = σ(-a)
-                y[b, t, u] = _ftz(math.exp(logP[q]) + A[q] * h0[b, u], tiny)
+                y[b, t, u] = ftz(math.exp(logP[q]) + A[q] * h0[b, u], tiny)
         for q in range(n):
             h_n[b, u0 + q] = y[b, 0 if reverse else L - 1, u0 + q]
 
@@ -102,10 +90,10 @@ def _mingru_fwd_scan_linear(G, h0, lengths, reverse, tiny, y, h_n):
             t = L - 1 - s if reverse else s
             for q in range(n):
                 u = u0 + q
-                z = _sigmoid(np.float64(G[b, t, u]))
+                z = sigmoid_(np.float64(G[b, t, u]))
                 k = np.float64(G[b, t, H + u])
-                h_tilde = k + 0.5 if k >= 0 else _sigmoid(k)
-                h[q] = _ftz(h[q] + z * (h_tilde - h[q]), tiny)
+                h_tilde = k + 0.5 if k >= 0 else sigmoid_(k)
+                h[q] = ftz(h[q] + z * (h_tilde - h[q]), tiny)
                 y[b, t, u] = h[q]
         for q in range(n):
             h_n[b, u0 + q] = h[q]
@@ -133,17 +121,17 @@ def _mingru_bwd_scan(G, h0, y, dy, dh_n, lengths, reverse, tiny, dG, dh0):
                 a = np.float64(G[b, t, u])
                 k = np.float64(G[b, t, H + u])
                 h_prev = np.float64(h0[b, u]) if s == 0 else np.float64(y[b, tp, u])
-                z = _sigmoid(a)
+                z = sigmoid_(a)
                 if k >= 0:
                     h_tilde = k + 0.5
                     dg = 1.0
                 else:
-                    h_tilde = _sigmoid(k)
+                    h_tilde = sigmoid_(k)
                     dg = h_tilde * (1.0 - h_tilde)
                 d = dh[q] + dy[b, t, u]
-                dG[b, t, u] = _ftz(d * (h_tilde - h_prev) * z * (1.0 - z), tiny)
-                dG[b, t, H + u] = _ftz(d * z * dg, tiny)
-                dh[q] = _ftz(d * (1.0 - z), tiny)
+                dG[b, t, u] = ftz(d * (h_tilde - h_prev) * z * (1.0 - z), tiny)
+                dG[b, t, H + u] = ftz(d * z * dg, tiny)
+                dh[q] = ftz(d * (1.0 - z), tiny)
         for q in range(n):
             dh0[b, u0 + q] = dh[q]
 
@@ -157,7 +145,7 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
 
     x (B,T,I)  h0 (B,H)  W_z, W_h (H,I)  b_z, b_h (H,)  lengths (B,) int64 -> y, h_n, cache
     """
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
+    lengths = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
     W, bias = _stack(W_z, W_h, b_z, b_h)
@@ -178,8 +166,8 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
 
     -> dx (B,T,I), dh0 (B,H), dW_z (H,I), dW_h (H,I), db_z (H,), db_h (H,)
     """
-    lengths = check_mingru_args(x, h0, W_z, W_h, b_z, b_h, lengths)
-    check_mingru_grads(dy, dh_n, x, h0)
+    lengths, dt, shape = check_cell_args("mingru", x, (h0,), (W_z, W_h, b_z, b_h), lengths)
+    check_cell_grads("mingru", dy, (dh_n,), shape, dt)
     B, T, I = x.shape
     H = h0.shape[1]
     G = cache["G"]

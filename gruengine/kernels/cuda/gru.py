@@ -7,13 +7,13 @@ dict of device arrays private to this backend.
 from numba import cuda
 
 from . import blas, launch
-from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, RH_, TB, TJ,
-                          gru_step_backward_fused_kernel, gru_step_backward_kernel,
+from .gru_kernels import (CACHE_SLOTS, HP_, MODE_FULL, MODE_N, MODE_RZ, N_, R_, RH_, TB, TJ,
+                          Z_, gru_step_backward_fused_kernel, gru_step_backward_kernel,
                           gru_step_forward_kernel)
 from .gru_persistent import (PERSIST_MAX, gru_backward_persistent_kernel,
                              gru_forward_persistent_kernel)
 
-__all__ = ["gru_forward", "gru_backward"]
+__all__ = ["gru_forward", "gru_backward", "gru_gates"]
 
 
 def _persistent(B, H):
@@ -41,7 +41,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     y : (B, T, H), zero at padding ; h_n : (B, H) ; cache : dict for ``gru_backward``
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 3)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh),
+                                                         lengths)
     x_d, h0_d, W_ih_d, W_hh_d, b_ih_d, b_hh_d = (launch.as_device(a) for a in
                                                   (x, h0, W_ih, W_hh, b_ih, b_hh))
     # all input projections at once: Gx (B*T, 3H) = X W_ih^T + b_ih
@@ -51,8 +52,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     WT = blas.transpose(W_hh_d)                      # (H, 3H): coalesced reads per gate row
     y = blas.zeros((B, T, H), dt)
     store = blas.zeros((CACHE_SLOTS, B, T, H), dt)   # zero at padding: backward reads it
-    cache = {"store": store, "reset_after": bool(reset_after), "reverse": bool(reverse),
-             "shape": (B, T, I, H)}
+    cache = {"store": store, "y": y, "reset_after": bool(reset_after), "reverse": bool(reverse),
+             "shape": (B, T, I, H), "on_device": on_device}
     if _persistent(B, H):
         h_n = cuda.device_array((B, H), dtype=dt)
         gru_forward_persistent_kernel[1, int(launch.PERSISTENT_THREADS)](
@@ -88,9 +89,9 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dx (B, T, I), dh0 (B, H), dW_ih (3H, I), dW_hh (3H, H), db_ih (3H,), db_hh (3H,)
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 3)
-    launch.check_input("dy", dy, (B, T, H), dt)
-    launch.check_input("dh_n", dh_n, (B, H), dt)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh),
+                                                         lengths)
+    launch.check_cell_gradients("gru", dy, (dh_n,), (B, T, I, H), dt)
     if not isinstance(cache, dict) or "store" not in cache or cache.get("shape") != (B, T, I, H):
         raise ValueError("cache: expected the cache gru_forward (cuda) returned for these shapes, "
                          f"got {type(cache).__name__}")
@@ -156,3 +157,17 @@ def _weight_gradients(dGx, dGh, dh0, store, x_d, W_ih_d, reset_after, on_device)
     db_hh = cuda.device_array((G3,), dtype=dt)
     blas.colsum(dGh2, db_hh)
     return tuple(launch.to_output(a, on_device) for a in (dx, dh0, dW_ih, dW_hh, db_ih, db_hh))
+
+
+def gru_gates(cache):
+    """Per-time values kept by ``gru_forward``: dict of "r", "z", "n" (the gates) and "h"
+    (the hidden state), each (B, T, H), zero past each row's length. NumPy arrays, or device
+    arrays when the forward ran on device arrays."""
+    if not isinstance(cache, dict) or "store" not in cache or "y" not in cache:
+        raise ValueError(f"cache: expected the cache gru_forward (cuda) returned, "
+                         f"got {type(cache).__name__}")
+    store, on_device = cache["store"], cache["on_device"]
+    gates = {k: launch.gate_output(store[slot], on_device)
+             for k, slot in (("r", R_), ("z", Z_), ("n", N_))}
+    gates["h"] = launch.gate_output(cache["y"], on_device)
+    return gates

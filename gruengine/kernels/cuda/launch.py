@@ -11,7 +11,7 @@ every call, so tests can patch them small (``monkeypatch.setattr(launch, ...)``)
 import numpy as np
 from numba import cuda, float64
 
-from ..._checks import check_array, check_dtype, check_lengths
+from ..._checks import check_array, check_cell_args, check_cell_grads, check_dtype, check_lengths
 from ..._device import is_device
 
 # threads per block of the 1-D elementwise / reduction kernels (a power of two, <= 1024)
@@ -52,6 +52,17 @@ def to_output(d, on_device):
     return d if on_device else d.copy_to_host()
 
 
+def gate_output(a_d, on_device):
+    """A copy of a cached device array for a ``*_gates`` result: on the device for callers
+    whose forward ran on device arrays, else on the host. A copy either way: the caller may
+    keep it while the cache is reused."""
+    if not on_device:
+        return a_d.copy_to_host()
+    out = cuda.device_array(a_d.shape, dtype=a_d.dtype)
+    out.copy_to_device(a_d)
+    return out
+
+
 def lengths_to_device(lengths, B, T):
     """Validated per-row lengths (B,) int64 on the device (None: all T)."""
     if is_device_array(lengths):
@@ -78,22 +89,20 @@ def check_input(name, a, shape, dtype=None):
     return a
 
 
-def check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, gates, c0=None):
-    """Shapes and dtype of one GRU (``gates=3``) or LSTM (``gates=4``, with ``c0``) layer's
-    inputs -> (dtype, B, T, I, H, lengths on the device)."""
-    check_input("x", x, (None, None, None))
-    dt = check_float("x", x)
-    B, T, I = x.shape
-    check_input("h0", h0, (B, None), dt)
-    H = h0.shape[1]
-    if c0 is not None:
-        check_input("c0", c0, (B, H), dt)
-    G = gates * H
-    check_input("W_ih", W_ih, (G, I), dt)
-    check_input("W_hh", W_hh, (G, H), dt)
-    check_input("b_ih", b_ih, (G,), dt)
-    check_input("b_hh", b_hh, (G,), dt)
-    return dt, B, T, I, H, lengths_to_device(lengths, B, T)
+def check_cell_inputs(cell, x, states, weights, lengths):
+    """``_checks.check_cell_args`` (the check every backend's cell ops share) for NumPy or
+    device arrays: one layer's inputs of ``cell`` ('gru', 'lstm', 'mingru'), states and
+    weights in the op's argument order -> (dtype, B, T, I, H, lengths on the device)."""
+    lengths_d, dt, (B, T, I, H) = check_cell_args(
+        cell, x, states, weights, lengths, check=check_input,
+        to_lengths=lambda name, a, B, T: lengths_to_device(a, B, T))
+    return dt, B, T, I, H, lengths_d
+
+
+def check_cell_gradients(cell, dy, dfinals, shape, dtype):
+    """``_checks.check_cell_grads`` for NumPy or device arrays: dy (B, T, H) and the
+    final-state gradients (B, H); ``shape`` is (B, T, I, H)."""
+    check_cell_grads(cell, dy, dfinals, shape, dtype, check=check_input)
 
 
 def check_float(name, a):

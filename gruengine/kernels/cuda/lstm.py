@@ -212,7 +212,8 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     y : (B, T, H), zero at padding ; h_n, c_n : (B, H) ; cache : dict for ``lstm_backward``
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 4, c0)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("lstm", x, (h0, c0),
+                                                         (W_ih, W_hh, b_ih, b_hh), lengths)
     x_d, h0_d, c0_d, W_ih_d, W_hh_d, b_ih_d, b_hh_d = (launch.as_device(a) for a in
                                                         (x, h0, c0, W_ih, W_hh, b_ih, b_hh))
     # all input projections at once: Gx (B*T, 4H) = X W_ih^T + b_ih
@@ -261,10 +262,9 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     (db_ih and db_hh are equal: both biases add to the same pre-activation)
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = launch.check_gated_inputs(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, 4, c0)
-    launch.check_input("dy", dy, (B, T, H), dt)
-    launch.check_input("dh_n", dh_n, (B, H), dt)
-    launch.check_input("dc_n", dc_n, (B, H), dt)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("lstm", x, (h0, c0),
+                                                         (W_ih, W_hh, b_ih, b_hh), lengths)
+    launch.check_cell_gradients("lstm", dy, (dh_n, dc_n), (B, T, I, H), dt)
     _check_cache(cache, (B, T, I, H), reverse)
     store = cache["store"]
     dy_d, dh_d, dc_d, x_d, W_ih_d, W_hh_d = (launch.as_device(a) for a in
@@ -304,12 +304,7 @@ def lstm_gates(cache):
         raise ValueError(f"cache: expected the cache lstm_forward (cuda) returned, "
                          f"got {type(cache).__name__}")
     store, on_device = cache["store"], cache["on_device"]
-
-    def out(a_d):
-        # a copy either way: the caller may keep it while the cache is reused
-        return _copy(a_d) if on_device else a_d.copy_to_host()
-
-    gates = {k: out(store[slot])
+    gates = {k: launch.gate_output(store[slot], on_device)
              for k, slot in (("i", I_), ("f", F_), ("g", G_), ("o", O_), ("c", C_))}
-    gates["h"] = out(cache["y"])
+    gates["h"] = launch.gate_output(cache["y"], on_device)
     return gates

@@ -125,20 +125,6 @@ def ptx_signatures(f):
 
 # ----------------------------------------------------------------------------- host launchers
 
-def _check_mingru_inputs(x, h0, W_z, W_h, b_z, b_h, lengths):
-    launch.check_input("x", x, (None, None, None))
-    dt = launch.check_float("x", x)
-    B, T, I = x.shape
-    launch.check_input("h0", h0, (B, None), dt)
-    H = h0.shape[1]
-    launch.check_input("W_z", W_z, (H, I), dt)
-    launch.check_input("W_h", W_h, (H, I), dt)
-    launch.check_input("b_z", b_z, (H,), dt)
-    launch.check_input("b_h", b_h, (H,), dt)
-    lengths_d = launch.lengths_to_device(lengths, B, T)
-    return dt, B, T, I, H, lengths_d
-
-
 def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     """minGRU over a batch of sequences on the GPU.
 
@@ -153,7 +139,8 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     y : (B, T, H), zero at padding ; h_n : (B, H) ; cache : dict for ``mingru_backward``
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_mingru_inputs(x, h0, W_z, W_h, b_z, b_h, lengths)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("mingru", x, (h0,), (W_z, W_h, b_z, b_h),
+                                                         lengths)
     x_d, h0_d, W_z_d, W_h_d, b_z_d, b_h_d = (launch.as_device(a) for a in
                                               (x, h0, W_z, W_h, b_z, b_h))
     x2 = x_d.reshape(B * T, I)
@@ -182,9 +169,9 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
     dx (B, T, I), dh0 (B, H), dW_z (H, I), dW_h (H, I), db_z (H,), db_h (H,)
     """
     on_device = launch.is_device_array(x)
-    dt, B, T, I, H, lengths_d = _check_mingru_inputs(x, h0, W_z, W_h, b_z, b_h, lengths)
-    launch.check_input("dy", dy, (B, T, H), dt)
-    launch.check_input("dh_n", dh_n, (B, H), dt)
+    dt, B, T, I, H, lengths_d = launch.check_cell_inputs("mingru", x, (h0,), (W_z, W_h, b_z, b_h),
+                                                         lengths)
+    launch.check_cell_gradients("mingru", dy, (dh_n,), (B, T, I, H), dt)
     if not isinstance(cache, dict) or "Gz" not in cache or cache.get("shape") != (B, T, I, H):
         raise ValueError("cache: expected the cache mingru_forward (cuda) returned for these "
                          f"shapes, got {type(cache).__name__}")
@@ -232,10 +219,5 @@ def mingru_gates(cache):
     blocks, tpb = launch.grid_1d(B * T * H)
     mingru_gates_kernel[blocks, tpb](Gz, cache["Gh"], cache["lengths"], z, h_tilde)
     on_device = cache["on_device"]
-    if on_device:
-        h = cuda.device_array((B, T, H), dtype=y.dtype)
-        h.copy_to_device(y)
-    else:
-        h = y.copy_to_host()
-    return {"z": launch.to_output(z, on_device), "h": h,
+    return {"z": launch.to_output(z, on_device), "h": launch.gate_output(y, on_device),
             "h_tilde": launch.to_output(h_tilde, on_device)}
