@@ -46,7 +46,7 @@ from ._optional import require
 from .convert import to_onnx
 
 __all__ = ["OPSET", "IR_VERSION", "export", "export_checkpoint", "verify", "tokenizer_spec",
-           "load", "read_recurrent", "recurrent_module", "import_onnx"]
+           "tokenizer_path", "load", "read_recurrent", "recurrent_module", "import_onnx"]
 
 OPSET = 17          # ReduceMax takes axes as an attribute up to 17; onnxruntime >= 1.13 runs it
 IR_VERSION = 8      # the IR of opset 17, so runtimes of that generation open the file

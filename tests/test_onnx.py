@@ -412,3 +412,9 @@ def test_import_refuses_what_gruengine_cannot_compute_exactly(ort, rng, tmp_path
     m = _gru_or_lstm_graph(rng)
     with pytest.raises(ValueError, match=r"^model: not a gruengine export"):
         gonnx.load(m)
+
+
+@pytest.mark.parametrize("cmd", ["export", "import"])
+def test_cli_md_documents_every_option(cmd):
+    from tests.test_docs import test_cli_md_lists_every_option
+    test_cli_md_lists_every_option(cmd)
