@@ -1,7 +1,9 @@
 """ONNX export and import (gruengine.onnx, gruengine export/import): onnxruntime is the
 independent reference; graphs built by hand with onnx.helper stand for other producers."""
 import json
+import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -143,7 +145,7 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- a text model, end to end
-def _text_run(tmp_path):
+def _text_run(tmp_path, truncate="tail"):
     from gruengine.train import train
     rng = np.random.default_rng(1)
     good, bad = ["great", "superb", "lovely"], ["awful", "boring", "dull"]
@@ -161,7 +163,7 @@ def _text_run(tmp_path):
     (tmp_path / "test.tsv").write_text(rows(30))
     train({"task": "text", "data": str(tmp_path), "hidden_size": 6, "embed_dim": 5,
            "epochs": 1, "batch_size": 16, "bidirectional": True, "pooling": "max",
-           "max_len": 6, "truncate": "tail"}, tmp_path / "run", quiet=True)
+           "max_len": 6, "truncate": truncate}, tmp_path / "run", quiet=True)
     return tmp_path / "run" / "best.npz"
 
 
@@ -418,3 +420,39 @@ def test_import_refuses_what_gruengine_cannot_compute_exactly(ort, rng, tmp_path
 def test_cli_md_documents_every_option(cmd):
     from tests.test_docs import test_cli_md_lists_every_option
     test_cli_md_lists_every_option(cmd)
+
+
+def test_serving_md_serves_an_export_like_predict_texts(ort, tmp_path, monkeypatch):
+    from gruengine import onnx as gonnx
+    from gruengine.train import predict_texts
+    from tests.test_docs import python_blocks
+    ckpt = _text_run(tmp_path, truncate="head")   # the page's lines keep the first max_len
+    gonnx.export_checkpoint(ckpt, tmp_path / "imdb.onnx")
+    block = python_blocks("serving.md")[0]
+    assert len([ln for ln in block.splitlines() if ln.strip()]) <= 12
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(block, "docs/serving.md block 0", "exec"), ns)
+    texts = ["A moving, beautifully shot film.", "dull boring plot the film was a awful ok",
+             "", "lovely<br />superb"]
+    for text in texts:
+        label, p = ns["classify"](text)
+        want = predict_texts(ckpt, [text])[0]
+        assert label == want["label"] and abs(p - want["probability"]) <= 1e-5
+
+
+def test_bench_serving_runs_and_agrees(ort, tmp_path):
+    ckpt = _text_run(tmp_path)
+    (tmp_path / "reviews.txt").write_text("a lovely film\nthe plot was dull\ngreat great\n"
+                                          "awful\nthe film\nsuperb and boring\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "benchmarks/bench_serving.py", "--ckpt", str(ckpt),
+                        "--texts", str(tmp_path / "reviews.txt"), "--n", "6", "--n-single", "3",
+                        "--batch", "4", "--rounds", "1", "--json", str(tmp_path / "b.json")],
+                       cwd=root, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {x["path"]: x for x in json.load(open(tmp_path / "b.json"))["rows"]}
+    assert set(rows) == {"onnxruntime", "gruengine", "predict_texts"}
+    assert all(x["max_abs_diff"] <= 1e-5 and x["median_ms"] > 0 for x in rows.values())
+    assert r.stdout.count("\n| ") == 4            # header and three rows of the table
