@@ -140,7 +140,8 @@ def run_worker(path, a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="a text checkpoint (.npz), e.g. runs/imdb/best.npz")
+    p.add_argument("--ckpt", required=True,
+                   help="a text checkpoint (.npz), e.g. runs/imdb/best.npz")
     p.add_argument("--onnx", help="its export [default: exported into a temporary folder]")
     p.add_argument("--data", help="the IMDB archive or folder (test reviews are used)")
     p.add_argument("--texts", help="instead of --data: a file with one review per line")

@@ -26,10 +26,11 @@ state at the last valid step, the reverse direction starts there, and padding is
 onnxruntime runs GRU and LSTM in float32 only, so a float64 model is exported in float32.
 The minGRU has no ONNX operator; exporting one raises ValueError.
 
-Input scaling: a feature model's input goes through ``_scale_features`` before anything else,
-the single place where a per-channel standardisation stored with the model, (x - mean) / std,
-becomes two initializers and a Sub and a Div; ``onnx_import.load`` reads initializers by name,
-so it picks them up there. Today models have no scaling and the function passes x through.
+Input scaling: a feature model's input goes through ``_scale_features`` before anything else.
+It is the one place where a per-channel standardisation stored with the model, (x - mean) /
+std, becomes two initializers and a Sub and a Div; named as the model's state names them,
+``onnx_import.load`` (which fills every non-recurrent state entry from the initializer of
+that name) reads them back. Models have no scaling yet, and the function passes x through.
 
 Text models need their tokenizer: ``export`` writes it next to the graph as
 ``<name>.tokenizer.json`` and into the graph's metadata (``gruengine.tokenizer``); see

@@ -154,7 +154,7 @@ def _read_layer(g, node, where):
         p = _input(node, 7)
         if p is not None and not g.is_zero(p):
             raise ValueError(f"{where}: peephole weights P are not supported")
-    layer = {k: v for k, v in arrays.items()}
+    layer = dict(arrays)
     if cell == "gru":
         layer["linear_before_reset"] = int(at.get("linear_before_reset", 0))
     R = arrays["R"]

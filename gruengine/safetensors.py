@@ -29,7 +29,8 @@ from ._optional import require
 from .errors import CheckpointError
 
 __all__ = ["save_safetensors", "load_safetensors", "safetensors_metadata",
-           "save_checkpoint_safetensors", "load_checkpoint_safetensors", "checkpoint_to_safetensors"]
+           "save_checkpoint_safetensors", "load_checkpoint_safetensors",
+           "checkpoint_to_safetensors"]
 
 META_KEY = "gruengine"
 FORMAT_VERSION = 1

@@ -208,7 +208,8 @@ def test_text_model_cli_export_serve_import_predict(ort, tmp_path):
         np.testing.assert_allclose(p, [w["probs"]["neg"], w["probs"]["pos"]], rtol=0, atol=1e-5)
     back = tmp_path / "back.npz"
     r = CliRunner().invoke(app, ["import", str(out), "--out", str(back)])
-    assert r.exit_code == 0 and r.output.strip() == f"{out}: a gruengine export -> checkpoint {back}"
+    assert r.exit_code == 0
+    assert r.output.strip() == f"{out}: a gruengine export -> checkpoint {back}"
     assert predict_texts(back, texts) == want                 # identical weights, same numbers
     r1 = CliRunner().invoke(app, ["evaluate", str(ckpt), "--json", "--quiet"])
     r2 = CliRunner().invoke(app, ["evaluate", str(back), "--json", "--quiet"])

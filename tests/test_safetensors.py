@@ -36,7 +36,8 @@ def test_state_dict_round_trip_keeps_names_dtypes_values_and_metadata(st, rng, t
     # the bytes are the reference implementation's: it reads what we wrote, we read what it wrote
     ref = st.load_file(str(path))
     assert all(np.array_equal(ref[k], d[k]) for k in d)
-    st.save_file({k: np.ascontiguousarray(v) for k, v in d.items()}, str(tmp_path / "r.safetensors"))
+    st.save_file({k: np.ascontiguousarray(v) for k, v in d.items()},
+                 str(tmp_path / "r.safetensors"))
     back = gruengine.load_safetensors(tmp_path / "r.safetensors")
     assert all(np.array_equal(back[k], d[k]) for k in d)
 
@@ -46,7 +47,8 @@ def test_bad_input_is_one_line(st, tmp_path):
     with pytest.raises(ValueError, match=r"^state_dict: expected a dict of name -> numpy.ndarray, "
                                          r"got list$"):
         save([np.zeros(2)], tmp_path / "a.safetensors")
-    with pytest.raises(ValueError, match=r"^state_dict\['w'\]: expected a numpy.ndarray, got list$"):
+    with pytest.raises(ValueError,
+                       match=r"^state_dict\['w'\]: expected a numpy.ndarray, got list$"):
         save({"w": [1.0]}, tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match=r"^state_dict\['w'\]: expected a bool, integer or float "
                                          r"array, got dtype <U1$"):
