@@ -342,6 +342,37 @@ def test_import_cli_writes_state_dicts_of_foreign_stacks(ort, rng, tmp_path):
     np.testing.assert_allclose(lstm.forward(xb, lengths=L)[1][0], lstm_hn, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_a_pytorch_export_imports_as_one_stack_with_its_function(cell, ort, rng, tmp_path):
+    import warnings
+    torch = pytest.importorskip("torch", reason="PyTorch is the optional parity peer")
+    from gruengine import onnx as gonnx
+    torch.manual_seed(int(rng.integers(2**31)))
+    net = getattr(torch.nn, cell)(3, 5, num_layers=2, bidirectional=True).eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = net
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+    x = torch.from_numpy(rng.standard_normal((6, 2, 3)).astype(np.float32))
+    path = str(tmp_path / "torch.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Outputs().eval(), (x,), path, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "T", 1: "B"}})
+    stack, = gonnx.read_recurrent(path)
+    assert (stack["cell"], stack["num_layers"], stack["bidirectional"]) == (cell.lower(), 2, True)
+    for k, v in net.state_dict().items():           # the very weights torch holds
+        assert np.array_equal(stack["state_dict"][k], v.numpy()), k
+    x2 = rng.standard_normal((9, 4, 3)).astype(np.float32)      # another T and B
+    y = gonnx.recurrent_module(stack).forward(np.ascontiguousarray(x2.transpose(1, 0, 2)))[0]
+    y_ort = _session(ort, path).run(None, {"x": x2})[0]
+    np.testing.assert_allclose(y, y_ort.transpose(1, 0, 2), rtol=0, atol=1e-5)
+
+
 def _refused(rng, tmp_path, edit, **kw):
     from gruengine import onnx as gonnx
     m = _gru_or_lstm_graph(rng, **kw)
