@@ -373,6 +373,32 @@ def test_a_pytorch_export_imports_as_one_stack_with_its_function(cell, ort, rng,
     np.testing.assert_allclose(y, y_ort.transpose(1, 0, 2), rtol=0, atol=1e-5)
 
 
+def test_batch_major_layout_stack_matches_the_onnx_reference_evaluator(ort, rng):
+    # onnxruntime refuses layout=1; onnx's own reference implementation runs it
+    from onnx import helper as h, numpy_helper as nh, TensorProto as TP
+    from onnx.reference import ReferenceEvaluator
+    from gruengine import onnx as gonnx
+    I, H, nodes, inits, x, in_size = 3, 4, [], [], "X", 3
+    for k in range(2):
+        for name, shape in (("W", (1, 3 * H, in_size)), ("R", (1, 3 * H, H)), ("B", (1, 6 * H))):
+            a = (0.5 * rng.standard_normal(shape)).astype(np.float32)
+            inits.append(nh.from_array(a, f"{name}{k}"))
+        nodes.append(h.make_node("GRU", [x, f"W{k}", f"R{k}", f"B{k}"], [f"Y{k}", f"Y_h{k}"],
+                                 name=f"rnn{k}", hidden_size=H, layout=1, linear_before_reset=1))
+        nodes.append(h.make_node("Reshape", [f"Y{k}", "btf"], [f"X{k + 1}"]))  # (B, T, 1, H) ->
+        x, in_size = f"X{k + 1}", H
+    inits.append(nh.from_array(np.array([0, 0, -1], np.int64), "btf"))
+    g = h.make_graph(nodes, "batch_major", [h.make_tensor_value_info("X", TP.FLOAT, ["B", "T", I])],
+                     [h.make_tensor_value_info(x, TP.FLOAT, ["B", "T", H])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 14)])
+    xb = rng.standard_normal((2, 6, I)).astype(np.float32)
+    want = ReferenceEvaluator(m).run(None, {"X": xb})[0]
+    stack, = gonnx.read_recurrent(m)
+    assert stack["nodes"] == ["rnn0", "rnn1"]
+    y = gonnx.recurrent_module(stack).forward(xb)[0]
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
+
+
 def _refused(rng, tmp_path, edit, **kw):
     from gruengine import onnx as gonnx
     m = _gru_or_lstm_graph(rng, **kw)
