@@ -27,6 +27,7 @@ def _register():
     from . import train, plot  # noqa: F401
     from . import inspect  # noqa: F401
     from . import bench  # noqa: F401
+    from . import exchange  # noqa: F401
 
 
 def main(argv=None):

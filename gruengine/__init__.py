@@ -27,3 +27,4 @@ from . import losses  # noqa: F401
 from .mingru import MinGRU  # noqa: F401
 from .optim import Adam, AdamW, SGD, clip_grad_norm, clip_grad_value  # noqa: F401
 from .params import ParamBuffer  # noqa: F401
+from .safetensors import save_safetensors, load_safetensors  # noqa: F401

@@ -91,9 +91,13 @@ def load_checkpoint(path):
     """Read and validate a checkpoint; return ``(arrays, meta)``.
 
     ``meta`` is the caller's metadata (``format_version`` and the manifest removed).
+    A ``.safetensors`` path is read by ``gruengine.safetensors.load_checkpoint_safetensors``.
     Raises ``CheckpointError`` naming the file and the first problem found.
     """
     path = os.fspath(path)
+    if path.endswith(".safetensors"):               # weights + metadata, no optimizer state
+        from .safetensors import load_checkpoint_safetensors
+        return load_checkpoint_safetensors(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path}: no such file")
     if os.path.isdir(path):
