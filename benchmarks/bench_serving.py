@@ -10,7 +10,7 @@ kept:
                      text is tokenized with the tokenizer JSON in plain Python (docs/serving.md)
     gruengine        ``load_model`` once, then what ``predict_texts`` does per call: encode,
                      forward, softmax
-    predict_texts    ``gruengine.train.predict_texts(ckpt, texts)``, the library path of
+    predict_texts    ``gruengine.inference.predict_texts(ckpt, texts)``, the library path of
                      ``gruengine predict``: it loads the checkpoint on every call
 
 Columns: the one-off load, the latency of one review at a time (median and 90th percentile
@@ -79,15 +79,15 @@ def make_predictor(path, a):
             return sess.run(None, {"ids": ids, "lengths": lengths})[0]
     elif path == "gruengine":
         from gruengine.data.text import encode_texts
-        from gruengine.train import load_model, _vocab
+        from gruengine.inference import load_model, vocab_from_meta
         model, meta = load_model(a.ckpt, device="cpu")
-        vocab, tc = _vocab(meta), meta.get("train_config", {})
+        vocab, tc = vocab_from_meta(meta), meta.get("train_config", {})
 
         def predict(texts):
             ids, lengths = encode_texts(texts, vocab, tc.get("max_len"), tc.get("truncate", "head"))
             return model.predict_proba(model.forward(ids, lengths))
     else:
-        from gruengine.train import predict_texts
+        from gruengine.inference import predict_texts
 
         def predict(texts):
             res = predict_texts(a.ckpt, texts, batch_size=a.batch, device="cpu")

@@ -38,7 +38,7 @@ def export_cmd(checkpoint, out, no_verify):
       gruengine export runs/adding adding.safetensors
     """
     if out.endswith(".safetensors"):
-        from gruengine.safetensors import checkpoint_to_safetensors
+        from gruengine.inference import checkpoint_to_safetensors
         click.echo(f"wrote {checkpoint_to_safetensors(checkpoint, out)}: model weights and "
                    f"metadata (safetensors)")
         return
@@ -54,7 +54,7 @@ def export_cmd(checkpoint, out, no_verify):
     if info["tokenizer"]:
         click.echo(f"tokenizer (vocabulary, patterns, max_len): {info['tokenizer']}")
     if not no_verify:
-        from gruengine.train import load_model
+        from gruengine.inference import load_model
         model, _ = load_model(checkpoint, device="cpu")
         diff = gonnx.verify(info["path"], model)
         click.echo(f"onnxruntime matches gruengine: max |difference| {diff:.2g} on 8 random "

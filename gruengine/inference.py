@@ -114,6 +114,14 @@ def baseline(task, train_ds, test_ds):
     return {"acc": float((test_ds.targets[tmask] == top).mean())}
 
 
+def _checkpoint_path(path):
+    # a run folder stands for its best.npz
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, BEST)):
+        path = os.path.join(path, BEST)
+    return path
+
+
 def load_model(path, device=None):
     """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
     from a run folder (its best.npz).
@@ -122,9 +130,7 @@ def load_model(path, device=None):
     checkpoint was trained on, or 'cpu' when that was 'cuda' and no GPU is usable here, so a
     checkpoint written on one device loads on the other with the same weights."""
     from .backend import check_device, cuda_available
-    path = os.fspath(path)
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, BEST)):
-        path = os.path.join(path, BEST)
+    path = _checkpoint_path(path)
     arrays, meta = ckpt.load_checkpoint(path)
     if "model_config" not in meta:
         raise CheckpointError(f"checkpoint {path}: metadata has no model_config")
@@ -216,3 +222,14 @@ def predict_texts(path, texts, batch_size=256, device=None):
                 out[i] = {"label": str(classes[k]), "probability": float(p[row, k]),
                           "probs": {str(classes[j]): float(p[row, j]) for j in range(p.shape[1])}}
     return out
+
+
+def checkpoint_to_safetensors(checkpoint, path):
+    """``gruengine export CKPT model.safetensors``: a checkpoint's (a .npz, or a run folder:
+    its best.npz) model weights and metadata -> ``path``; returns the path."""
+    from .safetensors import save_checkpoint_safetensors
+    checkpoint = _checkpoint_path(checkpoint)
+    arrays, meta = ckpt.load_checkpoint(checkpoint)
+    if "model_config" not in meta:
+        raise CheckpointError(f"checkpoint {checkpoint}: metadata has no model_config")
+    return save_checkpoint_safetensors(path, ckpt.split_arrays(arrays, "model"), meta)

@@ -269,10 +269,10 @@ def _version():
 def export_checkpoint(checkpoint, path):
     """``gruengine export CKPT model.onnx``: the checkpoint's model, vocabulary, classes,
     max_len/truncate and data_config -> ``export``'s result."""
-    from .train import load_model, _vocab
+    from .inference import load_model, vocab_from_meta
     model, meta = load_model(checkpoint, device="cpu")
     tc = meta.get("train_config") or {}
-    return export(model, path, vocab=_vocab(meta), classes=meta.get("classes"),
+    return export(model, path, vocab=vocab_from_meta(meta), classes=meta.get("classes"),
                   max_len=tc.get("max_len"), truncate=tc.get("truncate") or "head",
                   data_config=meta.get("data_config"))
 

@@ -29,8 +29,7 @@ from ._optional import require
 from .errors import CheckpointError
 
 __all__ = ["save_safetensors", "load_safetensors", "safetensors_metadata",
-           "save_checkpoint_safetensors", "load_checkpoint_safetensors",
-           "checkpoint_to_safetensors"]
+           "save_checkpoint_safetensors", "load_checkpoint_safetensors"]
 
 META_KEY = "gruengine"
 FORMAT_VERSION = 1
@@ -139,16 +138,3 @@ def load_checkpoint_safetensors(path):
         raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported "
                               f"(this gruengine reads version {FORMAT_VERSION})")
     return {f"model/{k}": v for k, v in arrays.items()}, meta
-
-
-def checkpoint_to_safetensors(checkpoint, path):
-    """``gruengine export CKPT model.safetensors``: a checkpoint's (a .npz, or a run folder:
-    its best.npz) model weights and metadata -> ``path``; returns the path."""
-    from .checkpoint import load_checkpoint, split_arrays
-    checkpoint = os.fspath(checkpoint)
-    if os.path.isdir(checkpoint) and os.path.exists(os.path.join(checkpoint, "best.npz")):
-        checkpoint = os.path.join(checkpoint, "best.npz")
-    arrays, meta = load_checkpoint(checkpoint)
-    if "model_config" not in meta:
-        raise CheckpointError(f"checkpoint {checkpoint}: metadata has no model_config")
-    return save_checkpoint_safetensors(path, split_arrays(arrays, "model"), meta)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import gruengine
-from cli.main import app, _register
+from gruengine_cli.main import app, _register
 from gruengine.models import SequenceModel
 
 _register()
@@ -186,7 +186,7 @@ def _encode_with_spec(spec, texts):
 
 
 def test_text_model_cli_export_serve_import_predict(ort, tmp_path):
-    from gruengine.train import predict_texts
+    from gruengine.inference import predict_texts
     ckpt = _text_run(tmp_path)
     out = tmp_path / "text.onnx"
     r = CliRunner().invoke(app, ["export", str(ckpt), str(out)])
@@ -482,7 +482,7 @@ def test_cli_md_documents_every_option(cmd):
 
 def test_serving_md_serves_an_export_like_predict_texts(ort, tmp_path, monkeypatch):
     from gruengine import onnx as gonnx
-    from gruengine.train import predict_texts
+    from gruengine.inference import predict_texts
     from tests.test_docs import python_blocks
     ckpt = _text_run(tmp_path, truncate="head")   # the page's lines keep the first max_len
     gonnx.export_checkpoint(ckpt, tmp_path / "imdb.onnx")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import gruengine
-from cli.main import app, _register
+from gruengine_cli.main import app, _register
 
 _register()
 REASON = "needs the [onnx] extra: pip install 'gruengine[onnx]'"
@@ -101,7 +101,8 @@ def test_torch_modules_move_both_ways_without_surgery(cell, st, rng, tmp_path):
 def test_checkpoint_as_safetensors_is_accepted_by_the_checkpoint_commands(st, tmp_path):
     from gruengine.checkpoint import load_checkpoint
     from gruengine.errors import CheckpointError
-    from gruengine.train import train, load_model
+    from gruengine.train import train
+    from gruengine.inference import load_model
     train({"task": "adding", "seq_len": 8, "n_train": 64, "n_test": 16, "hidden_size": 4,
            "epochs": 1}, tmp_path / "run", quiet=True)
     out = tmp_path / "w.safetensors"
