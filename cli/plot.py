@@ -8,6 +8,14 @@ from gruengine.errors import GruengineError
 from .main import app
 
 
+def require_matplotlib(what="plotting"):
+    """Raise a one-line error saying how to get matplotlib unless it is importable."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        raise GruengineError(f"{what} needs matplotlib: pip install 'gruengine[plot]' "
+                             f"(pip install -e \".[plot]\" in a source checkout)")
+
+
 def write_plot(run_dir, out=None):
     """Draw loss and accuracy/MSE per epoch (train and validation) into ``out`` (a PNG;
     default RUN_DIR/curves.png) and return its path."""
