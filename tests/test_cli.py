@@ -88,7 +88,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.time() + 90
-    while "epoch 1/3 [" not in seen and time.time() < deadline:   # training has started
+    while "epoch 1/3: " not in seen and time.time() < deadline:   # training has started
         ch = proc.stderr.read(1)
         if not ch:
             break
