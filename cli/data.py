@@ -3,7 +3,8 @@ import click
 
 from gruengine.data import (DEFAULT_TEST_FRACTION, NAMES, default_test_fraction, describe,
                             guess_name, load_dataset)
-from gruengine.data.download import data_dir, download_imdb
+from gruengine.data.download import IMDB_FILE, IMDB_URL, data_dir, download_imdb
+from gruengine.errors import DataError
 
 from .main import app
 
@@ -31,7 +32,13 @@ def download(name, dest, quiet):
     Example:
       gruengine data download imdb --dest ~/data    # ~/data/aclImdb_v1.tar.gz (84 MB)
     """
-    path = download_imdb(dest if dest is not None else data_dir(), progress=not quiet)
+    folder = dest if dest is not None else data_dir()
+    try:
+        path = download_imdb(folder, progress=not quiet)
+    except DataError as e:
+        # what a user without this network can do instead
+        raise DataError(f"{e}; or copy {IMDB_FILE} (from {IMDB_URL}) into {folder}, or "
+                        f"give its path to train with --data PATH") from None
     click.echo(path)
 
 

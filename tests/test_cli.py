@@ -191,3 +191,102 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
 def test_every_command_has_help_with_an_example(cmd):
     r = CliRunner().invoke(app, [cmd, "--help"])
     assert r.exit_code == 0 and "Example" in r.output and f"gruengine {cmd}" in r.output
+
+
+@pytest.mark.parametrize("cmd", ["train", "evaluate", "predict", "plot", "inspect",
+                                 "data info", "data download", "bench"])
+def test_usage_errors_are_one_line_with_the_help_to_read(cmd):
+    p = _cli(*cmd.split(), "--no-such-option")
+    line = _one_error_line(p, 2)
+    # click words the message itself (it differs between click versions)
+    assert line.startswith("error: No such option") and "--no-such-option" in line
+    assert line.endswith(f" (see gruengine {cmd} --help)")
+    assert p.stderr.count("\n") == 1 and "Usage:" not in p.stderr
+
+
+def test_usage_errors_of_arguments_and_commands(tmp_path):
+    line = _one_error_line(_cli("trian"), 2)
+    assert "No such command 'trian'" in line and line.endswith(" (see gruengine --help)")
+    line = _one_error_line(_cli("train", "--device", "tpu", "--out", str(tmp_path / "a")), 2)
+    assert line.endswith("'tpu' is not one of 'cpu', 'cuda', 'auto'. (see gruengine train --help)")
+    line = _one_error_line(_cli("predict"), 2)
+    assert "Missing argument 'CKPT'" in line and line.endswith(" (see gruengine predict --help)")
+
+
+def _review_file(path, rng, n, header=True):
+    """A 2-class ``text<TAB>label`` file: one telling word per review among filler."""
+    good, bad = ["great", "superb", "lovely"], ["awful", "boring", "dull"]
+    filler = ["the", "film", "was", "and", "plot", "a", "story"]
+    lines = ["review\tsentiment"] if header else []
+    for _ in range(n):
+        lab = int(rng.integers(2))
+        words = list(rng.choice(filler, 5)) + [rng.choice(good if lab else bad)]
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)}\t{'positive' if lab else 'negative'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_own_files_train_with_data_alone(tmp_path, rng):
+    tsv = _review_file(tmp_path / "reviews.tsv", rng, 150)
+    r = CliRunner().invoke(app, ["train", "--data", str(tsv), "--epochs", "2", "--hidden-size", "8",
+                                 "--embed-dim", "8", "--quiet", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    c = json.load(open(tmp_path / "t" / "config.json"))
+    assert (c["task"], c["test_fraction"]) == ("text", 0.2)
+    _, meta = ckpt.load_checkpoint(tmp_path / "t" / "best.npz")
+    assert sorted(meta["classes"]) == ["negative", "positive"]
+    assert "test accuracy" in r.output and "n=30)" in r.output        # 20% of 150 rows
+    X = rng.standard_normal((120, 9, 2)).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", X=X, y=(X[:, :, 0].sum(axis=1) > 0).astype(np.int64))
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "mine.npz"), "--epochs", "1",
+                                 "--hidden-size", "4", "--quiet", "--out", str(tmp_path / "n")])
+    assert r.exit_code == 0, r.output
+    c = json.load(open(tmp_path / "n" / "config.json"))
+    assert (c["task"], c["test_fraction"]) == ("npz", 0.2) and "n=24)" in r.output
+    # the run's own test split, again, from its checkpoint
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "n"), "--json", "--quiet"])
+    assert r.exit_code == 0 and json.loads(r.output)["n"] == 24
+
+
+def test_a_runs_config_json_is_a_config(tmp_path):
+    r = CliRunner().invoke(app, ["train", *TINY, "--lr", "0.02", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    first = json.load(open(tmp_path / "a" / "config.json"))
+    r = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "a" / "config.json"),
+                                 "--seed", "3", "--quiet", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    second = json.load(open(tmp_path / "b" / "config.json"))
+    assert second == dict(first, seed=3)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hidden_size": 8,}')
+    p = _cli("train", "--config", str(bad), "--out", str(tmp_path / "c"))
+    _one_error_line(p, 2, f"{bad}: not valid JSON")
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # not importable
+    r = CliRunner().invoke(app, ["train", *TINY, "--plot", "--out", str(tmp_path / "p")])
+    assert r.exit_code != 0
+    assert "--plot needs matplotlib: pip install 'gruengine[plot]'" in str(r.exception)
+    assert not (tmp_path / "p").exists()                    # nothing was trained
+
+
+def test_quiet_ctrl_c_still_names_the_checkpoint(tmp_path, monkeypatch):
+    from gruengine.train import Trainer
+    fit = Trainer.fit
+
+    def interrupted_fit(self):
+        def stop(trainer, info):
+            if info["step"] == 2:
+                raise KeyboardInterrupt
+        self.hooks["step"] = stop
+        return fit(self)
+    monkeypatch.setattr(Trainer, "fit", interrupted_fit)
+    run = tmp_path / "q"
+    r = CliRunner().invoke(app, ["train", *TINY, "--out", str(run)])
+    assert r.exit_code != 0
+    assert (f"interrupted: resumable checkpoint in {run / 'last.npz'}; continue with: "
+            f"gruengine train --resume {run}") in r.output
+    _, meta = ckpt.load_checkpoint(run / "last.npz")
+    assert meta["progress"]["step"] == 2
