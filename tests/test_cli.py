@@ -290,3 +290,28 @@ def test_quiet_ctrl_c_still_names_the_checkpoint(tmp_path, monkeypatch):
             f"gruengine train --resume {run}") in r.output
     _, meta = ckpt.load_checkpoint(run / "last.npz")
     assert meta["progress"]["step"] == 2
+
+
+def test_curves_one_panel_for_regression_and_whole_epoch_ticks(rng):
+    pytest.importorskip("matplotlib", reason=NO_MPL)
+    from gruengine_cli.plot import draw_curves, panels
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = int(rng.integers(1, 4))
+    loss = rng.random((n, 2))
+    regress = [{"event": "epoch", "epoch": e + 1, "train_loss": a, "train_mse": a,
+                "val_loss": b, "val_mse": b} for e, (a, b) in enumerate(loss.tolist())]
+    regress.append({"event": "test", "test_loss": 0.1, "test_mse": 0.1})
+    assert panels(regress) == [("loss", "loss (MSE)")]
+    classify = [{"event": "epoch", "epoch": e + 1, "train_loss": a, "train_acc": b,
+                 "val_loss": a, "val_acc": b} for e, (a, b) in enumerate(loss.tolist())]
+    assert panels(classify) == [("loss", "loss"), ("acc", "accuracy")]
+    for records, k in ((regress, 1), (classify, 2)):
+        fig = draw_curves(plt, records, "run")
+        assert len(fig.axes) == k
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+            assert set(range(1, n + 1)) <= set(int(t) for t in ticks)
+        plt.close(fig)
