@@ -3,7 +3,8 @@ import click
 
 from gruengine.data import (DEFAULT_TEST_FRACTION, NAMES, default_test_fraction, describe,
                             guess_name, load_dataset)
-from gruengine.data.download import IMDB_FILE, IMDB_URL, data_dir, download_imdb
+from gruengine.data import download as dl
+from gruengine.data.download import data_dir, download_imdb
 from gruengine.errors import DataError
 
 from .main import app
@@ -37,7 +38,7 @@ def download(name, dest, quiet):
         path = download_imdb(folder, progress=not quiet)
     except DataError as e:
         # what a user without this network can do instead
-        raise DataError(f"{e}; or copy {IMDB_FILE} (from {IMDB_URL}) into {folder}, or "
+        raise DataError(f"{e}; or copy {dl.IMDB_FILE} (from {dl.IMDB_URL}) into {folder}, or "
                         f"give its path to train with --data PATH") from None
     click.echo(path)
 
