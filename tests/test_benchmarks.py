@@ -50,11 +50,13 @@ def test_bench_click_options_reach_the_script_unchanged():
     from gruengine_cli.bench import ENGINES, bench, load_script, script_args
     script = load_script()
     assert ENGINES == script.ENGINES
-    ctx = bench.make_context("bench", [])
+    # contexts made as the app makes them (click keeps the first help option it builds)
+    hopts = {"help_option_names": ["-h", "--help"]}
+    ctx = bench.make_context("bench", [], **hopts)
     assert vars(script.parse_args(script_args(ctx.params))) == vars(script.parse_args([]))
     ctx = bench.make_context("bench", ["--quick", "--batch", "2,5", "--engines",
                                        "engine-cpu,torch-cpu", "--modes", "infer", "--budget",
-                                       "9", "--tol", "0.01", "--out", "o", "--seed", "4"])
+                                       "9", "--tol", "0.01", "--out", "o", "--seed", "4"], **hopts)
     got = vars(script.parse_args(script_args(ctx.params)))
     want = vars(script.parse_args(["--quick", "--batch", "2", "5", "--engines", "engine-cpu",
                                    "torch-cpu", "--modes", "infer", "--budget", "9", "--tol",
