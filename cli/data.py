@@ -1,8 +1,11 @@
 """``gruengine data``: fetch datasets and describe them. Printing only; the work is in gruengine.data."""
 import click
 
-from gruengine.data import NAMES, describe, guess_name, load_dataset
+from gruengine.data import (DEFAULT_TEST_FRACTION, NAMES, default_test_fraction, describe,
+                            guess_name, load_dataset)
+from gruengine.data import download as dl
 from gruengine.data.download import data_dir, download_imdb
+from gruengine.errors import DataError
 
 from .main import app
 
@@ -30,7 +33,13 @@ def download(name, dest, quiet):
     Example:
       gruengine data download imdb --dest ~/data    # ~/data/aclImdb_v1.tar.gz (84 MB)
     """
-    path = download_imdb(dest if dest is not None else data_dir(), progress=not quiet)
+    folder = dest if dest is not None else data_dir()
+    try:
+        path = download_imdb(folder, progress=not quiet)
+    except DataError as e:
+        # what a user without this network can do instead
+        raise DataError(f"{e}; or copy {dl.IMDB_FILE} (from {dl.IMDB_URL}) into {folder}, or "
+                        f"give its path to train with --data PATH") from None
     click.echo(path)
 
 
@@ -48,28 +57,44 @@ def download(name, dest, quiet):
 @click.option("--n-train", type=click.IntRange(min=1), default=None, help="Read at most this many training rows.")
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Read at most this many test rows.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Synthetic tasks: sequence length T.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Synthetic tasks: seed.")
-def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, n_test, seq_len, seed):
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Share of a single text or .npz file held out as the test split "
+              f"[default: {DEFAULT_TEST_FRACTION} for one file].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Synthetic tasks and the --test-fraction split: seed.")
+def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, n_test, seq_len,
+         test_fraction, seed):
     """Counts, classes, length statistics and vocabulary size of each split.
 
     PATH_OR_NAME is a dataset name (adding, copy, imdb) or a path: an IMDB .tar.gz or folder,
-    'train.npz,test.npz', 'train.tsv,test.tsv', a UCR/UEA folder or <Name>_TRAIN.ts file.
+    one .tsv/.csv/.txt or .npz file (split by --test-fraction), 'train.npz,test.npz',
+    'train.tsv,test.tsv', a UCR/UEA folder or <Name>_TRAIN.ts file. For a text file it also
+    says which column was read as the label and whether a header row was skipped. The
+    formats: gruengine train --help.
 
     \b
     Examples:
       gruengine data info adding --seq-len 200
       gruengine data info ~/ucr/ECG200 --task ucr
+      gruengine data info reviews.tsv --max-len 256
       gruengine data info train.tsv,test.tsv --max-len 256
     """
     name = task or guess_name(path_or_name)
     path = None if path_or_name == name else path_or_name
-    opts = dict(seed=seed, n_train=n_train, n_test=n_test)
+    if test_fraction is None:
+        test_fraction = default_test_fraction(name, path)
+    opts = dict(seed=seed, n_train=n_train, n_test=n_test, test_fraction=test_fraction)
     if name in ("imdb", "text"):
         opts.update(max_len=max_len, truncate=truncate, vocab_size=vocab_size, min_count=min_count)
     if name in ("adding", "copy"):
         opts.update(seq_len=seq_len)
     splits = load_dataset(name, path, **opts)
-    click.echo(f"dataset: {name}" + (f" ({path})" if path else ""))
+    click.echo(f"dataset: {name}" + (f" ({path})" if path else "")
+               + (f", test split: {test_fraction:g} of the file (seed {seed})"
+                  if test_fraction else ""))
+    if name == "text":
+        for line in _layout_lines(path):
+            click.echo(line)
     for split, ds in splits.items():
         d = describe(ds)
         click.echo(f"{split}: {d['rows']} rows, task {d['task']}, T={d['steps']}, input {d['input']}, "
@@ -81,3 +106,20 @@ def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, 
             click.echo(f"  classes ({d['num_classes']}): {counts}")
         if "vocab_size" in d:
             click.echo(f"  vocabulary: {d['vocab_size']} tokens")
+
+
+def _layout_lines(path):
+    """'columns of FILE: ...' for each text file of ``path`` (one file, a pair or a folder)."""
+    from gruengine.data.dataset import resolve_pair
+    from gruengine.data.text import text_layout
+    files = [p for p in resolve_pair(path, (".tsv", ".csv", ".txt"), "text") if p is not None]
+    out = []
+    for p in files:
+        lay = text_layout(p)
+        col = lay["label_column"]
+        head = lay["header"]
+        out.append(f"columns of {p}: label = {'first' if col == 1 else 'last'} field"
+                   + (f" ({head[0] if col == 1 else head[-1]!r})" if head else "")
+                   + f", {lay['sep']}-separated, "
+                   + (f"header row {head} skipped" if head else "no header row"))
+    return out

@@ -1,7 +1,8 @@
 """Entry point of the ``gruengine`` command.
 
-Every command module registers itself on ``app``. ``main`` turns the engine's errors into a
-one-line message and exit status 2 (bad input) or 1 (a run that failed), never a traceback.
+Every command module registers itself on ``app``. ``main`` turns usage errors and the engine's
+errors into one line on stderr (``error: ...``) and exit status 2 (bad input) or 1 (a run that
+failed), never a traceback or click's three-line usage block.
 """
 import sys
 
@@ -37,6 +38,9 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        click.echo(f"error: {usage_line(e)}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -50,6 +54,12 @@ def main(argv=None):
         click.echo("interrupted", err=True)
         sys.exit(130)
     sys.exit(0)
+
+
+def usage_line(e):
+    """A click usage error as one line: the message and where the command's help is."""
+    where = e.ctx.command_path if e.ctx is not None else "gruengine"
+    return f"{_one_line(e.format_message())} (see {where} --help)"
 
 
 def _one_line(e):

@@ -8,44 +8,72 @@ from gruengine.errors import GruengineError
 from .main import app
 
 
+def require_matplotlib(what="plotting"):
+    """Raise a one-line error saying how to get matplotlib unless it is importable."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        raise GruengineError(f"{what} needs matplotlib: pip install 'gruengine[plot]' "
+                             f"(pip install -e \".[plot]\" in a source checkout)")
+
+
 def write_plot(run_dir, out=None):
     """Draw loss and accuracy/MSE per epoch (train and validation) into ``out`` (a PNG;
     default RUN_DIR/curves.png) and return its path."""
     from gruengine.rundir import read_metrics
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GruengineError("plotting needs matplotlib: pip install 'gruengine[plot]'") from None
-    records = [r for r in read_metrics(run_dir) if r.get("event") == "epoch"]
-    if not records:
+    require_matplotlib()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(run_dir)
+    if not any(r.get("event") == "epoch" for r in records):
         raise ValueError(f"run_dir: {run_dir}/metrics.jsonl holds no finished epoch yet")
-    test = [r for r in read_metrics(run_dir) if r.get("event") == "test"]
-    metric = "mse" if any("train_mse" in r for r in records) else "acc"
-    epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((axes[0], "loss", "loss"),
-                           (axes[1], metric, "MSE" if metric == "mse" else "accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{key}") for r in records]
-            if any(y is not None for y in ys):
-                ax.plot(epochs, [float("nan") if y is None else y for y in ys], style,
-                        label=split, markersize=3)
-        if test and f"test_{key}" in test[-1]:
-            ax.axhline(test[-1][f"test_{key}"], color="gray", linestyle="--", label="test")
-        if key in ("loss", "mse"):
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
-    fig.tight_layout()
+    fig = draw_curves(plt, records, os.path.basename(os.path.normpath(run_dir)))
     out = out or os.path.join(run_dir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def panels(records):
+    """(key, title) of each panel: loss and accuracy; for a regression run, whose loss is
+    the MSE, one panel."""
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    if any("train_mse" in r for r in epochs):
+        same = all(r.get(f"{s}_loss") == r.get(f"{s}_mse") for r in epochs for s in ("train", "val"))
+        return [("loss", "loss (MSE)")] if same else [("loss", "loss"), ("mse", "MSE")]
+    return [("loss", "loss"), ("acc", "accuracy")]
+
+
+def draw_curves(plt, records, title):
+    """The learning-curve figure of a run's metrics records (not saved)."""
+    from matplotlib.ticker import MaxNLocator
+    epoch_records = [r for r in records if r.get("event") == "epoch"]
+    test = [r for r in records if r.get("event") == "test"]
+    epochs = [r["epoch"] for r in epoch_records]
+    keys = panels(records)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, (key, name) in zip(axes[0], keys):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}_{key}") for r in epoch_records]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, [float("nan") if y is None else y for y in ys], style,
+                        label=split, markersize=4)
+        if test and f"test_{key}" in test[-1]:
+            ax.axhline(test[-1][f"test_{key}"], color="gray", linestyle="--", label="test")
+        if key in ("loss", "mse"):
+            ax.set_yscale("log")
+        if len(epochs) <= 12:                      # epochs are whole numbers: tick each one
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 @app.command("plot")

@@ -10,7 +10,10 @@ import time
 import click
 from click.core import ParameterSource
 
+from gruengine.data import guess_name
+
 from .main import app
+from .plot import require_matplotlib
 
 # named task configs: data/configs/ of a source checkout (editable install), else the copy a
 # regular install puts under <prefix>/share/gruengine/configs (setup.cfg data_files)
@@ -22,6 +25,13 @@ if not os.path.isdir(CONFIG_DIR):
 
 def _default(key):
     from gruengine.config import DEFAULTS, TASK_DEFAULTS
+    from gruengine.data import DEFAULT_TEST_FRACTION
+    if key == "test_fraction":
+        return f"[default: {DEFAULT_TEST_FRACTION} when --data is one file]"
+    if key == "task":
+        return "[default: guessed from --data, else adding]"
+    if key == "data":
+        return "[default: none; imdb: the download cache]"
     d = DEFAULTS[key]
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else str(d)
@@ -33,7 +43,10 @@ def _default(key):
 _OPTIONS = [
     ("--task", "task", click.Choice(["adding", "copy", "imdb", "npz", "text", "ucr"]),
      "dataset: synthetic adding/copy, IMDB reviews, or your own npz/text/ucr files"),
-    ("--data", "data", click.Path(), "path of the data (file, folder, or 'TRAIN,TEST')"),
+    ("--data", "data", click.Path(), "your data: one file, 'TRAIN,TEST', or a folder "
+     "(formats above)"),
+    ("--test-fraction", "test_fraction", click.FloatRange(0, 1, min_open=True, max_open=True),
+     "share of a single --data file held out for testing (seeded, stratified by class)"),
     ("--seq-len", "seq_len", click.IntRange(1), "sequence length of the synthetic tasks"),
     ("--n-train", "n_train", click.IntRange(1), "number of training examples to use"),
     ("--n-test", "n_test", click.IntRange(1), "number of test examples to use"),
@@ -69,7 +82,8 @@ def _add_options(f):
 
 
 def load_config_file(name):
-    """Read a TOML run configuration: a file path, or the name of one in data/configs.
+    """Read a run configuration: a TOML file, a run's config.json, or the name of a TOML file
+    in data/configs.
 
     Keys are the config keys (``hidden_size`` or ``hidden-size``), at the top level or in
     [data] / [model] / [train] tables.
@@ -86,11 +100,23 @@ def load_config_file(name):
             raise click.BadParameter(f"{name}: no such file, nor a named config "
                                      f"(named configs: {', '.join(names) or 'none'})",
                                      param_hint="--config")
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    with open(path, "rb") as f:
+        blob = f.read()
+    if path.lower().endswith(".json") or blob.lstrip()[:1] == b"{":
+        try:
+            raw = json.loads(blob.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); a config is TOML, or the "
+                             f"config.json of a run") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object of config keys, got "
+                             f"{type(raw).__name__}")
+    else:
+        try:
+            raw = tomllib.loads(blob.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"{path}: not valid TOML ({e}); see data/configs/imdb.toml "
+                             f"for the form") from None
     flat = {}
     for k, v in raw.items():
         if isinstance(v, dict) and k in ("data", "model", "train"):
@@ -107,7 +133,8 @@ def load_config_file(name):
               help=f"read each sequence in both directions {_default('bidirectional')}")
 @click.option("--config", "config_file", metavar="FILE",
               help="TOML configuration (a path, or a name in data/configs such as "
-                   "adding_t200 or imdb); options given on the command line override it")
+                   "adding_t200 or imdb), or a run's config.json; options given on the "
+                   "command line override it")
 @click.option("--out", "out", type=click.Path(), help="run folder [default: runs/<task>-<time>]")
 @click.option("--resume", "resume", type=click.Path(), metavar="RUN_DIR",
               help="continue the run in RUN_DIR from its last.npz (--epochs may extend it)")
@@ -120,11 +147,33 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
     With no options it trains on the embedded adding problem (T=50, no download) and states
     whether it reached test MSE < 0.01 (predicting the mean scores about 0.167).
 
+    Your own data: --data FILE (a share is held out for testing, --test-fraction),
+    --data TRAIN,TEST, or a folder with train.* and test.*; --task follows from the file
+    name (.tsv/.csv/.txt: text, .npz: npz, <Name>_TRAIN.ts: ucr).
+
+    \b
+    text: one example per line, a label and a text separated by a tab (.tsv)
+    or a comma (.csv), in either order; a header row is detected:
+      label<TAB>text
+      pos<TAB>A moving, beautifully shot film.
+      neg<TAB>Two hours I will never get back.
+    npz: arrays X (N, T, F) or (N, T), y (N,) class ids, (N, K) floats or
+    (N, T) per-step ids, optional lengths (N,) and classes (C,) names:
+      X = rng.standard_normal((500, 40, 3)).astype("float32")
+      y = (X[:, :, 0].sum(axis=1) > 0).astype("int64")
+      np.savez("mine.npz", X=X, y=y)
+    ucr: a UCR/UEA folder with <Name>_TRAIN.ts and <Name>_TEST.ts (.tsv, .txt):
+      @problemName Mini
+      @data
+      0.1,0.5,0.9,0.4:up
+
     \b
     Examples:
       gruengine train
       gruengine train --config adding_t200 --out runs/adding200
-      gruengine train --task imdb --data aclImdb_labeled.tar.gz --config imdb
+      gruengine train --data reviews.tsv --max-len 256 --epochs 5
+      gruengine train --data aclImdb_v1.tar.gz --config imdb --out runs/imdb
+      gruengine train --config runs/imdb/config.json --lr 0.001 --out runs/imdb2
       gruengine train --resume runs/adding200 --epochs 20
     """
     from gruengine.train import Trainer
@@ -138,13 +187,18 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
         if out and os.path.abspath(out) != os.path.abspath(resume):
             raise click.UsageError("--out and --resume name different folders; a resumed run "
                                    "stays in its folder")
+        if plot:
+            require_matplotlib("--plot")
         trainer = Trainer.resume(resume, overrides=given, quiet=quiet)
     else:
         config = load_config_file(config_file) if config_file else {}
         config.update(given)
         if out is None:
-            task = config.get("task", "adding")
+            task = config.get("task") or (guess_name(config["data"]) if config.get("data")
+                                          else "adding")
             out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if plot:
+            require_matplotlib("--plot")
         trainer = Trainer(config, out, quiet=quiet)
     if not quiet:
         c = trainer.config
@@ -154,7 +208,13 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
                    f"{len(trainer.test_ds)} test, {c['cell']} {c['num_layers']}x"
                    f"{c['hidden_size']}{' bidirectional' if c['bidirectional'] else ''}, "
                    f"{n:,} parameters, device {trainer.model.config.device}", err=True)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        if quiet and trainer.run.holds_run():     # the trainer's own notice is not shown
+            click.echo(f"interrupted: resumable checkpoint in {trainer.run.last}; continue "
+                       f"with: gruengine train --resume {trainer.out_dir}", err=True)
+        raise
     _print_summary(summary)
     if plot:
         from .plot import write_plot

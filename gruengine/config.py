@@ -22,7 +22,7 @@ DEFAULTS = {
     # data
     "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
     "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
-    "val_fraction": 0.1,
+    "val_fraction": 0.1, "test_fraction": None,
     # model
     "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
     "pooling": "last", "embed_dim": 128, "input_proj": 0, "reset_after": True,
@@ -47,12 +47,21 @@ RESUME_OVERRIDES = ("device", "epochs", "eval_batch_size", "patience")
 
 
 def resolve_config(config):
-    """Fill a partial configuration with the task's defaults, then the global ones; validate."""
+    """Fill a partial configuration with the task's defaults, then the global ones; validate.
+
+    With ``data`` but no ``task``, the task is guessed from the path (``data.guess_name``);
+    one text or npz file without ``test_fraction`` gets ``data.default_test_fraction``.
+    """
+    from .data import default_test_fraction, guess_name
     config = dict(config or {})
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"config: unknown keys {unknown}; known keys are {sorted(DEFAULTS)}")
+    if config.get("task") is None and isinstance(config.get("data"), str):
+        config["task"] = guess_name(config["data"])
     task = config.get("task", DEFAULTS["task"])
+    if config.get("test_fraction") is None:
+        config["test_fraction"] = default_test_fraction(task, config.get("data"))
     out = dict(DEFAULTS)
     out.update(TASK_DEFAULTS.get(task, {}))
     out.update({k: v for k, v in config.items()})
@@ -111,6 +120,8 @@ def validate_config(c):
     _num("clip", c["clip"], 0)
     _num("dropout", c["dropout"], 0, hi=1)
     _num("val_fraction", c["val_fraction"], 0, hi=1)
+    if c["test_fraction"] is not None:
+        _num("test_fraction", c["test_fraction"], 0, lo_open=True, hi=1)
     if c["target"] is not None:
         _num("target", c["target"], 0)
     for k in ("bidirectional", "reset_after"):
@@ -132,7 +143,8 @@ def data_config(c):
     """The arguments of ``load_dataset`` that a configuration implies (stored in checkpoints)."""
     return {"name": c["task"], "path": c["data"], "seed": c["seed"], "max_len": c["max_len"],
             "vocab_size": c["vocab_size"], "min_count": c["min_count"], "truncate": c["truncate"],
-            "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"]}
+            "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"],
+            "test_fraction": c["test_fraction"]}
 
 
 def load_data(dcfg, vocab=None):

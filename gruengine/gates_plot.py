@@ -13,7 +13,7 @@ import numpy as np
 from .errors import GruengineError
 from .gates import summarize
 
-__all__ = ["plot_gates", "pyplot", "PANELS"]
+__all__ = ["plot_gates", "draw_gates", "pyplot", "PANELS"]
 
 # gates drawn as heatmaps per cell, (key, title); the keep gate first
 PANELS = {
@@ -50,21 +50,42 @@ def plot_gates(layer_gates, path, *, marks=(), labels=None, units=None, reverse=
     Units are ordered most retentive first (top row). Needs matplotlib.
     """
     plt = pyplot()
+    fig = draw_gates(plt, layer_gates, marks=marks, labels=labels, units=units, reverse=reverse,
+                     inputs=inputs, title=title, top=top)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def draw_gates(plt, layer_gates, *, marks=(), labels=None, units=None, reverse=False,
+               inputs=None, title=None, top=5):
+    """The figure of ``plot_gates`` (arguments alike), not saved: one column of panels over
+    the same time axis, every colourbar in a narrow column of its own so that the heatmaps
+    are as wide as the line panels and a time step lines up across all of them."""
     s = summarize(layer_gates, reverse=reverse, top=top)
     L, H, cell = s["length"], s["units"], s["cell"]
     order = s["order"][:units] if units else s["order"]
     panels = PANELS[cell]
     n_in = 1 if inputs is not None and inputs.ndim == 2 and inputs.shape[1] <= 4 else 0
     heights = [1.0] * n_in + [2.2] * len(panels) + [1.6]
-    fig, axes = plt.subplots(len(heights), 1, figsize=(11, 1.5 * sum(heights) + 0.6),
-                             sharex=True, gridspec_kw={"height_ratios": heights})
+    fig = plt.figure(figsize=(11, 1.5 * sum(heights) + 0.6), constrained_layout=True)
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[60, 1],
+                            wspace=0.02)
+    axes = [fig.add_subplot(grid[0, 0])]
+    axes += [fig.add_subplot(grid[k, 0], sharex=axes[0]) for k in range(1, len(heights))]
+    caxes = [fig.add_subplot(grid[k, 1]) for k in range(len(heights))]
+    for a in axes[:-1]:
+        a.tick_params(labelbottom=False)
+    for k, cax in enumerate(caxes):
+        if not n_in <= k < n_in + len(panels):
+            cax.axis("off")
     if n_in:
         ax = axes[0]
         for f in range(inputs.shape[1]):
             ax.plot(np.arange(L), inputs[:, f], lw=1, label=f"input {f}")
         ax.legend(loc="upper right", fontsize=7, ncol=inputs.shape[1])
         ax.set_ylabel("input", fontsize=8)
-    for ax, (key, name) in zip(axes[n_in:], panels):
+    for ax, cax, (key, name) in zip(axes[n_in:], caxes[n_in:], panels):
         a = np.asarray(layer_gates[key], dtype=np.float64)[:, order].T  # (units, L)
         state = key in ("h", "c", "h_tilde")
         lim = max(float(np.abs(a).max()), 1e-6) if state else 1.0
@@ -74,7 +95,7 @@ def plot_gates(layer_gates, path, *, marks=(), labels=None, units=None, reverse=
                        extent=(-0.5, L - 0.5, len(order) - 0.5, -0.5))
         ax.set_title(name, fontsize=9, loc="left")
         ax.set_ylabel("unit (rank)", fontsize=8)
-        fig.colorbar(im, ax=ax, pad=0.01, fraction=0.03)
+        fig.colorbar(im, cax=cax)
     ax = axes[-1]
     R = s["retention"]
     for u in s["order"][:top]:
@@ -103,7 +124,4 @@ def plot_gates(layer_gates, path, *, marks=(), labels=None, units=None, reverse=
     ax.set_xlim(-0.5, L - 0.5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig

@@ -169,7 +169,9 @@ def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, 
     if task is not None:
         dcfg["name"] = check_task(task)
     if data is not None:
+        from .data import default_test_fraction
         dcfg["path"] = os.fspath(data)
+        dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
     ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
     _check_fits(model, ds, path)
     res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")

@@ -72,8 +72,14 @@ class Trainer:
         self.metric, self.mode = val_metric(self.task)
         self.batches_per_epoch = math.ceil(len(self.train_ds) / c["batch_size"])
         self.opt = _make_optimizer(c, self.model.params)
-        self.schedule = Schedule(c["schedule"], c["lr"], c["epochs"] * self.batches_per_epoch,
-                                 warmup=c["warmup"], mode=self.mode, patience=1)
+        total = c["epochs"] * self.batches_per_epoch
+        self.warmup = clipped_warmup(c["warmup"], total)
+        if self.warmup != c["warmup"]:
+            # a warm-up as long as the run would train at a fraction of --lr throughout
+            print(f"notice: warm-up of {c['warmup']} steps is not shorter than the run "
+                  f"({total} steps); clipped to {self.warmup}", file=self.stream, flush=True)
+        self.schedule = Schedule(c["schedule"], c["lr"], total, warmup=self.warmup,
+                                 mode=self.mode, patience=1)
         # progress of the run; all of it goes into last.npz
         self.epoch = 0            # completed epochs
         self.batch = 0            # completed batches of the current epoch
@@ -163,7 +169,11 @@ class Trainer:
         return ckpt.join_arrays(model=self.model.state_dict(), optim=opt["arrays"], rng=rngs)
 
     def save(self, name=LAST):
-        return ckpt.save_checkpoint(self.run.file(name), self._arrays(), self._meta())
+        # best.npz is for using the model: its weights only; the optimizer moments (twice the
+        # weights) and RNG states are what resuming needs, and only last.npz is resumed
+        arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
+                  else self._arrays())
+        return ckpt.save_checkpoint(self.run.file(name), arrays, self._meta())
 
     def _reseed_dropout(self):
         seed, epoch, batch = self.config["seed"], self.epoch, self.batch
@@ -196,7 +206,7 @@ class Trainer:
         batches = epoch_batches(self.train_ds.lengths, c["batch_size"], c["seed"], self.epoch,
                                 c["bucket"])
         bar = Progress(len(batches), desc=f"epoch {self.epoch + 1}/{c['epochs']}",
-                       enabled=not self.quiet, stream=self.stream)
+                       enabled=not self.quiet, stream=self.stream, announce=True)
         bar.n = self.batch
         try:
             for b in range(self.batch, len(batches)):
@@ -340,6 +350,14 @@ class Trainer:
     def _restore_sigint(old):
         for sig, handler in (old or {}).items():
             signal.signal(sig, handler)
+
+
+def clipped_warmup(warmup, total_steps):
+    """The warm-up a run of ``total_steps`` uses: ``warmup``, or a tenth of the run (at least
+    one step) when ``warmup`` is not shorter than the run."""
+    if warmup < total_steps:
+        return warmup
+    return max(total_steps // 10, 1)
 
 
 def _make_optimizer(c, params):

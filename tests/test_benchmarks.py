@@ -42,3 +42,23 @@ def test_bench_model_step_tiny(tmp_path):
         pytest.skip("torch not importable: no peer row to check")
     # the same weights and batch give the same first step in both frameworks
     assert rows["torch-cpu"]["first_step_rel_diff"] < 1e-5
+
+
+def test_bench_click_options_reach_the_script_unchanged():
+    # gruengine bench's click options become the script's argparse arguments: the defaults
+    # agree, and every given value arrives as the script would parse it
+    from gruengine_cli.bench import ENGINES, bench, load_script, script_args
+    script = load_script()
+    assert ENGINES == script.ENGINES
+    # contexts made as the app makes them (click keeps the first help option it builds)
+    hopts = {"help_option_names": ["-h", "--help"]}
+    ctx = bench.make_context("bench", [], **hopts)
+    assert vars(script.parse_args(script_args(ctx.params))) == vars(script.parse_args([]))
+    ctx = bench.make_context("bench", ["--quick", "--batch", "2,5", "--engines",
+                                       "engine-cpu,torch-cpu", "--modes", "infer", "--budget",
+                                       "9", "--tol", "0.01", "--out", "o", "--seed", "4"], **hopts)
+    got = vars(script.parse_args(script_args(ctx.params)))
+    want = vars(script.parse_args(["--quick", "--batch", "2", "5", "--engines", "engine-cpu",
+                                   "torch-cpu", "--modes", "infer", "--budget", "9", "--tol",
+                                   "0.01", "--out", "o", "--seed", "4"]))
+    assert got == want and got["batch"] == [2, 5] and got["hidden"] == [32, 64]

@@ -51,3 +51,18 @@ def test_model_config_fits_the_dataset():
         ("features", 3, 6, 2)
     assert all(m[k] == c[k] for k in ("cell", "num_layers", "bidirectional", "pooling", "dtype",
                                       "device", "seed", "reset_after"))
+
+
+def test_task_and_test_fraction_follow_from_the_data(tmp_path):
+    (tmp_path / "reviews.tsv").write_text("pos\tfine\n")
+    (tmp_path / "x.npz").write_bytes(b"")
+    c = resolve_config({"data": str(tmp_path / "reviews.tsv")})
+    assert (c["task"], c["test_fraction"]) == ("text", 0.2)
+    c = resolve_config({"data": str(tmp_path / "x.npz"), "test_fraction": 0.3})
+    assert (c["task"], c["test_fraction"]) == ("npz", 0.3)
+    c = resolve_config({"data": "a.tsv,b.tsv"})
+    assert (c["task"], c["test_fraction"]) == ("text", None)
+    c = resolve_config({"task": "adding"})
+    assert c["test_fraction"] is None and c["seq_len"] == 50
+    with pytest.raises(ValueError, match=r"test_fraction: expected a value < 1, got 1\.0"):
+        resolve_config({"data": "a.tsv", "test_fraction": 1.0})

@@ -116,3 +116,39 @@ def test_subprocess_exit_status(tmp_path):
                         str(tmp_path / "missing.npz")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and "missing.npz" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_failed_download_says_where_to_put_a_copy(monkeypatch, tmp_path, capsys):
+    class Gone(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gone)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        monkeypatch.setattr(dl, "IMDB_URL", f"http://127.0.0.1:{srv.server_address[1]}/x.tar.gz")
+        code, out, err = run(["data", "download", "imdb", "--dest", str(tmp_path), "--quiet"], capsys)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "HTTP error 404" in err
+    assert f"or copy aclImdb_v1.tar.gz (from {dl.IMDB_URL}) into {tmp_path}" in err
+    assert "--data PATH" in err
+
+
+def test_info_reports_the_detected_text_columns(tmp_path, capsys):
+    rows = [("a fine film indeed", "pos"), ("dull and long", "neg")] * 10
+    (tmp_path / "r.tsv").write_text("review\tsentiment\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    code, out, err = run(["data", "info", str(tmp_path / "r.tsv"), "--seed", "3"], capsys)
+    assert code == 0, err
+    assert "test split: 0.2 of the file (seed 3)" in out
+    assert (f"columns of {tmp_path / 'r.tsv'}: label = last field ('sentiment'), "
+            "tab-separated, header row ['review', 'sentiment'] skipped") in out
+    assert "train: 16 rows" in out and "test: 4 rows" in out and "classes (2): neg: 2, pos: 2" in out

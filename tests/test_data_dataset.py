@@ -104,3 +104,38 @@ def test_guess_name(tmp_path):
     (tmp_path / "n").mkdir()
     (tmp_path / "n" / "train.npz").write_bytes(b"")
     assert guess_name(str(tmp_path / "u")) == "ucr" and guess_name(str(tmp_path / "n")) == "npz"
+
+
+def test_holdout_split_is_seeded_disjoint_and_stratified(rng):
+    from gruengine.data.dataset import holdout_split
+    from gruengine.errors import DataError
+    n = int(rng.integers(10, 200))
+    labels = rng.integers(0, 4, n)
+    f = float(rng.uniform(0.05, 0.6))
+    tr, te = holdout_split(n, f, 3, labels)
+    assert np.array_equal(np.sort(np.concatenate([tr, te])), np.arange(n))
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(te) > 0)        # file order kept
+    for c in np.unique(labels):
+        k = int((labels == c).sum())
+        assert int((labels[te] == c).sum()) == min(int(round(k * f)), k - 1)
+        assert int((labels[tr] == c).sum()) >= 1
+    tr2, te2 = holdout_split(n, f, 3, labels)
+    assert np.array_equal(te, te2)
+    tr, te = holdout_split(n, f, 3)
+    assert len(te) == min(max(int(round(n * f)), 1), n - 1)
+    with pytest.raises(DataError, match="test_fraction: 0.2 of 1 rows leaves no test rows"):
+        holdout_split(1, 0.2, 0)
+    with pytest.raises(DataError, match="leaves no test rows"):
+        holdout_split(3, 0.2, 0, np.array([0, 1, 2]))     # one row per class: none to spare
+
+
+def test_default_test_fraction_and_guess_for_one_file(tmp_path):
+    from gruengine.data import default_test_fraction
+    (tmp_path / "r.tsv").write_text("pos\tfine\n")
+    (tmp_path / "x.npz").write_bytes(b"")
+    assert default_test_fraction("text", str(tmp_path / "r.tsv")) == 0.2
+    assert default_test_fraction("npz", str(tmp_path / "x.npz")) == 0.2
+    assert default_test_fraction("text", f"{tmp_path / 'r.tsv'},{tmp_path / 'r.tsv'}") is None
+    assert default_test_fraction("text", str(tmp_path)) is None                  # a folder
+    assert default_test_fraction("imdb", str(tmp_path / "r.tsv")) is None
+    assert guess_name(str(tmp_path / "r.tsv")) == "text" and guess_name(str(tmp_path / "x.npz")) == "npz"

@@ -115,3 +115,40 @@ def test_unreadable_and_missing(tmp_path):
         load_dataset("npz", f"{tmp_path / 'nope.npz'},{tmp_path / 'test.npz'}")
     with pytest.raises(DataError, match="needs a path"):
         load_dataset("npz")
+
+
+@pytest.mark.parametrize("kind", ["classify", "regress"])
+def test_one_npz_file_is_split_by_test_fraction(tmp_path, kind):
+    import secrets
+    seed = secrets.randbits(32)
+    print(f"rng seed {seed}")
+    fresh = np.random.default_rng(seed)
+    n, t = int(fresh.integers(30, 80)), int(fresh.integers(3, 9))
+    X = fresh.standard_normal((n, t, 2)).astype(np.float32)
+    y = fresh.integers(0, 3, n) if kind == "classify" else fresh.standard_normal((n, 2))
+    lengths = fresh.integers(1, t + 1, n)
+    path = _save(tmp_path / "all.npz", X=X, y=y, lengths=lengths)
+    f = float(fresh.uniform(0.1, 0.4))
+    split = load_dataset("npz", path, test_fraction=f, seed=7)
+    tr, te = split["train"], split["test"]
+    assert tr.task == te.task == kind
+    # the two splits partition the file's rows (padding zeroed as the loader does)
+    Xz = np.where(np.arange(t)[None, :, None] < lengths[:, None, None], X, np.float32(0))
+    rows = {Xz[i].tobytes(): i for i in range(n)}
+    got = [rows[x.tobytes()] for x in tr.inputs] + [rows[x.tobytes()] for x in te.inputs]
+    assert sorted(got) == list(range(n))
+    test_rows = [rows[x.tobytes()] for x in te.inputs]
+    np.testing.assert_array_equal(te.lengths, lengths[test_rows])
+    if kind == "classify":
+        np.testing.assert_array_equal(te.targets, y[test_rows])
+        for c in np.unique(y):
+            k = int((y == c).sum())
+            assert int((te.targets == c).sum()) == min(int(round(k * f)), k - 1)
+    else:
+        np.testing.assert_allclose(te.targets, y[test_rows].astype(np.float32))
+        assert len(te) == min(max(int(round(n * f)), 1), n - 1)
+    again = load_dataset("npz", path, test_fraction=f, seed=7)["test"]
+    np.testing.assert_array_equal(again.inputs, te.inputs)
+    with pytest.raises(DataError, match=r"all\.npz: the npz loader needs a train and a test "
+                                        r"file .*--test-fraction 0\.2"):
+        load_dataset("npz", path)

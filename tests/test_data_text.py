@@ -181,3 +181,96 @@ def test_text_errors_unknown_test_label_missing_and_binary(tmp_path):
         read_labelled_text(str(tmp_path / "bin.tsv"))
     with pytest.raises(DataError, match="needs a train and a test file"):
         load_dataset("text", str(tmp_path / "train.tsv"))
+
+
+# ---- column order, header rows, one file split into train and test -------------------------
+
+@pytest.fixture
+def fresh():
+    """A fresh generator per test (the module's ``rng`` is fixed); the seed is printed."""
+    import secrets
+    seed = secrets.randbits(32)
+    print(f"rng seed {seed}")
+    return np.random.default_rng(seed)
+
+
+def _layout_file(path, rng, n, classes, label_last, sep, header):
+    """Write n rows of random texts and labels; returns (labels, texts) as written."""
+    labels = [classes[int(rng.integers(len(classes)))] for _ in range(n)]
+    texts = [" ".join(random_tokens(rng, lo=3, hi=12, words=WORDS_NO_PUNCT)) for _ in range(n)]
+    with open(path, "w", encoding="utf-8") as f:
+        if header:
+            f.write(sep.join(header[::-1] if label_last else header) + "\n")
+        for lab, text in zip(labels, texts):
+            if sep == "," and rng.random() < 0.5:
+                text = '"' + text + '"'
+            f.write(sep.join([text, lab] if label_last else [lab, text]) + "\n")
+    return labels, [t.strip('"') for t in texts]
+
+
+WORDS_NO_PUNCT = ("film", "plot", "actor", "scene", "great", "awful", "music", "story", "cast")
+
+
+@pytest.mark.parametrize("label_last", [False, True], ids=["label-first", "label-last"])
+@pytest.mark.parametrize("sep,ext", [("\t", ".tsv"), (",", ".csv")], ids=["tsv", "csv"])
+@pytest.mark.parametrize("header", [None, ("sentiment", "review"), ("stars", "comment_body")],
+                         ids=["no-header", "named-header", "unnamed-header"])
+def test_label_column_and_header_are_detected(tmp_path, fresh, label_last, sep, ext, header):
+    from gruengine.data.text import text_layout
+    classes = [f"c{k}" for k in range(int(fresh.integers(2, 5)))]
+    p = tmp_path / f"data{ext}"
+    labels, texts = _layout_file(p, fresh, int(fresh.integers(12, 60)), classes, label_last,
+                                 sep, header)
+    lay = text_layout(str(p))
+    assert lay["label_column"] == (2 if label_last else 1)
+    assert lay["header"] == (None if header is None else
+                             list(header[::-1] if label_last else header))
+    assert lay["labels"] == labels and lay["texts"] == texts
+    first = 2 if header else 1
+    assert lay["where"] == [f"{p}:{first + i}" for i in range(len(labels))]
+
+
+def test_unreadable_layouts_are_refused_naming_the_column(tmp_path, fresh):
+    p = tmp_path / "two_texts.tsv"
+    rows = [(" ".join(random_tokens(fresh, 2, 6, WORDS_NO_PUNCT)),
+             " ".join(random_tokens(fresh, 2, 6, WORDS_NO_PUNCT))) for _ in range(30)]
+    p.write_text("".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=r"two_texts\.tsv: cannot tell which column holds the "
+                                        r"label: column [12] \(the (first|last) field\)") as e:
+        read_labelled_text(str(p))
+    assert "\n" not in str(e.value)
+    # a header that names the columns the wrong way round: the texts would become classes
+    p = tmp_path / "swapped.tsv"
+    p.write_text("label\ttext\n" + "".join(f"{a} {k}\tpos\n" for k, (a, _) in enumerate(rows)),
+                 encoding="utf-8")
+    with pytest.raises(DataError, match=r"swapped\.tsv: column 1 \(the first field\) was taken "
+                                        r"as the label but it has 30 distinct values in 30 rows"):
+        read_labelled_text(str(p))
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.35])
+def test_one_text_file_is_split_by_a_seeded_stratified_fraction(tmp_path, fresh, fraction):
+    classes = ["neg", "pos", "meh"]
+    p = tmp_path / "all.tsv"
+    labels, texts = _layout_file(p, fresh, int(fresh.integers(40, 90)), classes, True, "\t",
+                                 ("label", "text"))
+    seed = int(fresh.integers(0, 1000))
+    a = load_dataset("text", str(p), test_fraction=fraction, seed=seed)
+    b = load_dataset("text", str(p), test_fraction=fraction, seed=seed)
+    tr, te = a["train"], a["test"]
+    np.testing.assert_array_equal(te.inputs, b["test"].inputs)       # the seed fixes the split
+    assert len(tr) + len(te) == len(labels)
+    for c in set(labels):                                            # stratified, per class
+        n_c = labels.count(c)
+        want = min(int(round(n_c * fraction)), n_c - 1)
+        assert [tr.classes[i] for i in te.targets].count(c) == want
+    # every row lands in exactly one split: decode both back to texts and compare as multisets
+    decode = lambda ds: sorted(" ".join(t for t in ds.vocab.decode(ids[:n]))   # noqa: E731
+                               for ids, n in zip(ds.inputs, ds.lengths))
+    assert sorted(decode(tr) + decode(te)) == sorted(" ".join(tokenize(t)) for t in texts)
+    with pytest.raises(DataError, match="needs a train and a test file.*--test-fraction"):
+        load_dataset("text", str(p))
+    with pytest.raises(DataError, match="test_fraction: .* has its own test file"):
+        load_dataset("text", f"{p},{p}", test_fraction=0.2)
+    with pytest.raises(ValueError, match=r"test_fraction: expected a number in \(0, 1\)"):
+        load_dataset("text", str(p), test_fraction=1.5)

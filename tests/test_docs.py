@@ -45,7 +45,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("cmd", ["train", "evaluate", "predict", "plot", "inspect",
-                                 "data download", "data info"])
+                                 "data download", "data info", "bench"])
 def test_cli_md_lists_every_option(cmd):
     from click.testing import CliRunner
     from gruengine_cli.main import app, _register
@@ -110,3 +110,31 @@ def test_api_md_signatures_match_the_code():
         if norm(actual) != norm(documented):
             wrong.append(f"{dotted}({documented})  !=  ({actual})")
     assert not wrong, "docs/api.md signatures out of date:\n" + "\n".join(wrong)
+
+
+def _leaf_commands(group, path="gruengine"):
+    import click
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            out += _leaf_commands(cmd, f"{path} {name}")
+        else:
+            out.append(f"{path} {name}")
+    return out
+
+
+def test_cli_md_help_blocks_are_the_commands_help():
+    # every command has a block in docs/cli.md, and each block is that command's --help
+    # (python docs/cli_help.py rewrites them)
+    from gruengine_cli.main import app, _register
+    _register()
+    spec = importlib.util.spec_from_file_location("cli_help", os.path.join(DOCS, "cli_help.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = open(os.path.join(DOCS, "cli.md"), encoding="utf-8").read()
+    blocks = [m.group(2) for m in tool.BLOCK.finditer(text)]
+    assert sorted(blocks) == sorted(["gruengine"] + _leaf_commands(app))
+    assert tool.stale_blocks(text) == [], "docs/cli.md is stale: run python docs/cli_help.py"
+    # and the check sees a change
+    assert tool.stale_blocks(text.replace("Usage: gruengine plot", "Usage: gruengine plo", 1)) \
+        == ["gruengine plot"]

@@ -472,3 +472,23 @@ def test_study_imdb_subset_round_trip(tmp_path):
         texts_ref, labels_ref = ref[split]
         assert labels == [["neg", "pos"][k] for k in labels_ref.tolist()]
         assert [tokenize(t) for t in texts] == [tokenize(t) for t in texts_ref]
+
+
+def test_gate_panels_share_one_time_axis(rng):
+    # heatmaps (with colourbars) and line panels span the same width, so step t is at the
+    # same x in every panel
+    pytest.importorskip("matplotlib")
+    from gruengine import gates_plot
+    L, H = int(rng.integers(5, 30)), int(rng.integers(2, 9))
+    g = {k: rng.random((L, H)) for k in ("z", "r", "n")}
+    g["h"] = rng.standard_normal((L, H))
+    plt = gates_plot.pyplot()
+    fig = gates_plot.draw_gates(plt, g, marks=[1], inputs=rng.random((L, 2)))
+    fig.canvas.draw()
+    main = [a for a in fig.axes if a.get_subplotspec().colspan.start == 0]
+    assert len(main) == 1 + 3 + 1                        # inputs, z, r, h, retention
+    x0 = {round(a.get_position().x0, 4) for a in main}
+    x1 = {round(a.get_position().x1, 4) for a in main}
+    assert len(x0) == 1 and len(x1) == 1, (x0, x1)
+    assert all(a.get_xlim() == main[0].get_xlim() for a in main)
+    plt.close(fig)

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 
 from gruengine.kernels.cpu import optim as cpu
-from gruengine.kernels.cuda import optim as gpu  # importable without a GPU (signatures only)
+try:
+    from gruengine.kernels.cuda import optim as gpu  # importable without a GPU (signatures only)
+except ImportError:                                   # no numba.cuda: the cuda extra is absent
+    gpu = None
+NO_CUDA = "numba.cuda is not importable (pip install -e '.[cuda]')"
 from gruengine.optim import SGD, Adam, AdamW, clip_grad_norm, clip_grad_value
 from gruengine.params import ParamBuffer
 from gruengine.reference import optim as ref
@@ -144,6 +148,8 @@ def test_every_backend_has_the_primitive_with_the_same_arguments(name):
     # order in the reference, the CPU and the CUDA backend
     want = list(inspect.signature(getattr(ref, name)).parameters)
     for module in (cpu, gpu):
+        if module is None:
+            pytest.skip(f"the CPU backend passed; the CUDA backend's half: {NO_CUDA}")
         assert name in module.__all__
         assert list(inspect.signature(getattr(module, name)).parameters) == want, module.__name__
 
@@ -182,7 +188,9 @@ def test_ordered_sum_adds_left_to_right():
     loop = 0.0
     for p in partials.tolist():
         loop += p
-    assert cpu.ordered_sum(partials) == ref.ordered_sum(partials) == gpu.ordered_sum(partials) == loop
+    assert cpu.ordered_sum(partials) == ref.ordered_sum(partials) == loop
+    if gpu is not None:
+        assert gpu.ordered_sum(partials) == loop
     assert loop != math.fsum(partials.tolist())       # the order matters for these numbers
     assert cpu.ordered_sum(np.zeros(0)) == ref.ordered_sum(np.zeros(0)) == 0.0
 

@@ -1,8 +1,9 @@
 """Every ``@cuda.jit`` kernel compiles to real PTX (NVVM) for sm_90 and sm_80, no GPU needed.
 
 The simulator runs kernels as Python and accepts code NVVM rejects (a non-literal shared
-array shape, an unsupported call); this catches it. Skips when numba-cuda or NVVM is
-missing, and under NUMBA_ENABLE_CUDASIM=1 (the simulator has no compile_ptx).
+array shape, an unsupported call); this catches it. Skips when numba-cuda (the cuda extra:
+pip install -e ".[cuda]") or NVVM is missing, and under NUMBA_ENABLE_CUDASIM=1 (the simulator
+has no compile_ptx). Numba's own deprecated numba.cuda does not count: its compile_ptx differs.
 """
 import os
 
@@ -11,6 +12,8 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("PTX compilation does not run under the CUDA simulator", allow_module_level=True)
 
+pytest.importorskip("numba_cuda", reason="the PTX compile tests need numba-cuda "
+                    "(pip install -e '.[cuda]')")
 cuda = pytest.importorskip("numba.cuda")
 
 

@@ -265,3 +265,35 @@ def test_checkpoint_from_a_gpu_run_loads_on_the_cpu(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: device: 'cuda' requested")
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_warmup_longer_than_the_run_is_clipped_with_a_notice(tmp_path):
+    from gruengine.train import clipped_warmup
+    buf = io.StringIO()
+    t = Trainer(dict(TINY, warmup=1000), tmp_path / "w", quiet=True, stream=buf)
+    total = TINY["epochs"] * t.batches_per_epoch
+    assert t.warmup == t.schedule.warmup == max(total // 10, 1)
+    assert t.config["warmup"] == 1000                   # the run's config keeps what was asked
+    lines = buf.getvalue().splitlines()
+    assert lines == [f"notice: warm-up of 1000 steps is not shorter than the run ({total} steps); "
+                     f"clipped to {t.warmup}"]
+    # the peak learning rate is reached early in the run, not at its end
+    assert t.schedule.lr(t.warmup - 1) == pytest.approx(TINY["lr"], rel=0.05)
+    assert [clipped_warmup(w, 30) for w in (0, 29, 30, 100)] == [0, 29, 3, 3]
+    assert clipped_warmup(5, 5) == 1
+    buf = io.StringIO()
+    Trainer(dict(TINY, warmup=2), tmp_path / "w2", quiet=True, stream=buf)
+    assert buf.getvalue() == ""
+
+
+def test_best_npz_holds_the_weights_only(tmp_path):
+    t = Trainer(dict(TINY, epochs=1), tmp_path / "b", quiet=True)
+    t.fit()
+    best, meta = ckpt.load_checkpoint(tmp_path / "b" / "best.npz")
+    last, _ = ckpt.load_checkpoint(tmp_path / "b" / "last.npz")
+    assert best and all(k.startswith("model/") for k in best)
+    assert {k for k in last if k.startswith("model/")} == set(best)
+    assert any(k.startswith("optim/") for k in last)
+    for k, v in best.items():                           # one epoch: best and last agree
+        np.testing.assert_array_equal(v, last[k])
+    assert meta["model_config"] and meta["data_config"]["name"] == "adding"

@@ -14,19 +14,22 @@ from .text import Vocab, encode_texts, tokenize
 
 NAMES = ("adding", "copy", "imdb", "npz", "text", "ucr")
 
-__all__ = ["Dataset", "Vocab", "load_dataset", "describe", "guess_name", "tokenize", "encode_texts", "NAMES"]
+__all__ = ["Dataset", "Vocab", "load_dataset", "describe", "guess_name", "default_test_fraction",
+           "tokenize", "encode_texts", "NAMES"]
 
 
 def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min_count=1, truncate="head",
-                 n_train=None, n_test=None, seq_len=None, vocab=None):
+                 n_train=None, n_test=None, seq_len=None, vocab=None, test_fraction=None):
     """Load a named dataset -> {'train': Dataset, 'test': Dataset}.
 
     name        'adding' | 'copy' (synthetic, from ``seed``; ``seq_len`` = T, default 100;
                 n_train / n_test default 10000 / 1000)
                 'imdb'   path = aclImdb_v1.tar.gz (read without unpacking) or the aclImdb folder;
                          default: the download cache (see ``gruengine data download imdb``)
-                'text'   path = 'train.tsv,test.tsv' or a folder with train.{tsv,csv,txt} + test.*
-                'npz'    path = 'train.npz,test.npz' or a folder with train.npz + test.npz
+                'text'   path = 'train.tsv,test.tsv', a folder with train.{tsv,csv,txt} + test.*,
+                         or one file with ``test_fraction``
+                'npz'    path = 'train.npz,test.npz', a folder with train.npz + test.npz, or
+                         one file with ``test_fraction``
                 'ucr'    path = a folder with <Name>_TRAIN/_TEST .ts/.tsv/.txt, one of them, or the pair
     max_len     token datasets: cut texts to at most this many tokens (``truncate`` 'head' keeps
                 the first tokens, 'tail' the last); T = min(max_len, longest text of the split)
@@ -34,7 +37,10 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
                 training split only; ``min_count`` drops rarer tokens. ``vocab`` (a Vocab or
                 its ``to_json()`` dict, e.g. from a checkpoint) replaces the built one.
     n_train, n_test   cap the number of rows read (IMDB: half per class)
-    seed        synthetic data, and the row order of IMDB
+    test_fraction     text and npz: the share of a single file held out as the test split
+                (seeded by ``seed``, stratified by class); ``default_test_fraction`` gives
+                the value the trainer uses when none is set
+    seed        synthetic data, the row order of IMDB, and the test_fraction split
     """
     if name not in NAMES:
         raise ValueError(f"name: expected one of {', '.join(NAMES)}, got {name!r}")
@@ -49,6 +55,9 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
         vocab = Vocab.from_json(vocab)
     elif vocab is not None and not isinstance(vocab, Vocab):
         raise ValueError(f"vocab: expected a Vocab, its to_json() dict or None, got {type(vocab).__name__}")
+    if test_fraction is not None and name not in ("text", "npz"):
+        raise ValueError(f"test_fraction: only a single text or npz file is split; the {name!r} "
+                         f"dataset has its own test split")
     if name in ("adding", "copy"):
         if path is not None:
             raise ValueError(f"path: the synthetic {name!r} task reads no file, got {path!r}")
@@ -68,18 +77,19 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
         raise ValueError(f"seq_len: only the synthetic tasks take seq_len; use max_len for {name!r}")
     text_opts = dict(max_len=max_len, vocab_size=vocab_size, min_count=min_count, truncate=truncate,
                      vocab=vocab, n_train=n_train, n_test=n_test)
+    split = dict(test_fraction=test_fraction, seed=seed)
     if name == "imdb":
         from .download import find_imdb
         from .imdb import load_imdb
         return load_imdb(find_imdb() if path is None else path, seed=seed, **text_opts)
     if name == "text":
         from .text import load_text
-        return load_text(_need(path, name), **text_opts)
+        return load_text(_need(path, name), **text_opts, **split)
     if max_len is not None or vocab is not None:
         raise ValueError(f"max_len/vocab: only token datasets (imdb, text) take them, not {name!r}")
     if name == "npz":
         from .numeric import load_npz
-        return load_npz(_need(path, name), n_train=n_train, n_test=n_test)
+        return load_npz(_need(path, name), n_train=n_train, n_test=n_test, **split)
     from .ucr import load_ucr
     return load_ucr(_need(path, name), n_train=n_train, n_test=n_test)
 
@@ -88,6 +98,20 @@ def _need(path, name):
     if path is None:
         raise DataError(f"path: the {name!r} dataset needs a path, got None")
     return os.fspath(path)
+
+
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def default_test_fraction(name, path):
+    """The test fraction a run uses when none is given: 0.2 for one text or npz file (it has
+    no test split of its own), else None."""
+    if name not in ("text", "npz") or path is None:
+        return None
+    path = os.fspath(path)
+    if "," in path and not os.path.exists(path):
+        return None
+    return DEFAULT_TEST_FRACTION if os.path.isfile(path) else None
 
 
 def guess_name(path_or_name):

@@ -137,6 +137,44 @@ def resolve_pair(path, suffixes, what):
     return path, None
 
 
+def check_test_fraction(test_fraction):
+    """``test_fraction`` as a float in (0, 1), or None."""
+    if test_fraction is None:
+        return None
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in (0, 1) or None, got {test_fraction!r}")
+    return float(test_fraction)
+
+
+def holdout_split(n, test_fraction, seed, labels=None):
+    """(train rows, test rows): a seeded split of ``n`` rows, both sorted (file order kept).
+
+    With ``labels`` (one per row) the split is stratified: each class gives round(fraction x
+    its count) rows to the test split and keeps at least one for training, so every test
+    label is a known class. Raises DataError when the test split would be empty.
+    """
+    rng = np.random.default_rng([seed, 7321])
+    if labels is None:
+        k = min(max(int(round(n * test_fraction)), 1), n - 1)
+        perm = rng.permutation(n)
+        test = perm[:k]
+    else:
+        labels = np.asarray(labels)
+        test = []
+        for c in sorted(set(labels.tolist())):
+            rows = np.flatnonzero(labels == c)
+            rng.shuffle(rows)
+            test.extend(rows[:min(int(round(len(rows) * test_fraction)), len(rows) - 1)])
+        test = np.array(test, dtype=np.int64)
+    if n < 2 or len(test) == 0:
+        raise DataError(f"test_fraction: {test_fraction:g} of {n} rows leaves no test rows; "
+                        "give a larger fraction or a separate test file ('TRAIN,TEST')")
+    mask = np.zeros(n, dtype=bool)
+    mask[test] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
 def require_file(path):
     """Raise DataError unless ``path`` is a readable regular file."""
     if not os.path.exists(path):

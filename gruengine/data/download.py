@@ -177,5 +177,5 @@ def find_imdb():
         p = os.path.join(folder, name)
         if os.path.exists(p):
             return p
-    raise DataError(f"IMDB not found in {folder}: run `gruengine data download imdb` "
-                    f"or pass the path of aclImdb_v1.tar.gz / the aclImdb folder")
+    raise DataError(f"IMDB not found in {folder}: run `gruengine data download imdb`, "
+                    f"or pass the path of aclImdb_v1.tar.gz / the aclImdb folder (--data PATH)")

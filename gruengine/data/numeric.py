@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 
 from ..errors import DataError
-from .dataset import Dataset, require_file, resolve_pair
+from .dataset import Dataset, check_test_fraction, holdout_split, require_file, resolve_pair
 
 _KEYS = {"X", "y", "lengths", "classes"}
 
@@ -98,13 +98,29 @@ def _task(y):
     return "regress" if y.ndim == 2 else "tag"
 
 
-def load_npz(path, *, n_train=None, n_test=None):
-    """'train.npz,test.npz' or a folder with train.npz and test.npz -> {'train', 'test'} Datasets."""
+def load_npz(path, *, n_train=None, n_test=None, test_fraction=None, seed=0):
+    """'train.npz,test.npz', a folder with train.npz and test.npz, or one .npz split by
+    ``test_fraction`` (seeded; stratified for class targets, see ``holdout_split``)
+    -> {'train', 'test'} Datasets."""
+    test_fraction = check_test_fraction(test_fraction)
     tr, te = resolve_pair(path, (".npz",), "npz")
-    if te is None:
+    if te is None and test_fraction is None:
         raise DataError(f"{tr}: the npz loader needs a train and a test file "
-                        f"('TRAIN.npz,TEST.npz' or a folder with train.npz and test.npz)")
-    a, b = read_npz(tr), read_npz(te)
+                        f"('TRAIN.npz,TEST.npz' or a folder with train.npz and test.npz), or a "
+                        f"test fraction to hold out of this one (--test-fraction 0.2)")
+    if te is not None and test_fraction is not None:
+        raise DataError(f"test_fraction: {path} has its own test file; a test fraction splits "
+                        f"a single file only")
+    if te is None:
+        a = read_npz(tr)
+        y = a["y"]
+        rows = holdout_split(len(y), test_fraction, seed,
+                             y if y.dtype == np.int64 and y.ndim == 1 else None)
+        a, b = ({**a, **{k: np.ascontiguousarray(a[k][idx]) for k in ("X", "y", "lengths")}}
+                for idx in rows)
+        te = f"{tr} (test rows)"
+    else:
+        a, b = read_npz(tr), read_npz(te)
     for name, lim in (("train", n_train), ("test", n_test)):
         s = a if name == "train" else b
         if lim is not None:

@@ -17,7 +17,8 @@ import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
-from .dataset import Dataset, encode_labels, label_order, require_file, resolve_pair
+from .dataset import (Dataset, check_test_fraction, encode_labels, holdout_split, label_order,
+                      require_file, resolve_pair)
 
 PAD, UNK = "<pad>", "<unk>"
 _EMPTY = [UNK]  # what a text with no tokens encodes as
@@ -142,13 +143,67 @@ def encode_texts(texts, vocab, max_len=None, truncate="head"):
 
 # ---- labelled text files ---------------------------------------------------------------
 
+# header cells that name a column; a first row made of one of each is a header, whatever order
+LABEL_NAMES = {"label", "labels", "class", "category", "target", "sentiment", "polarity", "y"}
+TEXT_NAMES = {"text", "review", "sentence", "document", "content", "comment", "body", "message",
+              "tweet", "x"}
+_NAME = re.compile(r"^[A-Za-z_][\w .-]{0,31}$")
+
+
 def read_labelled_text(path):
-    """Read ``label<TAB>text`` (.tsv, or any file whose first line has a tab) or ``label,text`` (CSV,
-    quotes allowed). A first row 'label<sep>text' is a header and skipped.
+    """Read a labelled text file: ``label<TAB>text`` or ``text<TAB>label`` (.tsv, or any file
+    whose first line has a tab), ``label,text`` or ``text,label`` (CSV, quotes allowed).
+
+    Which column holds the label and whether the first row is a header are detected
+    (``text_layout``); a layout that cannot be told apart is refused with a message naming
+    the column it would take as the label.
 
     Returns (labels list[str], texts list[str], where list['file:line']).
     """
+    layout = text_layout(path)
+    return layout["labels"], layout["texts"], layout["where"]
+
+
+def text_layout(path):
+    """The layout of a labelled text file and its rows, as a dict:
+
+    sep ('tab' or 'comma'), label_column (1 or 2: the label is the first or the last field),
+    header (the header row's cells, or None), labels, texts, where ('file:line' per row).
+    """
     path = os.fspath(path)
+    records, tab = _records(path)
+    if not records:
+        raise DataError(f"{path}: empty dataset (no labelled lines)")
+    for lineno, fields in records:
+        if len(fields) < 2:
+            sep = "a tab" if tab else "a comma"
+            raise DataError(f"{path}:{lineno}: malformed line: expected 'label' {sep} 'text' "
+                            f"(or 'text' {sep} 'label'), got {_clip(fields[0])!r}")
+    label_col, header = _sniff(path, records)
+    if header is not None:
+        records = records[1:]
+        if not records:
+            raise DataError(f"{path}: empty dataset (a header row and no labelled lines)")
+    labels, texts, where = [], [], []
+    for lineno, fields in records:
+        if label_col == 1:
+            label, text = fields[0], ("\t" if tab else ",").join(fields[1:])
+        else:
+            label, text = fields[-1], ("\t" if tab else ",").join(fields[:-1])
+        label = label.strip()
+        if not label:
+            raise DataError(f"{path}:{lineno}: malformed line: empty label "
+                            f"(column {label_col} {_col_name(label_col)} is the label)")
+        labels.append(label)
+        texts.append(text)
+        where.append(f"{path}:{lineno}")
+    _check_classes(path, labels, label_col)
+    return {"sep": "tab" if tab else "comma", "label_column": label_col, "header": header,
+            "labels": labels, "texts": texts, "where": where}
+
+
+def _records(path):
+    """[(line number, fields)] of the non-blank lines, and whether the file is tab-separated."""
     require_file(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -159,42 +214,85 @@ def read_labelled_text(path):
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     first = data.split("\n", 1)[0]
     tab = path.lower().endswith(".tsv") or ("\t" in first and not path.lower().endswith(".csv"))
-    labels, texts, where = [], [], []
     if tab:
-        records = ((i + 1, line.rstrip("\r").split("\t", 1)) for i, line in enumerate(data.split("\n")))
+        records = ((i + 1, line.rstrip("\r").split("\t")) for i, line in enumerate(data.split("\n")))
     else:
-        reader = csv.reader(data.splitlines(keepends=True))
-        records = _csv_records(reader, path)
-    for lineno, fields in records:
-        if len(fields) == 1 and not fields[0].strip():
-            continue  # blank line
-        if len(fields) < 2:
-            sep = "a tab" if tab else "a comma"
-            raise DataError(f"{path}:{lineno}: malformed line: expected 'label' {sep} 'text', "
-                            f"got {_clip(fields[0])!r}")
-        label, text = fields[0].strip(), fields[1]
-        if not label:
-            raise DataError(f"{path}:{lineno}: malformed line: empty label")
-        if not labels and label.lower() == "label" and text.strip().lower() == "text":
-            continue  # header
-        labels.append(label)
-        texts.append(text)
-        where.append(f"{path}:{lineno}")
-    if not labels:
-        raise DataError(f"{path}: empty dataset (no labelled lines)")
-    return labels, texts, where
+        records = _csv_records(csv.reader(data.splitlines(keepends=True)), path)
+    return [(n, f) for n, f in records if not (len(f) == 1 and not f[0].strip())], tab
 
 
 def _csv_records(reader, path):
     start = 1
     try:
         for fields in reader:
-            if len(fields) > 2:  # unquoted commas inside the text
-                fields = [fields[0], ",".join(fields[1:])]
             yield start, fields if fields else [""]
             start = reader.line_num + 1
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+
+
+def _col_name(col):
+    return "(the first field)" if col == 1 else "(the last field)"
+
+
+def _is_header(cells):
+    low = [c.strip().lower() for c in cells]
+    if low[0] in LABEL_NAMES and low[-1] in TEXT_NAMES:
+        return 1
+    if low[0] in TEXT_NAMES and low[-1] in LABEL_NAMES:
+        return 2
+    return 0
+
+
+def _label_like(values):
+    """Whether a column reads as class labels: single words, repeated across rows (empty
+    cells are left to the row check, which names their line)."""
+    values = [v for v in values if v]
+    if any(len(v.split()) != 1 for v in values):
+        return False
+    return len(set(values)) <= max(2, len(values) // 2)
+
+
+def _sniff(path, records):
+    """(label column 1 | 2, header cells or None) of a file's records."""
+    first = records[0][1]
+    named = _is_header(first)
+    if named:
+        return named, [c.strip() for c in first]
+    body = [f for _, f in records[1:]] or [first]
+    heads, tails = [f[0].strip() for f in body], [f[-1].strip() for f in body]
+    head_ok, tail_ok = _label_like(heads), _label_like(tails)
+    if head_ok and tail_ok:
+        col = 1 if len(set(heads)) <= len(set(tails)) else 2
+    elif head_ok or tail_ok:
+        col = 1 if head_ok else 2
+    else:
+        col = 1 if len(set(heads)) <= len(set(tails)) else 2
+        vals = heads if col == 1 else tails
+        raise DataError(f"{path}: cannot tell which column holds the label: column {col} "
+                        f"{_col_name(col)} would be taken, but it has {len(set(vals))} distinct "
+                        f"values in {len(vals)} rows; expected one word per label, e.g. "
+                        f"'pos<TAB>a fine film' or 'a fine film<TAB>pos'")
+    # an unnamed header: a first row of two name-like cells whose label occurs nowhere else,
+    # above at least 10 rows of a label column that repeats and texts of several words
+    label = (first[0] if col == 1 else first[-1]).strip()
+    text = (" ".join(first[1:]) if col == 1 else " ".join(first[:-1])).strip()
+    labels, texts = (heads, tails) if col == 1 else (tails, heads)
+    words = sorted(len(t.split()) for t in texts)
+    if (len(body) >= 10 and len(set(labels)) <= len(body) // 3 and label not in labels
+            and _NAME.match(label) and _NAME.match(text) and len(text.split()) <= 2
+            and words[len(words) // 2] >= 3):
+        return col, [c.strip() for c in first]
+    return col, None
+
+
+def _check_classes(path, labels, col):
+    # texts read as labels give about one class per row
+    n, k = len(labels), len(set(labels))
+    if n >= 20 and k > n // 2:
+        raise DataError(f"{path}: column {col} {_col_name(col)} was taken as the label but it "
+                        f"has {k} distinct values in {n} rows; expected a few classes "
+                        f"('label<TAB>text' or 'text<TAB>label')")
 
 
 def _clip(s, k=40):
@@ -202,20 +300,40 @@ def _clip(s, k=40):
 
 
 def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None):
+              n_train=None, n_test=None, test_fraction=None, seed=0):
     """Labelled text files -> {'train': Dataset, 'test': Dataset} (task 'classify').
 
-    ``path``: 'train.tsv,test.tsv', or a folder with train.{tsv,csv,txt} and test.{...}.
-    Classes come from the training labels; the vocabulary from the training texts unless
-    ``vocab`` (e.g. from a checkpoint) is given.
+    ``path``: 'train.tsv,test.tsv', a folder with train.{tsv,csv,txt} and test.{...}, or one
+    file split by ``test_fraction`` (a seeded split stratified by label, see
+    ``holdout_split``). Classes come from the training labels; the vocabulary from the
+    training texts unless ``vocab`` (e.g. from a checkpoint) is given.
     """
+    test_fraction = check_test_fraction(test_fraction)
     tr, te = resolve_pair(path, (".tsv", ".csv", ".txt"), "text")
-    if te is None:
+    if te is None and test_fraction is None:
         raise DataError(f"{tr}: the text loader needs a train and a test file "
-                        f"('TRAIN,TEST' or a folder with train.tsv and test.tsv)")
+                        f"('TRAIN,TEST' or a folder with train.tsv and test.tsv), or a "
+                        f"test fraction to hold out of this one (--test-fraction 0.2)")
+    if te is not None and test_fraction is not None:
+        raise DataError(f"test_fraction: {path} has its own test file; a test fraction splits "
+                        f"a single file only")
+    if te is None:
+        layout = text_layout(tr)
+        train_rows, test_rows = holdout_split(len(layout["labels"]), test_fraction, seed,
+                                              layout["labels"])
+        rows = {"train": train_rows, "test": test_rows}
+        read = {name: tuple([layout[k][i] for i in idx] for k in ("labels", "texts", "where"))
+                for name, idx in rows.items()}
+        columns = {"train": layout["label_column"], "test": layout["label_column"]}
+    else:
+        read, columns = {}, {}
+        for name, p in (("train", tr), ("test", te)):
+            layout = text_layout(p)
+            read[name] = (layout["labels"], layout["texts"], layout["where"])
+            columns[name] = layout["label_column"]
     splits = {}
-    for name, p, limit in (("train", tr, n_train), ("test", te, n_test)):
-        labels, texts, where = read_labelled_text(p)
+    for name, limit in (("train", n_train), ("test", n_test)):
+        labels, texts, where = read[name]
         if limit is not None:
             labels, texts, where = labels[:limit], texts[:limit], where[:limit]
         splits[name] = (labels, [tokenize(t) for t in texts], where)
@@ -224,7 +342,11 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
         vocab = Vocab.build(splits["train"][1], vocab_size, min_count)
     out = {}
     for name, (labels, toks, where) in splits.items():
-        y = encode_labels(labels, classes, where)
+        try:
+            y = encode_labels(labels, classes, where)
+        except DataError as e:
+            raise DataError(f"{e}; the label is column {columns[name]} "
+                            f"{_col_name(columns[name])} of that file") from None
         ids, lengths = encode_texts(toks, vocab, max_len, truncate)
         out[name] = Dataset(ids, lengths, y, "classify", len(classes), list(classes), vocab)
     return out

@@ -7,6 +7,7 @@ op-level functions with device arrays, compared with the same step on the CPU ke
 """
 import math
 
+import numba
 import numpy as np
 import pytest
 from numba import cuda
@@ -16,7 +17,7 @@ if not cuda.is_available():
 
 from gruengine.kernels import cpu as kcpu  # noqa: E402
 from gruengine.kernels import cuda as kcuda  # noqa: E402
-from gruengine.kernels.cuda import launch  # noqa: E402
+from gruengine.kernels.cuda import blas, launch  # noqa: E402
 
 from .helpers import assert_close  # noqa: E402
 
@@ -24,9 +25,15 @@ from .helpers import assert_close  # noqa: E402
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     # the simulator runs every thread as a Python thread: small blocks keep these tests quick
-    # (grid-stride loops and the one-block recurrence loop over the rest)
+    # (grid-stride loops and the one-block recurrence loop over the rest). Under the simulator
+    # the GEMM tile is read when the kernel runs, so 4 x 4 tiles (16 threads, not 256) serve
+    # these few-row products; test_cuda_ops checks the GEMMs at their real tile sizes.
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", 32)
     monkeypatch.setattr(launch, "PERSISTENT_THREADS", 16)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", 2)
+    if numba.config.ENABLE_CUDASIM:
+        monkeypatch.setattr(blas, "TILE", 4)
+        monkeypatch.setattr(blas, "TILE_PAD", 5)
 
 
 # (model config, optimizer, batch kind): every cell, input kind, pooling and task; dropout on
