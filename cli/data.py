@@ -4,7 +4,9 @@ import click
 from gruengine.data import NAMES, describe, guess_name, load_dataset
 from gruengine.data.download import data_dir, download_imdb
 
-from .main import app
+from gruengine.limits import MAX_DATA_BYTES, MAX_TEXT_BYTES
+
+from .main import ByteSize, app
 
 
 @app.group()
@@ -49,7 +51,13 @@ def download(name, dest, quiet):
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Read at most this many test rows.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Synthetic tasks: sequence length T.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Synthetic tasks: seed.")
-def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, n_test, seq_len, seed):
+@click.option("--max-text-bytes", type=ByteSize(), default=MAX_TEXT_BYTES,
+              help="Refuse a review, text line or series line larger than this.  [default: 16M]")
+@click.option("--max-data-bytes", type=ByteSize(), default=MAX_DATA_BYTES,
+              help="Refuse data that would take more memory than this (text read, token ids, "
+                   "padded arrays).  [default: 4G]")
+def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, n_test, seq_len, seed,
+         max_text_bytes, max_data_bytes):
     """Counts, classes, length statistics and vocabulary size of each split.
 
     PATH_OR_NAME is a dataset name (adding, copy, imdb) or a path: an IMDB .tar.gz or folder,
@@ -63,7 +71,8 @@ def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, 
     """
     name = task or guess_name(path_or_name)
     path = None if path_or_name == name else path_or_name
-    opts = dict(seed=seed, n_train=n_train, n_test=n_test)
+    opts = dict(seed=seed, n_train=n_train, n_test=n_test, max_text_bytes=max_text_bytes,
+                max_data_bytes=max_data_bytes)
     if name in ("imdb", "text"):
         opts.update(max_len=max_len, truncate=truncate, vocab_size=vocab_size, min_count=min_count)
     if name in ("adding", "copy"):

@@ -10,7 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from .main import app
+from .main import ByteSize, app
 
 # named task configs: data/configs/ of a source checkout (editable install), else the copy a
 # regular install puts under <prefix>/share/gruengine/configs (setup.cfg data_files)
@@ -22,9 +22,10 @@ if not os.path.isdir(CONFIG_DIR):
 
 def _default(key):
     from gruengine.config import DEFAULTS, TASK_DEFAULTS
+    from gruengine.limits import fmt_bytes
     d = DEFAULTS[key]
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
-    text = "the loader's" if d is None else str(d)
+    text = "the loader's" if d is None else fmt_bytes(d) if key.endswith("_bytes") else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
 
 
@@ -59,6 +60,10 @@ _OPTIONS = [
     ("--seed", "seed", int, "seed of initialisation, shuffling and dropout"),
     ("--device", "device", click.Choice(["cpu", "cuda", "auto"]), "where the kernels run"),
     ("--dtype", "dtype", click.Choice(["float32", "float64"]), "floating-point type"),
+    ("--max-text-bytes", "max_text_bytes", ByteSize(),
+     "refuse a review, text line or series line larger than this (16M, 1G, ...)"),
+    ("--max-data-bytes", "max_data_bytes", ByteSize(),
+     "refuse data that would take more memory than this: text read, token ids, padded arrays"),
 ]
 
 
@@ -91,6 +96,8 @@ def load_config_file(name):
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     flat = {}
     for k, v in raw.items():
         if isinstance(v, dict) and k in ("data", "model", "train"):
@@ -111,10 +118,13 @@ def load_config_file(name):
 @click.option("--out", "out", type=click.Path(), help="run folder [default: runs/<task>-<time>]")
 @click.option("--resume", "resume", type=click.Path(), metavar="RUN_DIR",
               help="continue the run in RUN_DIR from its last.npz (--epochs may extend it)")
+@click.option("--overwrite", is_flag=True,
+              help="replace the run in --out (its config, metrics and checkpoints are deleted "
+                   "first); without it a folder holding a run is refused")
 @click.option("--quiet", is_flag=True, help="no progress bars or per-epoch lines")
 @click.option("--plot", "plot", is_flag=True, help="write learning curves (curves.png) at the end")
 @click.pass_context
-def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
+def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
     """Train a sequence model; writes config.json, metrics.jsonl, last.npz and best.npz.
 
     With no options it trains on the embedded adding problem (T=50, no download) and states
@@ -138,6 +148,9 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
         if out and os.path.abspath(out) != os.path.abspath(resume):
             raise click.UsageError("--out and --resume name different folders; a resumed run "
                                    "stays in its folder")
+        if overwrite:
+            raise click.UsageError("--overwrite and --resume exclude each other: a resumed run "
+                                   "continues its folder")
         trainer = Trainer.resume(resume, overrides=given, quiet=quiet)
     else:
         config = load_config_file(config_file) if config_file else {}
@@ -145,7 +158,7 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
         if out is None:
             task = config.get("task", "adding")
             out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = Trainer(config, out, quiet=quiet)
+        trainer = Trainer(config, out, quiet=quiet, overwrite=overwrite)
     if not quiet:
         c = trainer.config
         n = trainer.model.params.size
@@ -234,8 +247,11 @@ def predict_cmd(checkpoint, texts, file, as_json, device):
         else:
             inputs.append(t)
     if file:
-        with open(file, encoding="utf-8") as f:
-            inputs.extend(line.rstrip("\n") for line in f if line.strip())
+        try:
+            with open(file, encoding="utf-8") as f:
+                inputs.extend(line.rstrip("\n") for line in f if line.strip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--file {file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not inputs:
         raise click.UsageError("give at least one TEXT, --file F, or '-' to read standard input")
     for text, r in zip(inputs, predict_texts(checkpoint, inputs, device=device)):

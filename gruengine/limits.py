@@ -51,12 +51,27 @@ def check_text_size(where, nbytes, limit, what="text"):
                         f"--max-text-bytes)")
 
 
-def check_data_size(where, nbytes, limit, what):
+def check_data_size(where, nbytes, limit, what, hint="raise it with --max-data-bytes"):
     """DataError when an array (or a running total) would pass ``max_data_bytes``."""
     if nbytes > limit:
         raise DataError(f"{where}: {what} would take {fmt_bytes(nbytes)}, over the limit of "
-                        f"{fmt_bytes(limit)} per dataset (max_data_bytes; raise it with "
-                        f"--max-data-bytes)")
+                        f"{fmt_bytes(limit)} per dataset (max_data_bytes; {hint})")
+
+
+def check_line(where, line, limit, what="a line"):
+    """``check_text_size`` for a decoded line, measured in UTF-8 bytes."""
+    if len(line) * 4 > limit:       # cheap first: UTF-8 takes at most 4 bytes a character
+        check_text_size(where, len(line.encode("utf-8", "surrogatepass")), limit, what)
+
+
+def check_file_size(path, limit):
+    """A file read whole into memory must fit ``max_data_bytes``; returns its size."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    check_data_size(path, size, limit, "reading the file")
+    return size
 
 
 class Budget:

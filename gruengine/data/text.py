@@ -17,6 +17,8 @@ import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
+from ..limits import (MAX_DATA_BYTES, MAX_TEXT_BYTES, TOKEN_BYTES, check_data_size,
+                      check_file_size, check_line)
 from .dataset import Dataset, encode_labels, label_order, require_file, resolve_pair
 
 PAD, UNK = "<pad>", "<unk>"
@@ -140,18 +142,29 @@ def encode_texts(texts, vocab, max_len=None, truncate="head"):
     return ids, lengths
 
 
+def check_token_ids(where, n_texts, longest, max_len, max_data_bytes):
+    """The padded id matrix of ``n_texts`` texts is allocated at once: check its size first."""
+    T = longest if max_len is None else min(max_len, longest)
+    check_data_size(where, n_texts * max(T, 1) * TOKEN_BYTES, max_data_bytes,
+                    f"the padded token ids ({n_texts} texts x {T} tokens, int64)",
+                    "cut texts with --max-len, or raise --max-data-bytes")
+
+
 # ---- labelled text files ---------------------------------------------------------------
 
-def read_labelled_text(path):
+def read_labelled_text(path, *, max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Read ``label<TAB>text`` (.tsv, or any file whose first line has a tab) or ``label,text`` (CSV,
-    quotes allowed). A first row 'label<sep>text' is a header and skipped.
+    quotes allowed). A first row 'label<sep>text' is a header and skipped; a UTF-8 byte order
+    mark is not part of the first label.
 
-    Returns (labels list[str], texts list[str], where list['file:line']).
+    Returns (labels list[str], texts list[str], where list['file:line']). A file over
+    ``max_data_bytes``, a record over ``max_text_bytes`` or a quote never closed is a DataError.
     """
     path = os.fspath(path)
     require_file(path)
+    check_file_size(path, max_data_bytes)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             data = f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -163,9 +176,11 @@ def read_labelled_text(path):
     if tab:
         records = ((i + 1, line.rstrip("\r").split("\t", 1)) for i, line in enumerate(data.split("\n")))
     else:
-        reader = csv.reader(data.splitlines(keepends=True))
-        records = _csv_records(reader, path)
+        # strict: a quote never closed is an error, not a field running to the end of the file
+        reader = csv.reader(data.splitlines(keepends=True), strict=True)
+        records = _csv_records(reader, path, max_text_bytes)
     for lineno, fields in records:
+        check_line(f"{path}:{lineno}", fields[-1], max_text_bytes)
         if len(fields) == 1 and not fields[0].strip():
             continue  # blank line
         if len(fields) < 2:
@@ -185,8 +200,9 @@ def read_labelled_text(path):
     return labels, texts, where
 
 
-def _csv_records(reader, path):
+def _csv_records(reader, path, max_text_bytes):
     start = 1
+    old_limit = csv.field_size_limit(max(max_text_bytes, 1 << 17))   # module-wide: restored below
     try:
         for fields in reader:
             if len(fields) > 2:  # unquoted commas inside the text
@@ -194,7 +210,15 @@ def _csv_records(reader, path):
             yield start, fields if fields else [""]
             start = reader.line_num + 1
     except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise DataError(f"{path}:{start}: unterminated quote: the quoted field that opens "
+                            f"on line {start} runs to the end of the file") from None
+        if "field larger than field limit" in str(e):
+            raise DataError(f"{path}:{start}: a text over the limit of {max_text_bytes} bytes "
+                            f"per text (max_text_bytes; raise it with --max-text-bytes)") from None
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def _clip(s, k=40):
@@ -202,7 +226,8 @@ def _clip(s, k=40):
 
 
 def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None):
+              n_train=None, n_test=None, max_text_bytes=MAX_TEXT_BYTES,
+              max_data_bytes=MAX_DATA_BYTES):
     """Labelled text files -> {'train': Dataset, 'test': Dataset} (task 'classify').
 
     ``path``: 'train.tsv,test.tsv', or a folder with train.{tsv,csv,txt} and test.{...}.
@@ -215,7 +240,8 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
                         f"('TRAIN,TEST' or a folder with train.tsv and test.tsv)")
     splits = {}
     for name, p, limit in (("train", tr, n_train), ("test", te, n_test)):
-        labels, texts, where = read_labelled_text(p)
+        labels, texts, where = read_labelled_text(p, max_text_bytes=max_text_bytes,
+                                                  max_data_bytes=max_data_bytes)
         if limit is not None:
             labels, texts, where = labels[:limit], texts[:limit], where[:limit]
         splits[name] = (labels, [tokenize(t) for t in texts], where)
@@ -225,6 +251,8 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     out = {}
     for name, (labels, toks, where) in splits.items():
         y = encode_labels(labels, classes, where)
+        check_token_ids(tr if name == "train" else te, len(toks), max(map(len, toks)), max_len,
+                        max_data_bytes)
         ids, lengths = encode_texts(toks, vocab, max_len, truncate)
         out[name] = Dataset(ids, lengths, y, "classify", len(classes), list(classes), vocab)
     return out
