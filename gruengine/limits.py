@@ -83,9 +83,12 @@ class Budget:
         self.where = where
         self.used = 0
 
-    def take(self, nbytes, what="the text read so far"):
+    def take(self, nbytes, what="text"):
         self.used += int(nbytes)
-        check_data_size(self.where, self.used, self.limit, what)
+        if self.used > self.limit:
+            raise DataError(f"{self.where}: more than {fmt_bytes(self.limit)} of {what} to "
+                            f"read, the limit per dataset (max_data_bytes; raise it with "
+                            f"--max-data-bytes)")
 
 
 def check_fits_memory(name, nbytes, what, hint):

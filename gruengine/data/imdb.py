@@ -128,7 +128,7 @@ def _scan_tar(stream, path, quotas, found, counts, max_text_bytes, budget):
                 continue
             where = f"{path}:{m.name}"
             check_text_size(where, m.size, max_text_bytes, "a review")
-            budget.take(m.size, "the reviews read so far")
+            budget.take(m.size, "reviews")
             raw = tar.extractfile(m).read()
             found[split].append((cls, rid, _decode(raw, where)))
             counts[split][cls] += 1
@@ -177,7 +177,7 @@ def _read_review(fp, inside, max_text_bytes, budget):
     except OSError as e:
         raise DataError(f"{fp}: cannot read ({e.strerror})") from None
     check_text_size(fp, len(raw), max_text_bytes, "a review")
-    budget.take(len(raw), "the reviews read so far")
+    budget.take(len(raw), "reviews")
     return raw
 
 
