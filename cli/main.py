@@ -62,9 +62,10 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     _register()
+    old_term = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM outside a training loop (which saves first): a message and 143, not silence
-        signal.signal(signal.SIGTERM, _terminate)
+        old_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         app.main(args=argv, prog_name="gruengine", standalone_mode=False)
     except click.exceptions.Abort as e:
@@ -86,6 +87,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     sys.exit(0)
 
 

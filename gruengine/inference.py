@@ -131,8 +131,6 @@ def load_model(path, device=None):
     if os.path.isdir(path) and os.path.exists(os.path.join(path, BEST)):
         path = os.path.join(path, BEST)
     arrays, meta = ckpt.load_checkpoint(path)
-    if "model_config" not in meta:
-        raise CheckpointError(f"checkpoint {path}: metadata has no model_config")
     check_model_meta(meta, path)
     mcfg = dict(meta["model_config"])
     if device is not None:

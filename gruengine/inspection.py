@@ -133,8 +133,9 @@ def _build_adding(model, meta, *, seed, T, source):
         raise ValueError(f"INPUT: the adding problem needs T >= 2, got {T}")
     c = model.config
     units = c.hidden_size * c.num_layers * (2 if c.bidirectional else 1)
-    # per step: the input, and about eight recorded values (gates, states) per unit
-    check_fits_memory("INPUT", T * (2 + 8 * units) * np.dtype(model.dtype).itemsize,
+    # per step: the input and its float64 draw, and about sixteen float64 values per unit
+    # (the gates and states recorded, then the retention curves computed from them)
+    check_fits_memory("INPUT", T * (64 + 128 * units),
                       f"{source!r}: {T} steps of gates of {units} units", "give a smaller T")
     X, y = synthetic.adding_problem(1, T, seed=seed)
     info = _info(source)

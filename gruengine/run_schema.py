@@ -48,26 +48,29 @@ RUN = {"kind": STRING, "model_config": OBJECT, "train_config": OBJECT, "data_con
 MODEL = {"model_config": OBJECT, "train_config": optional(OBJECT),
          "data_config": optional(OBJECT), "vocab": optional(OBJECT),
          "classes": optional(STRINGS)}
-# absent from checkpoints written before the field existed
-OPTIONAL = {"progress.stopped_early", "train_config", "data_config", "vocab", "classes"}
+# fields a checkpoint may lack: written before the field existed (a run's), or not about the
+# model (any checkpoint a model loads from)
+RUN_OPTIONAL = {"progress.stopped_early"}
+MODEL_OPTIONAL = {"train_config", "data_config", "vocab", "classes"}
 # run configuration keys the model configuration repeats (the model is built from the latter)
 MODEL_KEYS = ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "reset_after",
               "pooling", "dtype", "seed")
 
 
-def check(value, schema, path, prefix=""):
-    """Raise CheckpointError at the first field of ``value`` that ``schema`` does not allow."""
+def check(value, schema, path, optional=(), prefix=""):
+    """Raise CheckpointError at the first field of ``value`` that ``schema`` does not allow;
+    ``optional`` names (dotted) the fields that may be absent."""
     if not isinstance(value, dict):
         raise _field_error(path, prefix.rstrip(".") or "metadata", "an object", value)
     for key, spec in schema.items():
         name = prefix + key
         if key not in value:
-            if name in OPTIONAL:
+            if name in optional:
                 continue
             raise CheckpointError(f"checkpoint {path}: metadata field {name} is missing")
         v = value[key]
         if isinstance(spec, dict):
-            check(v, spec, path, name + ".")
+            check(v, spec, path, optional, name + ".")
         elif not spec[1](v):
             raise _field_error(path, name, spec[0], v)
 
@@ -93,7 +96,7 @@ def check_model_meta(meta, path):
     """What loading a model reads: a valid model configuration, and the optional vocabulary,
     class names and configurations of the right types."""
     from .models import ModelConfig
-    check(meta, MODEL, path)
+    check(meta, MODEL, path, MODEL_OPTIONAL)
     _wrap(path, "model_config", lambda d: ModelConfig.from_dict(d).validate(),
           meta["model_config"])
     if meta.get("vocab") is not None:
@@ -105,7 +108,7 @@ def check_run_meta(meta, path):
     """Everything resuming a run reads, each field alone and then against each other.
     Returns the resolved training configuration."""
     from .config import resolve_config
-    check(meta, RUN, path)
+    check(meta, RUN, path, RUN_OPTIONAL)
     check_model_meta(meta, path)
     p = meta["progress"]
     bpe = p["batches_per_epoch"]
