@@ -30,6 +30,7 @@ class StopRequests:
         self.depth = 0            # nesting of critical sections now running
         self.pending = False      # a second signal arrived inside a critical section
         self.stopping = False     # the final save is under way: later signals change nothing
+        self.raised = False       # the handler raised Interrupted (outside a critical section)
         self._old = None
 
     @property
@@ -71,7 +72,13 @@ class StopRequests:
                              f"way is complete, then saving")
             self.pending = True
             return
+        self.raised = True
         raise Interrupted(self.signum)
+
+    def caused(self, e):
+        """Whether exception ``e`` is a stop: Interrupted itself, or what C code (a Numba
+        dispatcher, say) turned it into when the handler raised inside a call it made."""
+        return isinstance(e, KeyboardInterrupt) or (self.raised and isinstance(e, Exception))
 
     def _notice(self, msg):
         try:

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .batching import epoch_batches, make_batch, split_validation
 from .config import data_config, load_data, model_config, resolve_config, resume_config
 from .early_stopping import EarlyStopping
-from .errors import CheckpointError, TrainingDivergedError
+from .errors import CheckpointError, Interrupted, TrainingDivergedError
 from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric, vocab_from_meta
 from .interrupts import StopRequests
 from .models import SequenceModel
@@ -219,13 +219,17 @@ class Trainer:
                 while self.epoch < c["epochs"] and not self.early_stopping.should_stop:
                     self.stops.check()
                     self._run_epoch()
-            except KeyboardInterrupt:
+            except BaseException as e:
+                if not self.stops.caused(e):
+                    raise
                 self.stops.stopping = True
                 path = self.save(LAST)
                 self._say(f"interrupted: resumable checkpoint saved to {path} "
                           f"(epoch {self.epoch + 1}, batch {self.batch}/{self.batches_per_epoch}); "
                           f"continue with: gruengine train --resume {self.out_dir}")
-                raise
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise Interrupted(self.stops.signum) from None
             finally:
                 self.stops.restore()
             return self._finish()
