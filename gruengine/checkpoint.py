@@ -9,11 +9,14 @@ Layout of the file::
     optim/<name>    optimizer state arrays (moments, step counts)
     rng/<name>      uint64 (6,) the state of a PCG64 generator (see ``rng_to_array``)
 
-Loading uses ``allow_pickle=False`` and checks every field against the manifest; anything
-missing, extra, of the wrong shape or dtype, of another format version, or unreadable raises
-``CheckpointError`` with a one-line message. Writes go to a temporary file in the same
-folder, are flushed and fsynced, then ``os.replace``-d over the target, so a crash mid-write
-leaves the previous checkpoint untouched.
+Loading never unpickles: it reads the metadata first, then every member's ``.npy`` header,
+checks names, shapes and dtypes against the manifest and each header against the bytes the
+archive holds for it, and only then reads the arrays. Members are stored uncompressed (as
+``np.savez`` writes them), so no member can make the reader allocate more than the file's
+size. Anything missing, extra, of the wrong shape or dtype, compressed, of another format
+version, or unreadable raises ``CheckpointError`` with a one-line message. Writes go to a
+temporary file in the same folder, are flushed and fsynced, then ``os.replace``-d over the
+target, so a crash mid-write leaves the previous checkpoint untouched.
 """
 import json
 import os

@@ -210,6 +210,7 @@ class Trainer:
         KeyboardInterrupt) is raised. The run folder's lock is released on the way out."""
         c = self.config
         self._t_session = time.perf_counter()
+        self.run.acquire()                    # a no-op unless an earlier fit released it
         self.stops.install()
         try:
             try:

@@ -122,6 +122,16 @@ def test_member_header_claiming_terabytes(run_copy, forge_manifest):
     assert _folder_state(run_copy) == before
 
 
+def test_random_bytes_in_a_member_are_not_called_pickled(run_copy, capsys):
+    last = run_copy / "last.npz"
+    noise = np.random.default_rng().bytes(300)
+    _forge(last, last, replace={"model/head.bias.npy": b"\x00" + noise})
+    status, _, err = _main(capsys, "evaluate", last)
+    _one_line(status, err, 2, f"checkpoint {last}: array 'model/head.bias' is not a NumPy "
+                              f"array (no .npy header")
+    assert "pickle" not in err
+
+
 def test_compressed_members_are_refused_in_checkpoints(tmp_path, rng):
     a = {"model/w": rng.standard_normal(4)}
     path = ckpt.save_checkpoint(tmp_path / "a.npz", a, {"epoch": 1})
