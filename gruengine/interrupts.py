@@ -29,7 +29,7 @@ class StopRequests:
         self.signum = None        # the first one's number
         self.depth = 0            # nesting of critical sections now running
         self.pending = False      # a second signal arrived inside a critical section
-        self.stopping = False     # the final save is under way: later signals change nothing
+        self.stopping = False     # a stop is under way (its save next): later signals are ignored
         self.raised = False       # the handler raised Interrupted (outside a critical section)
         self._old = None
 
@@ -72,7 +72,7 @@ class StopRequests:
                              f"way is complete, then saving")
             self.pending = True
             return
-        self.raised = True
+        self.raised = self.stopping = True
         raise Interrupted(self.signum)
 
     def caused(self, e):
@@ -95,9 +95,11 @@ class StopRequests:
         finally:
             self.depth -= 1
         if self.depth == 0 and self.pending and not self.stopping:
+            self.stopping = True
             raise Interrupted(self.signum)
 
     def check(self):
         """Between steps: raise ``Interrupted`` when a stop was asked for."""
         if self.count:
+            self.stopping = True      # from here on a signal must not cut the final save
             raise Interrupted(self.signum)

@@ -53,6 +53,7 @@ MODEL = {"model_config": OBJECT, "train_config": optional(OBJECT),
 RUN_OPTIONAL = {"progress.stopped_early"}
 MODEL_OPTIONAL = {"train_config", "data_config", "vocab", "classes"}
 # run configuration keys the model configuration repeats (the model is built from the latter)
+DEVICES = ("cpu", "cuda", "auto", "reference")
 MODEL_KEYS = ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "reset_after",
               "pooling", "dtype", "seed")
 
@@ -97,8 +98,12 @@ def check_model_meta(meta, path):
     class names and configurations of the right types."""
     from .models import ModelConfig
     check(meta, MODEL, path, MODEL_OPTIONAL)
-    _wrap(path, "model_config", lambda d: ModelConfig.from_dict(d).validate(),
-          meta["model_config"])
+    m = meta["model_config"]
+    if m.get("device", "cpu") not in DEVICES:
+        raise _field_error(path, "model_config.device", f"one of {list(DEVICES)}", m["device"])
+    # the device is chosen when the model is loaded (a GPU run loads on the CPU): not here
+    _wrap(path, "model_config", lambda d: ModelConfig.from_dict(dict(d, device="cpu")).validate(),
+          m)
     if meta.get("vocab") is not None:
         from .data.text import Vocab
         _wrap(path, "vocab", Vocab.from_json, meta["vocab"])
