@@ -75,6 +75,14 @@ def main(argv=None):
     except MemoryError as e:
         click.echo(f"error: {_memory_message(e, argv)}", err=True)
         sys.exit(2)
+    except SystemError as e:
+        # Ctrl-C inside a call into compiled code (a Numba dispatcher): the KeyboardInterrupt
+        # comes back as the cause of a SystemError
+        if not isinstance(e.__cause__, KeyboardInterrupt):
+            raise
+        signum = getattr(e.__cause__, "signum", signal.SIGINT)
+        click.echo("terminated (SIGTERM)" if signum == signal.SIGTERM else "aborted", err=True)
+        sys.exit(128 + signum)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -373,6 +373,20 @@ def test_an_allocation_that_fails_anyway_is_one_line(tmp_path, capsys, monkeypat
               "--batch-size 32, --hidden-size 7")
 
 
+def test_ctrl_c_inside_compiled_code_is_an_abort(tmp_path, capsys, monkeypatch):
+    # a KeyboardInterrupt raised while a Numba dispatcher runs comes back as the cause of a
+    # SystemError ("returned a result with an exception set"): still Ctrl-C, not a traceback
+    def interrupted_in_a_kernel(self):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise SystemError("CPUDispatcher returned a result with an exception set") from e
+    monkeypatch.setattr(Trainer, "fit", interrupted_in_a_kernel)
+    status, _, err = _main(capsys, "train", *TINY_ARGS, "--out", tmp_path / "k")
+    assert status == 130 and err.strip().splitlines()[-1] == "aborted", err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--clip", "inf", "clip: expected a finite number >= 0, got inf"),
     ("--lr", "nan", "lr: expected a finite number > 0, got nan"),

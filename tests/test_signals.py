@@ -40,6 +40,19 @@ def reference(tmp_path_factory, datasets):
     return _final(run)
 
 
+@pytest.fixture(scope="module")
+def step_seconds(tmp_path_factory, datasets):
+    """How long one training step takes on this machine now (the median of a few runs)."""
+    times = []
+    for k in range(3):
+        t = Trainer(CFG, tmp_path_factory.mktemp("timing") / "run", datasets=datasets,
+                    quiet=True)
+        t0 = time.perf_counter()
+        t.fit()
+        times.append((time.perf_counter() - t0) / (CFG["epochs"] * PER_EPOCH))
+    return sorted(times)[1]
+
+
 def _final(run):
     arrays, meta = ckpt.load_checkpoint(os.path.join(run, "last.npz"))
     arrays = {k: v for k, v in arrays.items() if not k.startswith("rng/")}
@@ -136,7 +149,7 @@ def test_single_signal_finishes_the_step(tmp_path, datasets, reference):
 
 
 # ---------------------------------------------------------------- random moments, 50 times
-def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference):
+def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference, step_seconds):
     # each trial arms two real SIGINTs from a timer thread after a random step, at random
     # delays: they land wherever the main thread is then (a batch being made, a forward or
     # backward pass, an update, validation, a save), as Ctrl-C from a keyboard would
@@ -149,10 +162,10 @@ def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference):
     try:
         for trial in range(50):
             run = tmp_path / f"t{trial}"
-            at = int(rng.integers(1, total + 1))
-            first = rng.uniform(0, 0.03)
-            # mostly in quick succession, as a double Ctrl-C; sometimes far apart
-            second = first + (rng.uniform(0, 0.005) if trial % 4 else rng.uniform(0, 0.1))
+            at = int(rng.integers(1, total))
+            first = rng.uniform(0, 2) * step_seconds
+            # mostly in quick succession, as a double Ctrl-C; sometimes steps apart
+            second = first + rng.uniform(0, 0.5 if trial % 4 else 3) * step_seconds
             timers = [threading.Timer(d, os.kill, (os.getpid(), signal.SIGINT))
                       for d in (first, second)]
 
@@ -181,7 +194,7 @@ def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference):
             shutil.rmtree(run)
     finally:
         signal.signal(signal.SIGINT, old)
-    assert interrupted >= 30, f"seed {seed}: only {interrupted} of 50 runs were interrupted " \
+    assert interrupted >= 25, f"seed {seed}: only {interrupted} of 50 runs were interrupted " \
                               f"({len(late)} signals arrived after the run)"
 
 
@@ -196,23 +209,31 @@ def test_real_double_ctrl_c_on_the_command_line(tmp_path):
         return subprocess.Popen([sys.executable, "-m", "gruengine_cli.main", *map(str, a)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, **kw)
+    def started(run, p):
+        deadline = time.time() + 120
+        while not (run / "config.json").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.005)                   # config.json: the loop has started
+        return time.perf_counter()
+
     ref = cli("train", *args, "--out", tmp_path / "ref")
+    t0 = started(tmp_path / "ref", ref)
     assert ref.wait(timeout=300) == 0, ref.communicate()
+    training = time.perf_counter() - t0
     reference = _final(tmp_path / "ref")
     rng = np.random.default_rng()
     for trial in range(3):
         run = tmp_path / f"r{trial}"
         p = cli("train", *args, "--out", run)
-        deadline = time.time() + 120
-        while not (run / "config.json").exists() and time.time() < deadline:
-            time.sleep(0.01)                    # config.json: the loop has started
-        time.sleep(rng.uniform(0, 0.5))
+        started(run, p)
+        time.sleep(rng.uniform(0, 0.7) * training)
         p.send_signal(signal.SIGINT)
         time.sleep(rng.uniform(0, 0.01))
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=300)
-        if p.returncode == 0:                   # the run ended before the signals
-            continue
+        finished = (run / "metrics.jsonl").exists() and \
+            any(r["event"] == "test" for r in read_metrics(run))
+        if finished and p.returncode in (0, -signal.SIGINT):
+            continue                            # the signals came as the process was exiting
         assert p.returncode == 130, err
         assert "Traceback" not in err
         state, opt_step = _saved_progress(run)
