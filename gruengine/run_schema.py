@@ -29,7 +29,8 @@ SECONDS = ("a finite number >= 0", lambda v: _is_num(v) and math.isfinite(v) and
 BOOL = ("true or false", lambda v: isinstance(v, bool))
 STRING = ("a string", lambda v: isinstance(v, str))
 OBJECT = ("an object", lambda v: isinstance(v, dict))
-STRINGS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v))
+STRINGS = ("a list of strings",
+           lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v))
 
 
 def optional(spec):

@@ -29,7 +29,8 @@ _STALE = re.compile(r"\.(?:%s)\..+\.tmp" % "|".join(re.escape(a) for a in ARTEFA
 
 
 class RunDir:
-    """Paths and file I/O of a run folder ``path`` (created by ``write_config``)."""
+    """Paths, file I/O and the lock of a run folder ``path`` (created by ``acquire`` or
+    ``write_config``)."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
