@@ -155,17 +155,19 @@ def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference, s
     # backward pass, an update, validation, a save), as Ctrl-C from a keyboard would
     seed = int(np.random.default_rng().integers(1 << 31))
     rng = np.random.default_rng(seed)
-    total = CFG["epochs"] * PER_EPOCH
     late = []
     old = signal.signal(signal.SIGINT, lambda *a: late.append(1))  # signals after fit ended
     interrupted = 0
     try:
         for trial in range(50):
             run = tmp_path / f"t{trial}"
-            at = int(rng.integers(1, total))
-            first = rng.uniform(0, 2) * step_seconds
+            # armed in the first epoch or just after it, so that the signals land while the run
+            # still goes (a timer thread waits up to the 5 ms switch interval for the GIL)
+            at = int(rng.integers(1, PER_EPOCH + 2))
+            unit = max(step_seconds, 0.002)
+            first = rng.uniform(0, 2) * unit
             # mostly in quick succession, as a double Ctrl-C; sometimes steps apart
-            second = first + rng.uniform(0, 0.5 if trial % 4 else 3) * step_seconds
+            second = first + rng.uniform(0, 0.5 if trial % 4 else 3) * unit
             timers = [threading.Timer(d, os.kill, (os.getpid(), signal.SIGINT))
                       for d in (first, second)]
 
@@ -194,6 +196,7 @@ def test_fifty_double_signals_at_random_moments(tmp_path, datasets, reference, s
             shutil.rmtree(run)
     finally:
         signal.signal(signal.SIGINT, old)
+    print(f"{interrupted} of 50 runs interrupted, {len(late)} signals after the run")
     assert interrupted >= 25, f"seed {seed}: only {interrupted} of 50 runs were interrupted " \
                               f"({len(late)} signals arrived after the run)"
 
