@@ -7,7 +7,9 @@ from gruengine.data import download as dl
 from gruengine.data.download import data_dir, download_imdb
 from gruengine.errors import DataError
 
-from .main import app
+from gruengine.limits import MAX_DATA_BYTES, MAX_TEXT_BYTES
+
+from .main import ByteSize, app
 
 
 @app.group()
@@ -62,8 +64,13 @@ def download(name, dest, quiet):
               f"[default: {DEFAULT_TEST_FRACTION} for one file].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Synthetic tasks and the --test-fraction split: seed.")
+@click.option("--max-text-bytes", type=ByteSize(), default=MAX_TEXT_BYTES,
+              help="Refuse a review, text line or series line larger than this.  [default: 16M]")
+@click.option("--max-data-bytes", type=ByteSize(), default=MAX_DATA_BYTES,
+              help="Refuse data that would take more memory than this (text read, token ids, "
+                   "padded arrays).  [default: 4G]")
 def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, n_test, seq_len,
-         test_fraction, seed):
+         test_fraction, seed, max_text_bytes, max_data_bytes):
     """Counts, classes, length statistics and vocabulary size of each split.
 
     PATH_OR_NAME is a dataset name (adding, copy, imdb) or a path: an IMDB .tar.gz or folder,
@@ -83,7 +90,8 @@ def info(path_or_name, task, max_len, truncate, vocab_size, min_count, n_train, 
     path = None if path_or_name == name else path_or_name
     if test_fraction is None:
         test_fraction = default_test_fraction(name, path)
-    opts = dict(seed=seed, n_train=n_train, n_test=n_test, test_fraction=test_fraction)
+    opts = dict(seed=seed, n_train=n_train, n_test=n_test, test_fraction=test_fraction,
+                max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
     if name in ("imdb", "text"):
         opts.update(max_len=max_len, truncate=truncate, vocab_size=vocab_size, min_count=min_count)
     if name in ("adding", "copy"):

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from gruengine.data import guess_name
 
-from .main import app
+from .main import ByteSize, app
 from .plot import require_matplotlib
 
 # named task configs: data/configs/ of a source checkout (editable install), else the copy a
@@ -32,9 +32,10 @@ def _default(key):
         return "[default: guessed from --data, else adding]"
     if key == "data":
         return "[default: none; imdb: the download cache]"
+    from gruengine.limits import fmt_bytes
     d = DEFAULTS[key]
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
-    text = "the loader's" if d is None else str(d)
+    text = "the loader's" if d is None else fmt_bytes(d) if key.endswith("_bytes") else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
 
 
@@ -72,6 +73,10 @@ _OPTIONS = [
     ("--seed", "seed", int, "seed of initialisation, shuffling and dropout"),
     ("--device", "device", click.Choice(["cpu", "cuda", "auto"]), "where the kernels run"),
     ("--dtype", "dtype", click.Choice(["float32", "float64"]), "floating-point type"),
+    ("--max-text-bytes", "max_text_bytes", ByteSize(),
+     "refuse a review, text line or series line larger than this (16M, 1G, ...)"),
+    ("--max-data-bytes", "max_data_bytes", ByteSize(),
+     "refuse data that would take more memory than this: text read, token ids, padded arrays"),
 ]
 
 
@@ -102,10 +107,14 @@ def load_config_file(name):
                                      param_hint="--config")
     with open(path, "rb") as f:
         blob = f.read()
-    if path.lower().endswith(".json") or blob.lstrip()[:1] == b"{":
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if path.lower().endswith(".json") or text.lstrip()[:1] == "{":
         try:
-            raw = json.loads(blob.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); a config is TOML, or the "
                              f"config.json of a run") from None
         if not isinstance(raw, dict):
@@ -113,8 +122,8 @@ def load_config_file(name):
                              f"{type(raw).__name__}")
     else:
         try:
-            raw = tomllib.loads(blob.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML ({e}); see data/configs/imdb.toml "
                              f"for the form") from None
     flat = {}
@@ -138,10 +147,13 @@ def load_config_file(name):
 @click.option("--out", "out", type=click.Path(), help="run folder [default: runs/<task>-<time>]")
 @click.option("--resume", "resume", type=click.Path(), metavar="RUN_DIR",
               help="continue the run in RUN_DIR from its last.npz (--epochs may extend it)")
+@click.option("--overwrite", is_flag=True,
+              help="replace the run in --out (its config, metrics and checkpoints are deleted "
+                   "first); without it a folder holding a run is refused")
 @click.option("--quiet", is_flag=True, help="no progress bars or per-epoch lines")
 @click.option("--plot", "plot", is_flag=True, help="write learning curves (curves.png) at the end")
 @click.pass_context
-def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
+def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
     """Train a sequence model; writes config.json, metrics.jsonl, last.npz and best.npz.
 
     With no options it trains on the embedded adding problem (T=50, no download) and states
@@ -180,6 +192,8 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
     given = {k: v for k, v in flags.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                 ParameterSource.ENVIRONMENT)}
+    if plot:       # before any work: a missing extra should not cost a whole training
+        require_matplotlib("--plot")
     if resume:
         if config_file:
             raise click.UsageError("--config and --resume exclude each other: a resumed run "
@@ -187,8 +201,9 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
         if out and os.path.abspath(out) != os.path.abspath(resume):
             raise click.UsageError("--out and --resume name different folders; a resumed run "
                                    "stays in its folder")
-        if plot:
-            require_matplotlib("--plot")
+        if overwrite:
+            raise click.UsageError("--overwrite and --resume exclude each other: a resumed run "
+                                   "continues its folder")
         trainer = Trainer.resume(resume, overrides=given, quiet=quiet)
     else:
         config = load_config_file(config_file) if config_file else {}
@@ -197,9 +212,7 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
             task = config.get("task") or (guess_name(config["data"]) if config.get("data")
                                           else "adding")
             out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if plot:
-            require_matplotlib("--plot")
-        trainer = Trainer(config, out, quiet=quiet)
+        trainer = Trainer(config, out, quiet=quiet, overwrite=overwrite)
     if not quiet:
         c = trainer.config
         n = trainer.model.params.size
@@ -294,8 +307,11 @@ def predict_cmd(checkpoint, texts, file, as_json, device):
         else:
             inputs.append(t)
     if file:
-        with open(file, encoding="utf-8") as f:
-            inputs.extend(line.rstrip("\n") for line in f if line.strip())
+        try:
+            with open(file, encoding="utf-8") as f:
+                inputs.extend(line.rstrip("\n") for line in f if line.strip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--file {file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not inputs:
         raise click.UsageError("give at least one TEXT, --file F, or '-' to read standard input")
     for text, r in zip(inputs, predict_texts(checkpoint, inputs, device=device)):

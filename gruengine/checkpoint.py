@@ -9,11 +9,14 @@ Layout of the file::
     optim/<name>    optimizer state arrays (moments, step counts)
     rng/<name>      uint64 (6,) the state of a PCG64 generator (see ``rng_to_array``)
 
-Loading uses ``allow_pickle=False`` and checks every field against the manifest; anything
-missing, extra, of the wrong shape or dtype, of another format version, or unreadable raises
-``CheckpointError`` with a one-line message. Writes go to a temporary file in the same
-folder, are flushed and fsynced, then ``os.replace``-d over the target, so a crash mid-write
-leaves the previous checkpoint untouched.
+Loading never unpickles: it reads the metadata first, then every member's ``.npy`` header,
+checks names, shapes and dtypes against the manifest and each header against the bytes the
+archive holds for it, and only then reads the arrays. Members are stored uncompressed (as
+``np.savez`` writes them), so no member can make the reader allocate more than the file's
+size. Anything missing, extra, of the wrong shape or dtype, compressed, of another format
+version, or unreadable raises ``CheckpointError`` with a one-line message. Writes go to a
+temporary file in the same folder, are flushed and fsynced, then ``os.replace``-d over the
+target, so a crash mid-write leaves the previous checkpoint untouched.
 """
 import json
 import os
@@ -22,6 +25,7 @@ import zipfile
 
 import numpy as np
 
+from ._npz import NpzReader
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -53,11 +57,15 @@ def save_checkpoint(path, arrays, meta):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            # the write itself names no file; the user needs to know which one failed
+            raise OSError(e.errno, f"{e.strerror or e} (writing a checkpoint; the previous "
+                                   f"one is unchanged)", path) from None
         raise
     _fsync_dir(folder)
     return path
@@ -92,7 +100,10 @@ def load_checkpoint(path):
 
     ``meta`` is the caller's metadata (``format_version`` and the manifest removed).
     A ``.safetensors`` path is read by ``gruengine.safetensors.load_checkpoint_safetensors``.
-    Raises ``CheckpointError`` naming the file and the first problem found.
+    Raises ``CheckpointError`` naming the file and the first problem found. The metadata and
+    its manifest are read first and every array's header is checked against the manifest
+    before any array data is read; arrays are stored uncompressed, so nothing read can be
+    larger than the file itself.
     """
     path = os.fspath(path)
     if path.endswith(".safetensors"):               # weights + metadata, no optimizer state
@@ -106,55 +117,55 @@ def load_checkpoint(path):
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path}: unreadable (truncated or corrupt): "
                               f"not a complete .npz (zip) archive")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            if META_KEY not in names:
-                raise CheckpointError(f"checkpoint {path}: no {META_KEY} entry; "
-                                      f"not a gruengine checkpoint")
-            # read everything now: a truncated or corrupt member fails here, not later
-            data = {k: z[k] for k in names}
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        why = " ".join(str(e).split()) or type(e).__name__
-        if "allow_pickle" in why:
-            raise CheckpointError(f"checkpoint {path}: holds pickled objects, which are never "
-                                  f"loaded (only plain arrays are allowed)") from None
-        raise CheckpointError(f"checkpoint {path}: unreadable (truncated or corrupt): "
-                              f"{why}") from None
-    meta = _decode_meta(path, data.pop(META_KEY))
-    version = meta.pop("format_version", None)
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not supported "
-                              f"(this gruengine reads version {FORMAT_VERSION})")
-    manifest = meta.pop("arrays", None)
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"checkpoint {path}: metadata has no array manifest")
-    missing = sorted(set(manifest) - set(data))
-    extra = sorted(set(data) - set(manifest))
-    if missing or extra:
-        raise CheckpointError(f"checkpoint {path}: arrays do not match the manifest; "
-                              f"missing {missing}, unexpected {extra}")
-    for k, spec in manifest.items():
-        a = data[k]
-        try:
-            shape, dtype = tuple(spec[0]), np.dtype(spec[1])
-        except (TypeError, IndexError, ValueError):
-            raise CheckpointError(f"checkpoint {path}: bad manifest entry for {k!r}") from None
-        if a.shape != shape:
-            raise CheckpointError(f"checkpoint {path}: array {k!r} expected shape {shape}, "
-                                  f"got {a.shape}")
-        if a.dtype != dtype:
-            raise CheckpointError(f"checkpoint {path}: array {k!r} expected dtype {dtype}, "
-                                  f"got {a.dtype}")
+    with NpzReader(path, error=CheckpointError, where=f"checkpoint {path}",
+                   unreadable="unreadable (truncated or corrupt)", stored_only=True) as z:
+        if META_KEY not in z.members:
+            raise CheckpointError(f"checkpoint {path}: no {META_KEY} entry; "
+                                  f"not a gruengine checkpoint")
+        meta_member = z.members[META_KEY]
+        if meta_member.dtype != np.uint8 or len(meta_member.shape) != 1:
+            raise CheckpointError(f"checkpoint {path}: {META_KEY} expected a 1-D uint8 array, "
+                                  f"got {len(meta_member.shape)}-D {meta_member.dtype}")
+        meta = _decode_meta(path, z.read(META_KEY))
+        version = meta.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path}: format version {version!r} is not "
+                                  f"supported (this gruengine reads version {FORMAT_VERSION})")
+        manifest = meta.pop("arrays", None)
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"checkpoint {path}: metadata has no array manifest")
+        names = set(z.members) - {META_KEY}
+        missing = sorted(set(manifest) - names)
+        extra = sorted(names - set(manifest))
+        if missing or extra:
+            raise CheckpointError(f"checkpoint {path}: arrays do not match the manifest; "
+                                  f"missing {missing}, unexpected {extra}")
+        for k, spec in manifest.items():
+            shape, dtype = _manifest_entry(path, k, spec)
+            m = z.members[k]
+            if m.shape != shape:
+                raise CheckpointError(f"checkpoint {path}: array {k!r} expected shape {shape}, "
+                                      f"got {m.shape}")
+            if m.dtype != dtype:
+                raise CheckpointError(f"checkpoint {path}: array {k!r} expected dtype {dtype}, "
+                                      f"got {m.dtype}")
+        data = {k: z.read(k) for k in manifest}
     return data, meta
 
 
+def _manifest_entry(path, k, spec):
+    try:
+        shape, dtype = tuple(spec[0]), np.dtype(spec[1])
+        ok = all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    except (TypeError, IndexError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: bad manifest entry for {k!r}: expected "
+                              f"[shape, dtype], got {str(spec)[:60]}")
+    return shape, dtype
+
+
 def _decode_meta(path, blob):
-    if blob.dtype != np.uint8 or blob.ndim != 1:
-        raise CheckpointError(f"checkpoint {path}: {META_KEY} expected a 1-D uint8 array, "
-                              f"got {blob.ndim}-D {blob.dtype}")
     try:
         meta = json.loads(blob.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

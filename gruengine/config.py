@@ -11,6 +11,7 @@ import numpy as np
 
 from ._checks import check_dtype
 from .backend import check_device
+from .limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_fits_memory
 from .models import CELLS, POOLINGS
 from .schedule import SCHEDULES
 
@@ -23,6 +24,7 @@ DEFAULTS = {
     "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
     "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
     "val_fraction": 0.1, "test_fraction": None,
+    "max_text_bytes": MAX_TEXT_BYTES, "max_data_bytes": MAX_DATA_BYTES,
     # model
     "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
     "pooling": "last", "embed_dim": 128, "input_proj": 0, "reset_after": True,
@@ -44,6 +46,10 @@ TASK_DEFAULTS = {
 # The keys a resumed run may change: none of them alters the batches, weights or schedule
 # already behind it.
 RESUME_OVERRIDES = ("device", "epochs", "eval_batch_size", "patience")
+TOKEN_TASKS = ("copy", "imdb", "text")
+# recurrent weight matrices per cell (gate blocks of W_ih / W_hh)
+_GATES = {"gru": 3, "lstm": 4, "mingru": 2}
+_INT64_MAX = 2 ** 63 - 1
 
 
 def resolve_config(config):
@@ -84,13 +90,15 @@ def resume_config(saved, overrides=None):
 
 def _num(name, v, lo, lo_open=False, integer=False, hi=None, hi_open=True):
     ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(v, bool) or not isinstance(v, ok_type) or (not integer and math.isnan(v)):
-        kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, ok_type) or (not integer and not math.isfinite(v)):
+        kind = "an integer" if integer else "a finite number"
         raise ValueError(f"{name}: expected {kind} {'>' if lo_open else '>='} {lo}, got {v!r}")
     if (v <= lo) if lo_open else (v < lo):
         raise ValueError(f"{name}: expected a value {'>' if lo_open else '>='} {lo}, got {v!r}")
     if hi is not None and ((v >= hi) if hi_open else (v > hi)):
         raise ValueError(f"{name}: expected a value {'<' if hi_open else '<='} {hi}, got {v!r}")
+    if integer and v > _INT64_MAX:      # every size ends up in an int64 array shape
+        raise ValueError(f"{name}: expected an integer <= {_INT64_MAX} (64 bits), got {v!r}")
 
 
 def _choice(name, v, allowed):
@@ -112,6 +120,8 @@ def validate_config(c):
     for k in ("seq_len", "n_train", "n_test", "max_len"):
         if c[k] is not None:
             _num(k, c[k], 1, integer=True)
+    for k in ("max_text_bytes", "max_data_bytes"):
+        _num(k, c[k], 1, integer=True)
     _num("vocab_size", c["vocab_size"], 2, integer=True)
     for k in ("warmup", "patience", "seed", "input_proj"):
         _num(k, c[k], 0, integer=True)
@@ -131,6 +141,27 @@ def validate_config(c):
         raise ValueError(f"data: expected a path string, got {c['data']!r}")
     check_dtype("dtype", c["dtype"])
     check_device(c["device"])
+    _check_model_memory(c)
+
+
+def _check_model_memory(c):
+    """A model too large for this machine's memory is refused before anything is allocated:
+    a lower bound of its parameters (the recurrent stack, and the embedding of a text task)
+    times weights, gradients and two optimizer moments."""
+    H, L, D, G = c["hidden_size"], c["num_layers"], 2 if c["bidirectional"] else 1, \
+        _GATES.get(c["cell"], 3)
+    first = c["embed_dim"] if c["task"] in TOKEN_TASKS else max(c["input_proj"], 1)
+    recurrent = 0
+    for layer in range(L):
+        inp = first if layer == 0 else D * H
+        recurrent += D * G * H * (inp + (0 if c["cell"] == "mingru" else H) + 2)
+    embedding = c["vocab_size"] * c["embed_dim"] if c["task"] in ("imdb", "text") else 0
+    n = recurrent + embedding
+    name, hint = (("hidden_size", "lower --hidden-size or --num-layers") if recurrent >= embedding
+                  else ("embed_dim", "lower --embed-dim or --vocab-size"))
+    check_fits_memory(name, n * np.dtype(c["dtype"]).itemsize * 4,
+                      f"a model of {n:.3g} parameters (weights, gradients, optimizer moments)",
+                      hint)
 
 
 def check_task(task):
@@ -144,7 +175,8 @@ def data_config(c):
     return {"name": c["task"], "path": c["data"], "seed": c["seed"], "max_len": c["max_len"],
             "vocab_size": c["vocab_size"], "min_count": c["min_count"], "truncate": c["truncate"],
             "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"],
-            "test_fraction": c["test_fraction"]}
+            "test_fraction": c["test_fraction"],
+            "max_text_bytes": c["max_text_bytes"], "max_data_bytes": c["max_data_bytes"]}
 
 
 def load_data(dcfg, vocab=None):

@@ -1,4 +1,5 @@
 """Exceptions with one-line messages; the CLI prints them without a traceback."""
+import signal
 
 
 class GruengineError(Exception):
@@ -15,3 +16,12 @@ class CheckpointError(GruengineError, ValueError):
 
 class TrainingDivergedError(GruengineError, RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal: ``signum`` is SIGINT (Ctrl-C) or SIGTERM (``kill``, a job
+    scheduler); the CLI exits 128 + signum."""
+
+    def __init__(self, signum=signal.SIGINT, message=""):
+        super().__init__(message)
+        self.signum = signum

@@ -17,6 +17,11 @@ from .errors import CheckpointError
 from .models import ModelConfig, SequenceModel
 from .progress import Progress
 from .rundir import BEST
+from .run_schema import check_model_meta
+
+TOKEN_TASKS = ("copy", "imdb", "text")      # the loaders whose inputs are token ids
+TEXT_TASKS = ("imdb", "text")               # ... built with a vocabulary
+SYNTHETIC_TASKS = ("adding", "copy")
 
 
 def val_metric(task):
@@ -132,8 +137,7 @@ def load_model(path, device=None):
     from .backend import check_device, cuda_available
     path = _checkpoint_path(path)
     arrays, meta = ckpt.load_checkpoint(path)
-    if "model_config" not in meta:
-        raise CheckpointError(f"checkpoint {path}: metadata has no model_config")
+    check_model_meta(meta, path)
     mcfg = dict(meta["model_config"])
     if device is not None:
         mcfg["device"] = check_device(device)
@@ -166,13 +170,25 @@ def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, 
     dcfg = dict(meta.get("data_config") or {})
     if not dcfg:
         raise CheckpointError(f"checkpoint {path}: metadata has no data_config")
-    if task is not None:
-        dcfg["name"] = check_task(task)
+    vocab = vocab_from_meta(meta)
+    if task is not None and check_task(task) != dcfg.get("name"):
+        reads = "token ids" if model.config.input == "tokens" else "feature sequences"
+        if (task in TOKEN_TASKS) != (model.config.input == "tokens"):
+            raise ValueError(f"task: the checkpoint {path} reads {reads} (trained on "
+                             f"{dcfg.get('name')!r}); {task!r} data does not fit it")
+        dcfg["name"] = task
+        # options of the training loader that the new one does not take
+        if task not in SYNTHETIC_TASKS:
+            dcfg["seq_len"] = None
+        if task not in TEXT_TASKS:
+            dcfg["max_len"], vocab = None, None
+    from .data import default_test_fraction
     if data is not None:
-        from .data import default_test_fraction
         dcfg["path"] = os.fspath(data)
         dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
-    ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
+    elif task is not None:
+        dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg.get("path"))
+    ds = load_data(dcfg, vocab=vocab)["test"]
     _check_fits(model, ds, path)
     res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")
     res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
@@ -208,7 +224,7 @@ def predict_texts(path, texts, batch_size=256, device=None):
         raise ValueError("predict: per-step (tag) models are not supported by predict")
     if not texts:
         raise ValueError("texts: expected at least one input text, got none")
-    tc = meta.get("train_config", {})
+    tc = meta.get("train_config") or {}
     ids, lengths = encode_texts(list(texts), vocab, tc.get("max_len"), tc.get("truncate", "head"))
     classes = meta.get("classes") or [str(i) for i in range(model.config.num_outputs)]
     out = [None] * len(texts)

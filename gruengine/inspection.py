@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .gates import keep_gate, record_gates, summarize
+from .limits import check_fits_memory
 
 __all__ = ["inspect_checkpoint", "text_input", "adding_input", "copy_input", "npz_input"]
 
@@ -130,6 +131,12 @@ def _build_adding(model, meta, *, seed, T, source):
                              "give the length as 'adding:SEED:T'")
     if T < 2:
         raise ValueError(f"INPUT: the adding problem needs T >= 2, got {T}")
+    c = model.config
+    units = c.hidden_size * c.num_layers * (2 if c.bidirectional else 1)
+    # per step: the input and its float64 draw, and about sixteen float64 values per unit
+    # (the gates and states recorded, then the retention curves computed from them)
+    check_fits_memory("INPUT", T * (64 + 128 * units),
+                      f"{source!r}: {T} steps of gates of {units} units", "give a smaller T")
     X, y = synthetic.adding_problem(1, T, seed=seed)
     info = _info(source)
     info.update(marks=np.nonzero(X[0, :, 1])[0].tolist(), target=y[0].tolist())

@@ -13,9 +13,7 @@ and resumed ends with bit-identical weights to an uninterrupted run on the same 
 """
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -24,39 +22,63 @@ from . import checkpoint as ckpt
 from .batching import epoch_batches, make_batch, split_validation
 from .config import data_config, load_data, model_config, resolve_config, resume_config
 from .early_stopping import EarlyStopping
-from .errors import CheckpointError, TrainingDivergedError
+from .errors import CheckpointError, Interrupted, TrainingDivergedError
 from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric, vocab_from_meta
+from .interrupts import StopRequests
 from .models import SequenceModel
 from .progress import Progress
 from .rundir import BEST, LAST, RUN_KIND, RunDir
+from .run_schema import check_run_meta
 from .schedule import Schedule
 
-HOOKS = ("loss", "step", "epoch")
+HOOKS = ("loss", "update", "step", "save", "epoch")
 
 
 class Trainer:
     """Owns one run: ``Trainer(config, out_dir).fit()`` or ``Trainer.resume(run_dir).fit()``.
 
-    ``hooks`` maps 'loss' -> fn(trainer, loss) -> loss (tests inject NaN here), 'step' ->
-    fn(trainer, info) after each optimizer step, 'epoch' -> fn(trainer, record) after each
-    epoch; a hook may raise KeyboardInterrupt to simulate Ctrl-C.
+    ``hooks`` maps 'loss' -> fn(trainer, loss) -> loss (tests inject NaN here), 'update' ->
+    fn(trainer, info) inside an optimizer step's critical section, after the weights changed
+    and before the progress counters follow (the worst moment for a signal), 'step' ->
+    fn(trainer, info) after each optimizer step, 'save' -> fn(trainer, path) inside a
+    checkpoint save's critical section, before the write, 'epoch' -> fn(trainer, record)
+    after each epoch; a hook may raise KeyboardInterrupt or send a signal to simulate Ctrl-C.
     ``datasets`` ({'train', 'test'}) replaces loading from the configuration.
+
+    The run folder is locked from construction to the end of ``fit`` (one writer per
+    folder); a folder holding a run is refused unless ``overwrite`` (its run files are then
+    deleted first).
     """
 
     def __init__(self, config, out_dir, *, quiet=False, hooks=None, datasets=None, stream=None,
-                 _state=None):
-        self.config = resolve_config(config)
-        self.run = RunDir(out_dir)
-        self.quiet = quiet
-        self.stream = stream if stream is not None else sys.stderr
-        self.hooks = dict(hooks or {})
-        bad = sorted(set(self.hooks) - set(HOOKS))
-        if bad:
-            raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
+                 overwrite=False, _state=None):
+        self.run = _state["run"] if _state is not None else None
+        try:
+            self.config = resolve_config(config)
+            self.quiet = quiet
+            self.stream = stream if stream is not None else sys.stderr
+            self.hooks = dict(hooks or {})
+            bad = sorted(set(self.hooks) - set(HOOKS))
+            if bad:
+                raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
+            if self.run is None:        # after the checks: a bad configuration makes no folder
+                self.run = RunDir(out_dir).acquire()
+            self._setup(datasets, overwrite, _state)
+        except BaseException:
+            if self.run is not None:
+                self.run.release()
+            raise
+
+    def _setup(self, datasets, overwrite, _state):
         c = self.config
-        if _state is None and self.run.holds_run():
-            raise ValueError(f"out: {self.out_dir} already holds a run (last.npz); continue it with "
-                             f"--resume {self.out_dir} or choose another --out")
+        if _state is None:
+            found = self.run.artefacts()
+            if found and not overwrite:
+                raise ValueError(f"out: {self.out_dir} already holds a run ({', '.join(found)}); "
+                                 f"continue it with --resume {self.out_dir}, replace it with "
+                                 f"--overwrite, or choose another --out")
+            self.run.remove_artefacts()
+        self.run.remove_stale()
         vocab = _state["vocab"] if _state is not None else None
         if datasets is None:
             self._say(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ...")
@@ -88,7 +110,7 @@ class Trainer:
         self._elapsed0 = 0.0      # wall seconds of earlier sessions of this run
         self._t_session = time.perf_counter()
         self._acc = MetricSums()  # the current epoch's
-        self._interrupt = False
+        self.stops = StopRequests(self._say)
         if _state is not None:
             self._restore(_state)
 
@@ -104,10 +126,16 @@ class Trainer:
         run_dir = os.fspath(run_dir)
         if not os.path.isdir(run_dir):
             raise ValueError(f"resume: {run_dir} is not a run folder")
-        run = RunDir(run_dir)
-        arrays, meta = run.load_last()
-        config = resume_config(meta["train_config"], overrides)
-        state = {"arrays": arrays, "meta": meta, "vocab": vocab_from_meta(meta), "path": run.last}
+        run = RunDir(run_dir).acquire("resume")    # before reading: no writer is half-way
+        try:
+            arrays, meta = run.load_last()
+            check_run_meta(meta, run.last)
+            config = resume_config(meta["train_config"], overrides)
+        except BaseException:
+            run.release()
+            raise
+        state = {"arrays": arrays, "meta": meta, "vocab": vocab_from_meta(meta), "path": run.last,
+                 "run": run}
         return cls(config, run_dir, _state=state, **kw)
 
     def _restore(self, state):
@@ -169,11 +197,16 @@ class Trainer:
         return ckpt.join_arrays(model=self.model.state_dict(), optim=opt["arrays"], rng=rngs)
 
     def save(self, name=LAST):
-        # best.npz is for using the model: its weights only; the optimizer moments (twice the
-        # weights) and RNG states are what resuming needs, and only last.npz is resumed
-        arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
-                  else self._arrays())
-        return ckpt.save_checkpoint(self.run.file(name), arrays, self._meta())
+        """Write ``name`` (last.npz or best.npz); a signal waits until the file is complete.
+        best.npz is for using the model: its weights only; the optimizer moments (twice the
+        weights) and RNG states are what resuming needs, and only last.npz is resumed."""
+        path = self.run.file(name)
+        with self.stops.critical():
+            if "save" in self.hooks:
+                self.hooks["save"](self, path)
+            arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
+                      else self._arrays())
+            return ckpt.save_checkpoint(path, arrays, self._meta())
 
     def _reseed_dropout(self):
         seed, epoch, batch = self.config["seed"], self.epoch, self.batch
@@ -181,24 +214,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self):
-        """Train to the end (or early stop), evaluate on the test set, return a summary dict."""
+        """Train to the end (or early stop), evaluate on the test set, return a summary dict.
+
+        Ctrl-C or SIGTERM: a resumable checkpoint is saved, then ``Interrupted`` (a
+        KeyboardInterrupt) is raised. The run folder's lock is released on the way out."""
         c = self.config
         self._t_session = time.perf_counter()
-        self.run.write_config(self.config)
-        self.run.trim_metrics(self.epoch)
-        old_handler = self._install_sigint()
+        self.run.acquire()                    # a no-op unless an earlier fit released it
+        self.stops.install()
         try:
-            while self.epoch < c["epochs"] and not self.early_stopping.should_stop:
-                self._run_epoch()
-        except KeyboardInterrupt:
-            path = self.save(LAST)
-            self._say(f"interrupted: resumable checkpoint saved to {path} "
-                      f"(epoch {self.epoch + 1}, batch {self.batch}/{self.batches_per_epoch}); "
-                      f"continue with: gruengine train --resume {self.out_dir}")
-            raise
+            try:
+                with self.stops.critical():
+                    self.run.write_config(self.config)
+                    self.run.trim_metrics(self.epoch)
+                while self.epoch < c["epochs"] and not self.early_stopping.should_stop:
+                    self.stops.check()
+                    self._run_epoch()
+            except BaseException as e:
+                if not self.stops.caused(e):
+                    raise
+                self.stops.stopping = True
+                path = self.save(LAST)
+                self._say(f"interrupted: resumable checkpoint saved to {path} "
+                          f"(epoch {self.epoch + 1}, batch {self.batch}/{self.batches_per_epoch}); "
+                          f"continue with: gruengine train --resume {self.out_dir}")
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise Interrupted(self.stops.signum) from None
+            finally:
+                self.stops.restore()
+            return self._finish()
         finally:
-            self._restore_sigint(old_handler)
-        return self._finish()
+            self.run.release()
 
     def _run_epoch(self):
         c, model = self.config, self.model
@@ -210,26 +257,30 @@ class Trainer:
         bar.n = self.batch
         try:
             for b in range(self.batch, len(batches)):
+                # up to the update nothing of the run's state changes: a signal may cut here
                 x, L, y = make_batch(self.train_ds, batches[b], model.dtype)
                 t0 = time.perf_counter()
                 self._reseed_dropout()
                 out, loss = self._forward_backward(x, L, y)
-                self.opt.lr = self.schedule.lr(self.step)
-                norm = self.opt.step(max_norm=c["clip"] or None)
-                if norm is not None and not np.isfinite(norm):
-                    self._diverged(f"gradient norm became {norm}")
                 s = model.score(out, y, L)
-                dt = time.perf_counter() - t0
-                self._acc.add(float(loss), s, int(L.sum()), dt)
-                self.step += 1
-                self.batch = b + 1
+                with self.stops.critical():     # the update and the counters that count it
+                    self.opt.lr = self.schedule.lr(self.step)
+                    norm = self.opt.step(max_norm=c["clip"] or None)
+                    if norm is not None and not np.isfinite(norm):
+                        self._diverged(f"gradient norm became {norm}")
+                    if "update" in self.hooks:
+                        self.hooks["update"](self, {"epoch": self.epoch, "batch": b,
+                                                    "step": self.step + 1, "loss": float(loss)})
+                    dt = time.perf_counter() - t0
+                    self._acc.add(float(loss), s, int(L.sum()), dt)
+                    self.step += 1
+                    self.batch = b + 1
                 bar.update(1, **metric_stats(self.task, self._acc.loss(), self._acc.sums()),
                            lr=self.opt.lr, tok_s=self._acc.tok_s())
                 if "step" in self.hooks:
                     self.hooks["step"](self, {"epoch": self.epoch, "batch": self.batch,
                                               "step": self.step, "loss": float(loss)})
-                if self._interrupt:
-                    raise KeyboardInterrupt
+                self.stops.check()
         finally:
             bar.close()
         record = self._end_epoch()
@@ -272,16 +323,17 @@ class Trainer:
                          desc="  validation", stream=self.stream)
             record.update({f"val_{k}": v[k] for k in ("loss", self.metric)})
             value = v[self.metric]
-        self.epoch += 1
-        self.batch = 0
-        self._acc = MetricSums()
-        self.schedule.epoch_end(value)
-        improved = self.early_stopping.update(value, self.epoch)
-        record["elapsed"] = self.elapsed
-        if improved:
-            self.save(BEST)
-        self.save(LAST)
-        self.run.append_metrics(record)
+        with self.stops.critical():     # counters, schedule, early stopping and files move together
+            self.epoch += 1
+            self.batch = 0
+            self._acc = MetricSums()
+            self.schedule.epoch_end(value)
+            improved = self.early_stopping.update(value, self.epoch)
+            record["elapsed"] = self.elapsed
+            if improved:
+                self.save(BEST)
+            self.save(LAST)
+            self.run.append_metrics(record)
         stop = self.early_stopping
         msg = ", ".join(f"{k} {_fmt(v)}" for k, v in record.items()
                         if k not in ("event", "step"))
@@ -320,36 +372,10 @@ class Trainer:
             f"training diverged: {what} at epoch {self.epoch + 1}, step {self.step + 1} "
             f"(lr {self.schedule.lr(self.step):.3g}); {kept}; try a lower --lr or --clip")
 
-    # ------------------------------------------------------------------ signals, output
+    # ------------------------------------------------------------------ output
     def _say(self, msg):
         if not self.quiet:
             print(msg, file=self.stream, flush=True)
-
-    def _install_sigint(self):
-        # first Ctrl-C (or SIGTERM, what `kill` and job schedulers send): finish the current
-        # step, save, stop; a second one: stop at once. Returns the old handlers.
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            if self._interrupt:
-                raise KeyboardInterrupt
-            self._interrupt = True
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self._say(f"\n{name}: stopping after this step (again to stop at once)")
-        old = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, handler)
-        except ValueError:
-            self._restore_sigint(old)
-            return None
-        return old
-
-    @staticmethod
-    def _restore_sigint(old):
-        for sig, handler in (old or {}).items():
-            signal.signal(sig, handler)
 
 
 def clipped_warmup(warmup, total_steps):
@@ -375,17 +401,22 @@ def _fmt(v):
 
 
 def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=None,
-          overrides=None, stream=None):
+          overrides=None, stream=None, overwrite=False):
     """Train a model as ``config`` says, in ``out_dir``; return the summary of ``Trainer.fit``.
 
     With ``resume=True`` the run in ``out_dir`` continues from its last.npz (``config`` is
-    ignored; ``overrides`` may extend 'epochs').
+    ignored; ``overrides`` may extend 'epochs'). A folder that already holds a run is
+    refused unless ``overwrite``.
     """
     if resume:
+        if overwrite:
+            raise ValueError("overwrite: a resumed run continues its folder; it cannot also "
+                             "overwrite it")
         t = Trainer.resume(out_dir, overrides=overrides, quiet=quiet, hooks=hooks,
                            datasets=datasets, stream=stream)
     else:
-        t = Trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets, stream=stream)
+        t = Trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets, stream=stream,
+                    overwrite=overwrite)
     return t.fit()
 
 

@@ -9,6 +9,7 @@ import os
 
 from .._checks import check_positive_int
 from ..errors import DataError
+from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_limit
 from .dataset import Dataset, describe
 from .text import Vocab, encode_texts, tokenize
 
@@ -19,7 +20,8 @@ __all__ = ["Dataset", "Vocab", "load_dataset", "describe", "guess_name", "defaul
 
 
 def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min_count=1, truncate="head",
-                 n_train=None, n_test=None, seq_len=None, vocab=None, test_fraction=None):
+                 n_train=None, n_test=None, seq_len=None, vocab=None, test_fraction=None,
+                 max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Load a named dataset -> {'train': Dataset, 'test': Dataset}.
 
     name        'adding' | 'copy' (synthetic, from ``seed``; ``seq_len`` = T, default 100;
@@ -41,6 +43,8 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
                 (seeded by ``seed``, stratified by class); ``default_test_fraction`` gives
                 the value the trainer uses when none is set
     seed        synthetic data, the row order of IMDB, and the test_fraction split
+    max_text_bytes    the largest review, text line or series line read (DataError beyond)
+    max_data_bytes    the most one dataset may take: text read, token ids, padded arrays
     """
     if name not in NAMES:
         raise ValueError(f"name: expected one of {', '.join(NAMES)}, got {name!r}")
@@ -51,6 +55,8 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     if truncate not in ("head", "tail"):
         raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
+    limits = dict(max_text_bytes=check_limit("max_text_bytes", max_text_bytes),
+                  max_data_bytes=check_limit("max_data_bytes", max_data_bytes))
     if isinstance(vocab, dict):
         vocab = Vocab.from_json(vocab)
     elif vocab is not None and not isinstance(vocab, Vocab):
@@ -67,8 +73,10 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
         if name == "adding":
             if vocab is not None:
                 raise ValueError("vocab: the 'adding' task has float inputs and takes no vocabulary")
-            return load_adding(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
-        out = load_copy(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed)
+            return load_adding(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed,
+                               max_data_bytes=max_data_bytes)
+        out = load_copy(n_train=n_train, n_test=n_test, seq_len=seq_len, seed=seed,
+                        max_data_bytes=max_data_bytes)
         if vocab is not None and vocab != out["train"].vocab:
             raise ValueError(f"vocab: a vocabulary of {len(vocab)} tokens does not match the copy task's "
                              f"{len(out['train'].vocab)} tokens")
@@ -76,7 +84,7 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
     if seq_len is not None:
         raise ValueError(f"seq_len: only the synthetic tasks take seq_len; use max_len for {name!r}")
     text_opts = dict(max_len=max_len, vocab_size=vocab_size, min_count=min_count, truncate=truncate,
-                     vocab=vocab, n_train=n_train, n_test=n_test)
+                     vocab=vocab, n_train=n_train, n_test=n_test, **limits)
     split = dict(test_fraction=test_fraction, seed=seed)
     if name == "imdb":
         from .download import find_imdb
@@ -89,9 +97,10 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
         raise ValueError(f"max_len/vocab: only token datasets (imdb, text) take them, not {name!r}")
     if name == "npz":
         from .numeric import load_npz
-        return load_npz(_need(path, name), n_train=n_train, n_test=n_test, **split)
+        return load_npz(_need(path, name), n_train=n_train, n_test=n_test,
+                        max_data_bytes=max_data_bytes, **split)
     from .ucr import load_ucr
-    return load_ucr(_need(path, name), n_train=n_train, n_test=n_test)
+    return load_ucr(_need(path, name), n_train=n_train, n_test=n_test, **limits)
 
 
 def _need(path, name):

@@ -2,7 +2,14 @@
 
 Reads the official layout ``aclImdb/{train,test}/{neg,pos}/<id>_<rating>.txt`` either from the
 extracted folder or straight from the ``.tar.gz`` (streamed, nothing unpacked to disk).
-``train/unsup`` and every other file of the archive are ignored.
+``train/unsup`` and every other file of the archive are ignored, and so are members outside
+the archive's one top folder (``aclImdb/`` in the official archive; the first review found
+fixes it): absolute names, names with ``..``, links and devices. In a folder, a review that
+is a symbolic link must resolve inside the dataset folder.
+
+Every review's size is checked before it is read (``max_text_bytes``), and so is the running
+total of the text read (``max_data_bytes``): an archive that expands to gigabytes is refused
+at its first oversized member.
 """
 import gzip
 import os
@@ -14,31 +21,38 @@ import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
+from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, Budget, check_text_size
 from .dataset import Dataset
-from .text import Vocab, encode_texts, tokenize
+from .text import Vocab, check_token_ids, encode_texts, tokenize
 
 CLASSES = ["neg", "pos"]
 SPLITS = ("train", "test")
 _CHUNK = 1 << 20
-_MEMBER = re.compile(r"(?:^|/)(train|test)/(neg|pos)/(\d+)_(\d+)\.txt$")
+# [<one top folder>/]{train,test}/{neg,pos}/<id>_<rating>.txt
+_MEMBER = re.compile(r"(?:([^/]+)/)?(train|test)/(neg|pos)/(\d+)_(\d+)\.txt")
+# tar header records (long names, pax attributes) are read whole by tarfile: bound them
+_MAX_HEADER_RECORD = 1 << 20
 
 
-def read_imdb(path, n_train=None, n_test=None):
+def read_imdb(path, n_train=None, n_test=None, *, max_text_bytes=MAX_TEXT_BYTES,
+              max_data_bytes=MAX_DATA_BYTES):
     """Raw reviews -> {'train': (texts, labels), 'test': (texts, labels)}, labels int64 (0 neg, 1 pos).
 
     ``n_train`` / ``n_test`` cap each split (half per class, the first ones met in the archive /
     the lowest review ids in a folder); reading stops as soon as every cap is full.
-    Within a split, reviews are ordered by (class, id).
+    Within a split, reviews are ordered by (class, id). A review over ``max_text_bytes``, or
+    more text in all than ``max_data_bytes``, is a DataError.
     """
     path = os.fspath(path)
     quotas = {}
     for split, n in (("train", n_train), ("test", n_test)):
         n = None if n is None else check_positive_int(f"n_{split}", n)
         quotas[split] = None if n is None else {0: n // 2, 1: n - n // 2}
+    budget = Budget(max_data_bytes, path)
     if os.path.isdir(path):
-        found = _read_folder(path, quotas)
+        found = _read_folder(path, quotas, max_text_bytes, budget)
     elif os.path.isfile(path):
-        found = _read_tar(path, quotas)
+        found = _read_tar(path, quotas, max_text_bytes, budget)
     else:
         raise DataError(f"{path}: no such file or folder (expected aclImdb_v1.tar.gz or the aclImdb folder)")
     out = {}
@@ -61,7 +75,25 @@ def _wanted(quotas, counts, split, cls):
     return q is None or counts[split][cls] < q[cls]
 
 
-def _read_tar(path, quotas):
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a GNU long-name or pax header record into memory whole, before any
+    member: a forged one of gigabytes would be read in full. These refuse it first."""
+
+    def _check_record(self):
+        if self.size > _MAX_HEADER_RECORD:
+            raise tarfile.TarError(f"a header record of {self.size} bytes (names and "
+                                   f"attributes take at most {_MAX_HEADER_RECORD})")
+
+    def _proc_gnulong(self, tarfile):
+        self._check_record()
+        return super()._proc_gnulong(tarfile)
+
+    def _proc_pax(self, tarfile):
+        self._check_record()
+        return super()._proc_pax(tarfile)
+
+
+def _read_tar(path, quotas, max_text_bytes, budget):
     found = {s: [] for s in SPLITS}
     counts = {s: {0: 0, 1: 0} for s in SPLITS}
     try:
@@ -69,7 +101,7 @@ def _read_tar(path, quotas):
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-            complete = _scan_tar(stream, path, quotas, found, counts)
+            complete = _scan_tar(stream, path, quotas, found, counts, max_text_bytes, budget)
             if complete and gz:
                 while stream.read(_CHUNK):  # a truncated gzip raises EOFError here
                     pass
@@ -78,28 +110,38 @@ def _read_tar(path, quotas):
     return found
 
 
-def _scan_tar(stream, path, quotas, found, counts):
+def _scan_tar(stream, path, quotas, found, counts, max_text_bytes, budget):
     """One pass over the members (stream mode); False when it stopped early with every quota full."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    root = ()                             # not yet known (None: reviews at the top level)
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
         for m in tar:
-            hit = _MEMBER.search(m.name) if m.isfile() else None
-            if hit is None:
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            hit = _MEMBER.fullmatch(name) if m.isfile() else None
+            if hit is None or hit.group(1) in ("..", "."):
                 continue
-            split, cls, rid = hit.group(1), CLASSES.index(hit.group(2)), int(hit.group(3))
+            if root == ():
+                root = hit.group(1)
+            if hit.group(1) != root:
+                continue                  # outside the archive's top folder
+            split, cls, rid = hit.group(2), CLASSES.index(hit.group(3)), int(hit.group(4))
             if not _wanted(quotas, counts, split, cls):
                 continue
+            where = f"{path}:{m.name}"
+            check_text_size(where, m.size, max_text_bytes, "a review")
+            budget.take(m.size, "reviews")
             raw = tar.extractfile(m).read()
-            found[split].append((cls, rid, _decode(raw, f"{path}:{m.name}")))
+            found[split].append((cls, rid, _decode(raw, where)))
             counts[split][cls] += 1
             if _full(quotas, counts):
                 return False
     return True
 
 
-def _read_folder(path, quotas):
+def _read_folder(path, quotas, max_text_bytes, budget):
     root = path
     if not os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "aclImdb")):
         root = os.path.join(root, "aclImdb")
+    inside = os.path.realpath(root)
     found = {s: [] for s in SPLITS}
     for split in SPLITS:
         for cls, cname in enumerate(CLASSES):
@@ -108,21 +150,35 @@ def _read_folder(path, quotas):
                 raise DataError(f"{path}: not the IMDB layout: missing folder {split}/{cname}")
             files = []
             for e in os.scandir(d):
-                hit = _MEMBER.search(f"{split}/{cname}/{e.name}")
+                hit = _MEMBER.fullmatch(f"{split}/{cname}/{e.name}")
                 if hit and e.is_file():
-                    files.append((int(hit.group(3)), e.path))
+                    files.append((int(hit.group(4)), e.path))
             files.sort()
             q = quotas[split]
             if q is not None:
                 files = files[:q[cls]]
             for rid, fp in files:
-                try:
-                    with open(fp, "rb") as f:
-                        raw = f.read()
-                except OSError as e:
-                    raise DataError(f"{fp}: cannot read ({e.strerror})") from None
-                found[split].append((cls, rid, _decode(raw, fp)))
+                found[split].append((cls, rid, _decode(_read_review(fp, inside, max_text_bytes,
+                                                                    budget), fp)))
     return found
+
+
+def _read_review(fp, inside, max_text_bytes, budget):
+    """The bytes of one review file of the folder ``inside`` (a real path)."""
+    real = os.path.realpath(fp)
+    if os.path.commonpath([real, inside]) != inside:
+        raise DataError(f"{fp}: a symbolic link to {real}, outside the dataset folder "
+                        f"{inside}; refused")
+    try:
+        with open(real, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            check_text_size(fp, size, max_text_bytes, "a review")
+            raw = f.read(max_text_bytes + 1)      # the file may have grown since fstat
+    except OSError as e:
+        raise DataError(f"{fp}: cannot read ({e.strerror})") from None
+    check_text_size(fp, len(raw), max_text_bytes, "a review")
+    budget.take(len(raw), "reviews")
+    return raw
 
 
 def _decode(raw, where):
@@ -133,18 +189,22 @@ def _decode(raw, where):
 
 
 def load_imdb(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None, seed=0):
+              n_train=None, n_test=None, seed=0, max_text_bytes=MAX_TEXT_BYTES,
+              max_data_bytes=MAX_DATA_BYTES):
     """IMDB -> {'train': Dataset, 'test': Dataset}, task 'classify', classes ['neg', 'pos'].
 
     The vocabulary is built from the training reviews only, unless ``vocab`` is given. Rows of
     each split are shuffled with ``seed`` (the files are grouped by class on disk).
     """
-    raw = read_imdb(path, n_train, n_test)
+    raw = read_imdb(path, n_train, n_test, max_text_bytes=max_text_bytes,
+                    max_data_bytes=max_data_bytes)
     toks = {s: [tokenize(t) for t in raw[s][0]] for s in SPLITS}
     if vocab is None:
         vocab = Vocab.build(toks["train"], vocab_size, min_count)
     out = {}
     for k, split in enumerate(SPLITS):
+        check_token_ids(f"{path} ({split})", len(toks[split]), max(map(len, toks[split])),
+                        max_len, max_data_bytes)
         ids, lengths = encode_texts(toks[split], vocab, max_len, truncate)
         perm = np.random.default_rng([seed, k]).permutation(len(lengths))
         out[split] = Dataset(ids[perm], lengths[perm], raw[split][1][perm], "classify", 2,

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .._checks import check_positive_int
+from ..limits import MAX_DATA_BYTES, check_data_size
 from .dataset import Dataset
 from .text import Vocab
 
@@ -72,11 +73,20 @@ def copy_memory_baseline(T, n_symbols=8, copy_len=10):
 ADDING_BASELINE_MSE = 1.0 / 6.0
 
 
-def load_adding(*, n_train=None, n_test=None, seq_len=None, seed=0):
+def _check_size(task, n_train, n_test, T, step_bytes, max_data_bytes):
+    """The arrays of a synthetic task are allocated at once: check their size first."""
+    n = check_positive_int("n_train", n_train) + check_positive_int("n_test", n_test)
+    check_data_size("seq_len, n_train", n * T * step_bytes, max_data_bytes,
+                    f"the {task} data ({n} sequences x {T} steps x {step_bytes} bytes)",
+                    "lower --seq-len or --n-train, or raise --max-data-bytes")
+
+
+def load_adding(*, n_train=None, n_test=None, seq_len=None, seed=0, max_data_bytes=MAX_DATA_BYTES):
     """{'train', 'test'} Datasets of the adding problem (regress, K = 1, inputs (N, T, 2))."""
     n_train = 10000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
     T = 100 if seq_len is None else seq_len
+    _check_size("adding", n_train, n_test, T, 16, max_data_bytes)   # X float32, the float64 draw
     out = {}
     for k, (name, n) in enumerate((("train", n_train), ("test", n_test))):
         X, y = adding_problem(n, T, seed=[seed, k])
@@ -84,7 +94,8 @@ def load_adding(*, n_train=None, n_test=None, seq_len=None, seed=0):
     return out
 
 
-def load_copy(*, n_train=None, n_test=None, seq_len=None, seed=0, n_symbols=8, copy_len=10):
+def load_copy(*, n_train=None, n_test=None, seq_len=None, seed=0, n_symbols=8, copy_len=10,
+              max_data_bytes=MAX_DATA_BYTES):
     """{'train', 'test'} Datasets of the copy task (tag, int targets; inputs are Vocab ids).
 
     Inputs are ``copy_memory`` codes + 2, so they index a Vocab
@@ -94,6 +105,7 @@ def load_copy(*, n_train=None, n_test=None, seq_len=None, seed=0, n_symbols=8, c
     n_train = 10000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
     T = 100 if seq_len is None else seq_len
+    _check_size("copy", n_train, n_test, T + 2 * copy_len + 1, 24, max_data_bytes)  # X, X + 2, y
     names = [str(s) for s in range(1, n_symbols + 1)]
     vocab = Vocab.from_tokens(["<blank>"] + names + ["<delim>"])
     classes = ["<blank>"] + names

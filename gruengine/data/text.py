@@ -17,6 +17,8 @@ import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
+from ..limits import (MAX_DATA_BYTES, MAX_TEXT_BYTES, TOKEN_BYTES, check_data_size,
+                      check_file_size, check_line)
 from .dataset import (Dataset, check_test_fraction, encode_labels, holdout_split, label_order,
                       require_file, resolve_pair)
 
@@ -141,6 +143,14 @@ def encode_texts(texts, vocab, max_len=None, truncate="head"):
     return ids, lengths
 
 
+def check_token_ids(where, n_texts, longest, max_len, max_data_bytes):
+    """The padded id matrix of ``n_texts`` texts is allocated at once: check its size first."""
+    T = longest if max_len is None else min(max_len, longest)
+    check_data_size(where, n_texts * max(T, 1) * TOKEN_BYTES, max_data_bytes,
+                    f"the padded token ids ({n_texts} texts x {T} tokens, int64)",
+                    "cut texts with --max-len, or raise --max-data-bytes")
+
+
 # ---- labelled text files ---------------------------------------------------------------
 
 # header cells that name a column; a first row made of one of each is a header, whatever order
@@ -150,7 +160,7 @@ TEXT_NAMES = {"text", "review", "sentence", "document", "content", "comment", "b
 _NAME = re.compile(r"^[A-Za-z_][\w .-]{0,31}$")
 
 
-def read_labelled_text(path):
+def read_labelled_text(path, *, max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Read a labelled text file: ``label<TAB>text`` or ``text<TAB>label`` (.tsv, or any file
     whose first line has a tab), ``label,text`` or ``text,label`` (CSV, quotes allowed).
 
@@ -158,20 +168,21 @@ def read_labelled_text(path):
     (``text_layout``); a layout that cannot be told apart is refused with a message naming
     the column it would take as the label.
 
-    Returns (labels list[str], texts list[str], where list['file:line']).
+    Returns (labels list[str], texts list[str], where list['file:line']). A file over
+    ``max_data_bytes``, a record over ``max_text_bytes`` or a quote never closed is a DataError.
     """
-    layout = text_layout(path)
+    layout = text_layout(path, max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
     return layout["labels"], layout["texts"], layout["where"]
 
 
-def text_layout(path):
+def text_layout(path, *, max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """The layout of a labelled text file and its rows, as a dict:
 
     sep ('tab' or 'comma'), label_column (1 or 2: the label is the first or the last field),
     header (the header row's cells, or None), labels, texts, where ('file:line' per row).
     """
     path = os.fspath(path)
-    records, tab = _records(path)
+    records, tab = _records(path, max_text_bytes, max_data_bytes)
     if not records:
         raise DataError(f"{path}: empty dataset (no labelled lines)")
     for lineno, fields in records:
@@ -202,11 +213,12 @@ def text_layout(path):
             "labels": labels, "texts": texts, "where": where}
 
 
-def _records(path):
+def _records(path, max_text_bytes, max_data_bytes):
     """[(line number, fields)] of the non-blank lines, and whether the file is tab-separated."""
     require_file(path)
+    check_file_size(path, max_data_bytes)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             data = f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -217,18 +229,35 @@ def _records(path):
     if tab:
         records = ((i + 1, line.rstrip("\r").split("\t")) for i, line in enumerate(data.split("\n")))
     else:
-        records = _csv_records(csv.reader(data.splitlines(keepends=True)), path)
-    return [(n, f) for n, f in records if not (len(f) == 1 and not f[0].strip())], tab
+        # strict: a quote never closed is an error, not a field running to the end of the file
+        reader = csv.reader(data.splitlines(keepends=True), strict=True)
+        records = _csv_records(reader, path, max_text_bytes)
+    out = []
+    for n, fields in records:
+        for field in fields:
+            check_line(f"{path}:{n}", field, max_text_bytes)
+        if not (len(fields) == 1 and not fields[0].strip()):
+            out.append((n, fields))
+    return out, tab
 
 
-def _csv_records(reader, path):
+def _csv_records(reader, path, max_text_bytes):
     start = 1
+    old_limit = csv.field_size_limit(max(max_text_bytes, 1 << 17))   # module-wide: restored below
     try:
         for fields in reader:
             yield start, fields if fields else [""]
             start = reader.line_num + 1
     except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise DataError(f"{path}:{start}: unterminated quote: the quoted field that opens "
+                            f"on line {start} runs to the end of the file") from None
+        if "field larger than field limit" in str(e):
+            raise DataError(f"{path}:{start}: a text over the limit of {max_text_bytes} bytes "
+                            f"per text (max_text_bytes; raise it with --max-text-bytes)") from None
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def _col_name(col):
@@ -300,7 +329,8 @@ def _clip(s, k=40):
 
 
 def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None, test_fraction=None, seed=0):
+              n_train=None, n_test=None, test_fraction=None, seed=0,
+              max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Labelled text files -> {'train': Dataset, 'test': Dataset} (task 'classify').
 
     ``path``: 'train.tsv,test.tsv', a folder with train.{tsv,csv,txt} and test.{...}, or one
@@ -309,6 +339,7 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     training texts unless ``vocab`` (e.g. from a checkpoint) is given.
     """
     test_fraction = check_test_fraction(test_fraction)
+    limits = dict(max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
     tr, te = resolve_pair(path, (".tsv", ".csv", ".txt"), "text")
     if te is None and test_fraction is None:
         raise DataError(f"{tr}: the text loader needs a train and a test file "
@@ -318,7 +349,7 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
         raise DataError(f"test_fraction: {path} has its own test file; a test fraction splits "
                         f"a single file only")
     if te is None:
-        layout = text_layout(tr)
+        layout = text_layout(tr, **limits)
         train_rows, test_rows = holdout_split(len(layout["labels"]), test_fraction, seed,
                                               layout["labels"])
         rows = {"train": train_rows, "test": test_rows}
@@ -328,7 +359,7 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     else:
         read, columns = {}, {}
         for name, p in (("train", tr), ("test", te)):
-            layout = text_layout(p)
+            layout = text_layout(p, **limits)
             read[name] = (layout["labels"], layout["texts"], layout["where"])
             columns[name] = layout["label_column"]
     splits = {}
@@ -347,6 +378,8 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
         except DataError as e:
             raise DataError(f"{e}; the label is column {columns[name]} "
                             f"{_col_name(columns[name])} of that file") from None
+        check_token_ids(tr if name == "train" else te or tr, len(toks), max(map(len, toks)), max_len,
+                        max_data_bytes)
         ids, lengths = encode_texts(toks, vocab, max_len, truncate)
         out[name] = Dataset(ids, lengths, y, "classify", len(classes), list(classes), vocab)
     return out

@@ -18,11 +18,14 @@ import re
 import numpy as np
 
 from ..errors import DataError
+from ..limits import (MAX_DATA_BYTES, MAX_TEXT_BYTES, check_data_size, check_file_size,
+                      check_line)
 from .dataset import (Dataset, encode_labels, explicit_pair, label_order, pad_sequences,
                       require_file)
 
 EXTS = (".ts", ".tsv", ".txt")
 _SPLIT_WS = re.compile(r"[,\s]+")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def resolve_ucr(path):
@@ -47,10 +50,16 @@ def resolve_ucr(path):
 
 def _floats(text, where):
     try:
-        return np.array(text, dtype=np.float64)
+        v = np.array(text, dtype=np.float64)
     except ValueError:
         bad = next((v for v in text if not _is_float(v)), "?")
         raise DataError(f"{where}: malformed value {bad!r} (expected a number)") from None
+    with np.errstate(invalid="ignore"):
+        big = np.abs(v) > _F32_MAX            # would become Inf as float32; NaN is not big
+    if big.any():
+        raise DataError(f"{where}: value {v[big][0]:.4g} is outside the float32 range "
+                        f"(+-{_F32_MAX:.4g})")
+    return v
 
 
 def _is_float(v):
@@ -61,15 +70,19 @@ def _is_float(v):
         return False
 
 
-def _read_lines(path):
+def _read_lines(path, max_text_bytes, max_data_bytes):
     require_file(path)
+    check_file_size(path, max_data_bytes)
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            return f.read().splitlines()
+        with open(path, encoding="utf-8-sig", errors="strict") as f:
+            lines = f.read().splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    for i, line in enumerate(lines, start=1):
+        check_line(f"{path}:{i}", line, max_text_bytes)
+    return lines
 
 
 def _norm_label(s):
@@ -88,10 +101,11 @@ def _flag(header, key):
     return bool(words) and words[0].lower() == "true"
 
 
-def read_ts(path):
+def read_ts(path, *, max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """One ``.ts`` file -> (series list of (T_i, F) float64, labels list[str] or float targets,
-    where list['file:line'], header dict)."""
-    lines = _read_lines(path)
+    where list['file:line'], header dict). A line over ``max_text_bytes`` or a file over
+    ``max_data_bytes`` is a DataError, and so is a value a float32 cannot hold."""
+    lines = _read_lines(path, max_text_bytes, max_data_bytes)
     header, series, labels, where = {}, [], [], []
     in_data = False
     n_dims = None
@@ -144,9 +158,9 @@ def read_ts(path):
     return series, labels, where, header
 
 
-def read_ucr_table(path):
+def read_ucr_table(path, *, max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """One ``.tsv``/``.txt`` file -> (series list of (T_i, 1), labels list[str], where)."""
-    lines = _read_lines(path)
+    lines = _read_lines(path, max_text_bytes, max_data_bytes)
     series, labels, where = [], [], []
     tab = path.lower().endswith(".tsv")
     for i, line in enumerate(lines, start=1):
@@ -169,8 +183,10 @@ def read_ucr_table(path):
     return series, labels, where
 
 
-def load_ucr(path, *, n_train=None, n_test=None):
+def load_ucr(path, *, n_train=None, n_test=None, max_text_bytes=MAX_TEXT_BYTES,
+             max_data_bytes=MAX_DATA_BYTES):
     """UCR/UEA pair -> {'train': Dataset, 'test': Dataset} (classify, or regress for @targetLabel)."""
+    limits = dict(max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
     tr, te = resolve_ucr(path)
     ext = os.path.splitext(tr)[1].lower()
     if ext not in EXTS or os.path.splitext(te)[1].lower() != ext:
@@ -178,9 +194,9 @@ def load_ucr(path, *, n_train=None, n_test=None):
     raw = {}
     for name, p, lim in (("train", tr, n_train), ("test", te, n_test)):
         if ext == ".ts":
-            series, labels, where, header = read_ts(p)
+            series, labels, where, header = read_ts(p, **limits)
         else:
-            (series, labels, where), header = read_ucr_table(p), {}
+            (series, labels, where), header = read_ucr_table(p, **limits), {}
         if lim is not None:
             series, labels, where = series[:lim], labels[:lim], where[:lim]
         raw[name] = (series, labels, where, header)
@@ -195,6 +211,10 @@ def load_ucr(path, *, n_train=None, n_test=None):
         classes = declared or label_order(raw["train"][1])
     out = {}
     for name, (series, labels, where, _) in raw.items():
+        T = max(len(x) for x in series)
+        check_data_size(tr if name == "train" else te, len(series) * T * f_tr * 4,
+                        max_data_bytes, f"the padded series ({len(series)} x {T} steps x "
+                        f"{f_tr} channels, float32)")
         X, lengths = pad_sequences(series, np.float32)
         if regress:
             y = np.array([float(v) if _is_float(v) else np.nan for v in labels], dtype=np.float32)[:, None]
