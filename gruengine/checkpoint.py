@@ -20,11 +20,11 @@ target, so a crash mid-write leaves the previous checkpoint untouched.
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from ._files import write_atomic
 from ._npz import NpzReader
 from .errors import CheckpointError
 
@@ -48,51 +48,13 @@ def save_checkpoint(path, arrays, meta):
     manifest = {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()}
     full_meta = dict(meta, format_version=FORMAT_VERSION, arrays=manifest)
     blob = np.frombuffer(json.dumps(full_meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; a checkpoint is a normal file
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, {META_KEY: blob, **arrays})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.filename is None:
-            # the write itself names no file; the user needs to know which one failed
-            raise OSError(e.errno, f"{e.strerror or e} (writing a checkpoint; the previous "
-                                   f"one is unchanged)", path) from None
-        raise
-    _fsync_dir(folder)
-    return path
+    return write_atomic(path, lambda f: _write_npz(f, {META_KEY: blob, **arrays}),
+                        what="a checkpoint")
 
 
 def _write_npz(f, arrays):
     # a seam of its own so tests can make the writer fail half-way
     np.savez(f, **arrays)
-
-
-def _umask():
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def _fsync_dir(folder):
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def load_checkpoint(path):

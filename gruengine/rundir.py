@@ -15,9 +15,9 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 
 from . import checkpoint as ckpt
+from ._files import write_atomic
 from .errors import CheckpointError
 
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.npz", "best.npz"
@@ -163,24 +163,7 @@ class RunDir:
 
     def _replace(self, name, text):
         """Write ``text`` to ``name`` atomically (a reader or a crash sees old or new)."""
-        path = self.file(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~ckpt._umask())
-            os.replace(tmp, path)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError) and e.filename is None:
-                raise OSError(e.errno, f"{e.strerror or e} (writing {name}; the previous one "
-                                       f"is unchanged)", path) from None
-            raise
+        write_atomic(self.file(name), text.encode("utf-8"), what=name)
 
     def load_last(self):
         """(arrays, meta) of last.npz; CheckpointError unless it is a training checkpoint."""
