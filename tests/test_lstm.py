@@ -67,8 +67,10 @@ def test_reference_matches_finite_differences(reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 def test_cpu_kernels_match_reference(dtype, tol, reverse, parallel, monkeypatch):
-    # small steps normally take the serial kernel; threshold 0 forces the prange one
-    monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 0 if parallel else 10**9)
+    # one block of rows runs every recurrence on one thread; one block per row runs them
+    # in parallel blocks
+    blocks = (lambda B, mr: np.arange(B + 1)) if parallel else (lambda B, mr: np.array([0, B]))
+    monkeypatch.setattr(cpu, "row_blocks", blocks)
     rng = np.random.default_rng(7 + reverse + 10 * (dtype == np.float32))
     B, T, I, H = 3, 6, 5, 17
     args, lengths = make_op_inputs(rng, B, T, I, H, dtype, lengths=[2, 6, 1])
