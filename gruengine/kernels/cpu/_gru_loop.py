@@ -1,27 +1,30 @@
 """The GRU recurrence on the CPU: the whole time loop of a block of batch rows in one call.
 
-Layout (built by ``gruengine.kernels.cpu.gru``):
+Layout (built by ``gruengine.kernels.cpu.gru``, see ``_packed``):
 
 * rows are sorted by length, descending: sorted row ``b`` is original row ``perm[b]``, and
   the rows active at step ``s`` are the prefix ``b < nb[s]``;
 * per-step arrays are *packed* (like a PyTorch PackedSequence): step ``s`` owns packed rows
   ``off[s] .. off[s] + nb[s] - 1``, packed row ``p = off[s] + b``;
-* ``Hp`` (N, H): h_prev of every packed row; ``Gx`` (N, 3H): x @ W_ih.T (no bias);
-  ``G`` (N, 4H): r, z, n and ``W_hn h + b_hn`` (reset_after) or ``r * h_prev`` (reset_before);
+* ``Xp`` (N, I): the inputs; ``Hp`` (N, H): h_prev of every packed row; ``G`` (N, 4H): r, z,
+  n and ``W_hn h + b_hn`` (reset_after) or ``r * h_prev`` (reset_before);
   ``dA`` (N, 4H): da_r, da_z, da_n and ``da_n * r`` (reset_after; unused when reset_before).
 
 The batch rows are cut into blocks (``bounds``); the recurrence of a row reads only that row,
 so every block runs all its steps on one thread with no synchronisation, and the blocks run in
-parallel (``prange``). Per step a block runs the (rows, H) x (H, 3H) product on the
-``_simd`` micro-kernel (weights packed once per call into panels of the three gates of
-``lanes`` hidden units) and the gate maths row by row. Iteration ``c`` writes only the rows of
-block ``c``: the packed rows of its sorted rows, original rows ``perm[b]`` of y / h_n, rows
-``b`` of the dh buffers and of ``db``. A row's values never depend on its block (the
-micro-kernel's k order is fixed), so the results are the same for every thread count.
+parallel (``prange``). Per step a block runs, tile by tile of MR rows, the (rows, I) x (I, 3H)
+input product and the (rows, H) x (H, 3H) recurrent product into one tile of accumulators on
+the ``_simd`` micro-kernel (the weights packed once per call into panels of the three gates of
+``lanes`` hidden units), then the gate maths of those rows. Backward, per step the gate
+backward row by row and the (rows, 3H) x (3H, H) product for dh_prev. Iteration ``c`` writes
+only the rows of block ``c``: the packed rows of its sorted rows, original rows ``perm[b]`` of
+y / h_n, rows ``b`` of the dh buffers and of ``db``. A row's values never depend on its block
+(the micro-kernel's k order is fixed), so the results are the same for every thread count.
 
-Gate loops are short and touch few arrays: a loop storing into many arrays needs more
-runtime alias checks than LLVM allows and stays scalar. Values below ``tiny`` are flushed to
-zero, forward and backward (``tiny`` = sqrt(smallest normal), see ``gru._scalars``).
+Gate loops are short, touch few arrays and index block views (``_blocks``): a loop storing
+into many arrays needs more runtime alias checks than LLVM allows and stays scalar. Values
+below ``tiny`` are flushed to zero, forward and backward (``tiny`` = sqrt(smallest normal),
+see ``gru._scalars``).
 """
 import numpy as np
 from numba import njit, prange
@@ -65,8 +68,6 @@ def _store_h(b, row, s, nb, off, yrow, Hp, h_n):
             dst[j] = yrow[j]
 
 
-# ---------------------------------------------------------------- forward
-
 @njit(inline="always")
 def _blocks(a, n, H):
     # the first n blocks of H elements of a, as views: indexing a view by the loop index
@@ -79,21 +80,32 @@ def _blocks(a, n, H):
     return a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:4 * H]
 
 
+# ---------------------------------------------------------------- forward
+
+@njit(inline="always")
+def _zero_block(S, mr, c0, n):
+    # S[i, c0:c0+n] = 0 for the tile's rows
+    for i in range(mr):
+        row = S[i]
+        for j in range(c0, c0 + n):
+            row[j] = 0
+
+
 @njit(**_FLAGS)
-def _gates_after(S, i, gx, bias, hp, gp, yrow, one, tiny):
-    # S: (MR, 3*HP) W_hh h for r, z, n (gate blocks HP apart)   gx: (3H,)   bias: (4H,)
-    # [b_ir+b_hr, b_iz+b_hz, b_in, b_hn]   hp: (H,) h_prev   gp: (4H,) <- r, z, n, W_hn h + b_hn
+def _gates_after(S, i, bias, hp, gp, yrow, one, tiny):
+    # S: (MR, 4*HP) blocks HP apart: W_hn h, W_r [x h], W_z [x h], W_in x
+    # bias: (4H,) [b_ir+b_hr, b_iz+b_hz, b_in, b_hn]   hp: (H,) h_prev
+    # gp: (4H,) <- r, z, n, W_hn h + b_hn
     H = hp.shape[0]
-    s_r, s_z, s_n, _ = _blocks(S[i], 3, S.shape[1] // 3)
-    x_r, x_z, x_n, _ = _blocks(gx, 3, H)
+    s_hn, s_r, s_z, s_xn = _blocks(S[i], 4, S.shape[1] // 4)
     b_r, b_z, b_in, b_hn = _blocks(bias, 4, H)
     r_, z_, n_, hn_ = _blocks(gp, 4, H)
     for j in range(H):
-        r = ftz(sigmoid_(x_r[j] + s_r[j] + b_r[j]), tiny)
-        hn = ftz(s_n[j] + b_hn[j], tiny)
+        r = ftz(sigmoid_(s_r[j] + b_r[j]), tiny)
+        hn = ftz(s_hn[j] + b_hn[j], tiny)
         r_[j] = r
-        z_[j] = ftz(sigmoid_(x_z[j] + s_z[j] + b_z[j]), tiny)
-        n_[j] = ftz(tanh_(x_n[j] + b_in[j] + r * hn), tiny)
+        z_[j] = ftz(sigmoid_(s_z[j] + b_z[j]), tiny)
+        n_[j] = ftz(tanh_(s_xn[j] + b_in[j] + r * hn), tiny)
         hn_[j] = hn
     for j in range(H):
         z = z_[j]
@@ -101,15 +113,20 @@ def _gates_after(S, i, gx, bias, hp, gp, yrow, one, tiny):
 
 
 @njit(**_FLAGS)
-def _fwd_after_block(r0, r1, nb, off, Gx, Wp, bias, Hp, G, perm, lengths, reverse, y, h_n,
-                     one, tiny):
-    # Wp: (HT, H, 3*VW) panels: Wp[jt, k, g*VW + u] = W_hh[g*H + jt*VW + u, k], zero past H
+def _fwd_after_block(r0, r1, nb, off, Xp, Wx, Wh, bias, Hp, G, keep, perm, lengths, reverse,
+                     y, h_n, one, tiny):
+    # Wx: (HT, I, 3*VW) panels of W_ir, W_iz, W_in;  Wh: (HT, H, 3*VW) of W_hn, W_hr, W_hz:
+    # panel[jt, k, g*VW + u] = W[gate_g*H + jt*VW + u, k], zero past H. The x and h products
+    # of a tile land in S blocks [W_hn h | r | z | W_in x]: h writes blocks 0-2, x adds
+    # into 1-3 (block 3 zeroed first). keep: store the gates in G (training), else G is one
+    # scratch row (inference)
     H = Hp.shape[1]
+    I = Xp.shape[1]
     VW = lanes(Hp)
-    HT = Wp.shape[0]
+    HT = Wh.shape[0]
     HP = HT * VW
     NR = 3 * VW
-    S = np.empty((MR, 3 * HP), Hp.dtype)
+    S = np.empty((MR, 4 * HP), Hp.dtype)
     for s in range(nb.shape[0] - 1):
         n = _rows_at(s, nb, r0, r1)
         if n == 0:
@@ -117,65 +134,72 @@ def _fwd_after_block(r0, r1, nb, off, Gx, Wp, bias, Hp, G, perm, lengths, revers
         o = off[s] + r0
         for i0 in range(0, n, MR):
             mr = min(MR, n - i0)
+            _zero_block(S, mr, 3 * HP, HP)
             for jt in range(HT):
-                _mk3(Hp, (o + i0) * H, H, 1, mr, Wp, jt * H * NR, NR, H,
-                     S, jt * VW, 3 * HP, HP, NR, False)
+                _mk3(Hp, (o + i0) * H, H, 1, mr, Wh, jt * H * NR, NR, H,
+                     S, jt * VW, 4 * HP, HP, NR, False)
+                _mk3(Xp, (o + i0) * I, I, 1, mr, Wx, jt * I * NR, NR, I,
+                     S, HP + jt * VW, 4 * HP, HP, NR, True)
             for i in range(mr):
                 b = r0 + i0 + i
                 p = o + i0 + i
                 row = perm[b]
                 yrow = y[row, _time(s, lengths[row], reverse)]
-                _gates_after(S, i, Gx[p], bias, Hp[p], G[p], yrow, one, tiny)
+                _gates_after(S, i, bias, Hp[p], G[p if keep else 0], yrow, one, tiny)
                 _store_h(b, row, s, nb, off, yrow, Hp, h_n)
 
 
 @njit(parallel=True, **_FLAGS)
-def fwd_after(bounds, nb, off, Gx, Wp, bias, Hp, G, perm, lengths, reverse, y, h_n, one, tiny):
-    # reset_after=True; bounds: (C+1,) sorted-row bounds of the blocks
+def fwd_after(bounds, nb, off, Xp, Wx, Wh, bias, Hp, G, keep, perm, lengths, reverse, y, h_n,
+              one, tiny):
+    # reset_after=True; bounds: (C+1,) sorted-row bounds of the blocks; G: (N, 4H) when
+    # keep, else (C, 4H): one scratch row per block
     for c in prange(bounds.shape[0] - 1):
-        _fwd_after_block(bounds[c], bounds[c + 1], nb, off, Gx, Wp, bias, Hp, G, perm,
-                         lengths, reverse, y, h_n, one, tiny)
+        Gc = G if keep else G[c:c + 1]
+        _fwd_after_block(bounds[c], bounds[c + 1], nb, off, Xp, Wx, Wh, bias, Hp, Gc, keep,
+                         perm, lengths, reverse, y, h_n, one, tiny)
 
 
 @njit(**_FLAGS)
-def _gates_before_rz(S, i, gx, bias, hp, gp, one, tiny):
-    # S: (MR, 3*HP) with W_hr h, W_hz h in blocks 0, 1   gp <- r, z and r * h_prev (block 3)
+def _gates_before_rz(S, i, bias, hp, gp, one, tiny):
+    # S: (MR, 4*HP) blocks: W_r [x h], W_z [x h], W_in x, W_hn (r h)
+    # gp <- r, z and r * h_prev (block 3)
     H = hp.shape[0]
-    s_r, s_z, _, _ = _blocks(S[i], 2, S.shape[1] // 3)
-    x_r, x_z, _, _ = _blocks(gx, 2, H)
+    s_r, s_z, _, _ = _blocks(S[i], 2, S.shape[1] // 4)
     b_r, b_z, _, _ = _blocks(bias, 2, H)
     r_, z_, _, rh_ = _blocks(gp, 4, H)
     for j in range(H):
-        r = ftz(sigmoid_(x_r[j] + s_r[j] + b_r[j]), tiny)
+        r = ftz(sigmoid_(s_r[j] + b_r[j]), tiny)
         r_[j] = r
-        z_[j] = ftz(sigmoid_(x_z[j] + s_z[j] + b_z[j]), tiny)
+        z_[j] = ftz(sigmoid_(s_z[j] + b_z[j]), tiny)
         rh_[j] = ftz(r * hp[j], tiny)
 
 
 @njit(**_FLAGS)
-def _gates_before_n(S, i, gx, bias, hp, gp, yrow, one, tiny):
-    # S block 2: W_hn (r * h_prev)   gp <- n;  yrow <- h_t
+def _gates_before_n(S, i, bias, hp, gp, yrow, one, tiny):
+    # S blocks 2, 3: W_in x, W_hn (r h)   gp <- n;  yrow <- h_t
     H = hp.shape[0]
-    _, _, s_n, _ = _blocks(S[i], 3, S.shape[1] // 3)
-    _, _, x_n, _ = _blocks(gx, 3, H)
+    _, _, s_xn, s_hn = _blocks(S[i], 4, S.shape[1] // 4)
     _, _, b_in, b_hn = _blocks(bias, 4, H)
     _, z_, n_, _ = _blocks(gp, 3, H)
     for j in range(H):
-        n_[j] = ftz(tanh_(x_n[j] + s_n[j] + b_in[j] + b_hn[j]), tiny)
+        n_[j] = ftz(tanh_(s_xn[j] + s_hn[j] + b_in[j] + b_hn[j]), tiny)
     for j in range(H):
         z = z_[j]
         yrow[j] = ftz((one - z) * n_[j] + z * hp[j], tiny)
 
 
 @njit(**_FLAGS)
-def _fwd_before_block(r0, r1, nb, off, Gx, Wrz, Wn, bias, Hp, G, perm, lengths, reverse, y,
-                      h_n, one, tiny):
-    # Wrz: (HT, H, 2*VW) panels of W_hr, W_hz;  Wn: (HT, H, VW) panels of W_hn
+def _fwd_before_block(r0, r1, nb, off, Xp, Wx, Wrz, Wn, bias, Hp, G, keep, perm, lengths,
+                      reverse, y, h_n, one, tiny):
+    # Wx: (HT, I, 3*VW) panels of W_ir, W_iz, W_in;  Wrz: (HT, H, 2*VW) of W_hr, W_hz;
+    # Wn: (HT, H, VW) of W_hn. A tile's S blocks: [r | z | W_in x | W_hn (r h)]
     H = Hp.shape[1]
+    I = Xp.shape[1]
     VW = lanes(Hp)
     HT = Wn.shape[0]
     HP = HT * VW
-    S = np.empty((MR, 3 * HP), Hp.dtype)
+    S = np.empty((MR, 4 * HP), Hp.dtype)
     for s in range(nb.shape[0] - 1):
         n = _rows_at(s, nb, r0, r1)
         if n == 0:
@@ -184,30 +208,36 @@ def _fwd_before_block(r0, r1, nb, off, Gx, Wrz, Wn, bias, Hp, G, perm, lengths, 
         for i0 in range(0, n, MR):
             mr = min(MR, n - i0)
             for jt in range(HT):
+                _mk3(Xp, (o + i0) * I, I, 1, mr, Wx, jt * I * 3 * VW, 3 * VW, I,
+                     S, jt * VW, 4 * HP, HP, 3 * VW, False)
                 _mk2(Hp, (o + i0) * H, H, 1, mr, Wrz, jt * H * 2 * VW, 2 * VW, H,
-                     S, jt * VW, 3 * HP, HP, 2 * VW, False)
+                     S, jt * VW, 4 * HP, HP, 2 * VW, True)
             for i in range(mr):
                 p = o + i0 + i
-                _gates_before_rz(S, i, Gx[p], bias, Hp[p], G[p], one, tiny)
-            for jt in range(HT):            # A = r * h_prev: block 3 of G's rows
-                _mk1(G, (o + i0) * 4 * H + 3 * H, 4 * H, 1, mr, Wn, jt * H * VW, VW, H,
-                     S, 2 * HP + jt * VW, 3 * HP, HP, VW, False)
+                _gates_before_rz(S, i, bias, Hp[p], G[p if keep else i], one, tiny)
+            # A = r * h_prev: block 3 of the gate rows of this tile
+            gr = (o + i0) * 4 * H if keep else 0
+            for jt in range(HT):
+                _mk1(G, gr + 3 * H, 4 * H, 1, mr, Wn, jt * H * VW, VW, H,
+                     S, 3 * HP + jt * VW, 4 * HP, HP, VW, False)
             for i in range(mr):
                 b = r0 + i0 + i
                 p = o + i0 + i
                 row = perm[b]
                 yrow = y[row, _time(s, lengths[row], reverse)]
-                _gates_before_n(S, i, Gx[p], bias, Hp[p], G[p], yrow, one, tiny)
+                _gates_before_n(S, i, bias, Hp[p], G[p if keep else i], yrow, one, tiny)
                 _store_h(b, row, s, nb, off, yrow, Hp, h_n)
 
 
 @njit(parallel=True, **_FLAGS)
-def fwd_before(bounds, nb, off, Gx, Wrz, Wn, bias, Hp, G, perm, lengths, reverse, y, h_n,
-               one, tiny):
-    # reset_after=False
+def fwd_before(bounds, nb, off, Xp, Wx, Wrz, Wn, bias, Hp, G, keep, perm, lengths, reverse, y,
+               h_n, one, tiny):
+    # reset_after=False; G: (N, 4H) when keep, else (C*MR, 4H): MR scratch rows per block
+    # (the r * h_prev rows of a tile are a GEMM operand)
     for c in prange(bounds.shape[0] - 1):
-        _fwd_before_block(bounds[c], bounds[c + 1], nb, off, Gx, Wrz, Wn, bias, Hp, G, perm,
-                          lengths, reverse, y, h_n, one, tiny)
+        Gc = G if keep else G[c * MR:(c + 1) * MR]
+        _fwd_before_block(bounds[c], bounds[c + 1], nb, off, Xp, Wx, Wrz, Wn, bias, Hp, Gc,
+                          keep, perm, lengths, reverse, y, h_n, one, tiny)
 
 
 # ---------------------------------------------------------------- backward

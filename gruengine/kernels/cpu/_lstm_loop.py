@@ -3,12 +3,13 @@
 The layout is the GRU's (``_gru_loop``, ``_packed``): rows sorted by length, packed per
 step, blocks of sorted rows running their recurrences in parallel with no synchronisation.
 
-* ``Gx`` (N, 4H): x @ W_ih.T (no bias); ``Hp``, ``Cp`` (N, H): h_prev and c_prev of every
-  packed row; ``Acts`` (N, 5H): i, f, g, o and tanh(c_t);
+* ``Xp`` (N, I): the packed inputs; ``Hp``, ``Cp`` (N, H): h_prev and c_prev of every packed
+  row; ``Acts`` (N, 5H): i, f, g, o and tanh(c_t) (one scratch row per block in inference);
 * ``dA`` (N, 4H): da_i, da_f, da_g, da_o (the gradients of the gate pre-activations).
 
-Per step a block runs the (rows, H) x (H, 4H) product on the micro-kernel (W_hh packed into
-panels of the four gates of ``lanes`` hidden units) and the gate maths row by row; backward,
+Per step a block runs the (rows, I) x (I, 4H) and (rows, H) x (H, 4H) products into one tile of
+accumulators on the micro-kernel (W_ih and W_hh packed into panels of the four gates of
+``lanes`` hidden units) and the gate maths row by row; backward,
 the gate backward row by row and the (rows, 4H) x (4H, H) product for dh_prev. Iteration
 ``c`` writes only the rows of block ``c``. Gate loops index block views (see
 ``_gru_loop._blocks``). Values below ``tiny`` are flushed to zero.
@@ -36,21 +37,20 @@ def _copy(src, dst):
 
 
 @njit(**_FLAGS)
-def _gates(S, i, gx, bias, cp, act, yrow, cnew, tiny):
-    # S: (MR, 4*HP) W_hh h for i, f, g, o (gate blocks HP apart)   gx: (4H,)   bias: (4H,)
+def _gates(S, i, bias, cp, act, yrow, cnew, tiny):
+    # S: (MR, 4*HP) W [x h] for i, f, g, o (gate blocks HP apart)   bias: (4H,) b_ih + b_hh
     # cp: (H,) c_prev   act: (5H,) <- i, f, g, o, tanh(c)   yrow <- h   cnew: (H,) <- c
     H = cp.shape[0]
     HP = S.shape[1] // 4
     s_i, s_f, s_g, s_o = _blocks(S[i], 4, HP)
-    x_i, x_f, x_g, x_o = _blocks(gx, 4, H)
     b_i, b_f, b_g, b_o = _blocks(bias, 4, H)
     a_i, a_f, a_g, a_o = _blocks(act, 4, H)
     a_tc = act[4 * H:]
     for j in range(H):
-        a_i[j] = ftz(sigmoid_(x_i[j] + s_i[j] + b_i[j]), tiny)
-        a_f[j] = ftz(sigmoid_(x_f[j] + s_f[j] + b_f[j]), tiny)
-        a_g[j] = ftz(tanh_(x_g[j] + s_g[j] + b_g[j]), tiny)
-        a_o[j] = ftz(sigmoid_(x_o[j] + s_o[j] + b_o[j]), tiny)
+        a_i[j] = ftz(sigmoid_(s_i[j] + b_i[j]), tiny)
+        a_f[j] = ftz(sigmoid_(s_f[j] + b_f[j]), tiny)
+        a_g[j] = ftz(tanh_(s_g[j] + b_g[j]), tiny)
+        a_o[j] = ftz(sigmoid_(s_o[j] + b_o[j]), tiny)
     for j in range(H):
         c = ftz(a_f[j] * cp[j] + a_i[j] * a_g[j], tiny)
         cnew[j] = c
@@ -60,12 +60,14 @@ def _gates(S, i, gx, bias, cp, act, yrow, cnew, tiny):
 
 
 @njit(**_FLAGS)
-def _fwd_block(r0, r1, nb, off, Gx, Wp, bias, Hp, Cp, Acts, perm, lengths, reverse, y, h_n,
-               c_n, tiny):
-    # Wp: (HT, H, 4*VW) panels: Wp[jt, k, g*VW + u] = W_hh[g*H + jt*VW + u, k], zero past H
+def _fwd_block(r0, r1, nb, off, Xp, Wx, Wh, bias, Hp, Cp, Acts, keep, perm, lengths, reverse,
+               y, h_n, c_n, tiny):
+    # Wx: (HT, I, 4*VW), Wh: (HT, H, 4*VW) panels: W[jt, k, g*VW + u] = W[g*H + jt*VW + u, k],
+    # zero past H. keep: store the activations in Acts (training), else Acts is a scratch row
     H = Hp.shape[1]
+    I = Xp.shape[1]
     VW = lanes(Hp)
-    HT = Wp.shape[0]
+    HT = Wh.shape[0]
     HP = HT * VW
     NR = 4 * VW
     S = np.empty((MR, 4 * HP), Hp.dtype)
@@ -78,14 +80,16 @@ def _fwd_block(r0, r1, nb, off, Gx, Wp, bias, Hp, Cp, Acts, perm, lengths, rever
         for i0 in range(0, n, MR):
             mr = min(MR, n - i0)
             for jt in range(HT):
-                _mk4(Hp, (o + i0) * H, H, 1, mr, Wp, jt * H * NR, NR, H,
+                _mk4(Xp, (o + i0) * I, I, 1, mr, Wx, jt * I * NR, NR, I,
                      S, jt * VW, 4 * HP, HP, NR, False)
+                _mk4(Hp, (o + i0) * H, H, 1, mr, Wh, jt * H * NR, NR, H,
+                     S, jt * VW, 4 * HP, HP, NR, True)
             for i in range(mr):
                 b = r0 + i0 + i
                 p = o + i0 + i
                 row = perm[b]
                 yrow = y[row, _time(s, lengths[row], reverse)]
-                _gates(S, i, Gx[p], bias, Cp[p], Acts[p], yrow, cnew, tiny)
+                _gates(S, i, bias, Cp[p], Acts[p if keep else 0], yrow, cnew, tiny)
                 if b < nb[s + 1]:       # the state moves to the packed rows of step s+1
                     _copy(yrow, Hp[off[s + 1] + b])
                     _copy(cnew, Cp[off[s + 1] + b])
@@ -95,10 +99,12 @@ def _fwd_block(r0, r1, nb, off, Gx, Wp, bias, Hp, Cp, Acts, perm, lengths, rever
 
 
 @njit(parallel=True, **_FLAGS)
-def fwd(bounds, nb, off, Gx, Wp, bias, Hp, Cp, Acts, perm, lengths, reverse, y, h_n, c_n, tiny):
-    # bounds: (C+1,) sorted-row bounds of the blocks
+def fwd(bounds, nb, off, Xp, Wx, Wh, bias, Hp, Cp, Acts, keep, perm, lengths, reverse, y, h_n,
+        c_n, tiny):
+    # bounds: (C+1,) sorted-row bounds of the blocks; Acts: (N, 5H) when keep, else (C, 5H)
     for c in prange(bounds.shape[0] - 1):
-        _fwd_block(bounds[c], bounds[c + 1], nb, off, Gx, Wp, bias, Hp, Cp, Acts, perm,
+        Ac = Acts if keep else Acts[c:c + 1]
+        _fwd_block(bounds[c], bounds[c + 1], nb, off, Xp, Wx, Wh, bias, Hp, Cp, Ac, keep, perm,
                    lengths, reverse, y, h_n, c_n, tiny)
 
 

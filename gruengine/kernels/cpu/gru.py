@@ -3,9 +3,11 @@
 Same names and argument order as ``gruengine.reference.gru``. The cuDNN recipe, with every
 product on the ``_simd`` micro-kernels (no BLAS call, no Python per time step):
 
-* forward: x gathered into packed rows (``_packed``), ``Gx = Xp @ W_ih.T`` as one parallel
-  GEMM; then the recurrence (``_gru_loop``): blocks of batch rows, one per thread, each running
-  all its time steps (per step a (rows, H) x (H, 3H) product fused with the gate maths);
+* forward: x gathered into packed rows (``_packed``); then the recurrence (``_gru_loop``):
+  blocks of batch rows, one per thread, each running all its time steps; per step the
+  (rows, I) x (I, 3H) input product and the (rows, H) x (H, 3H) recurrent product go into one
+  tile of accumulators and straight into the gate maths (no (B, T, 3H) array of input
+  projections is written or read back);
 * backward: the recurrence backward in the same blocks (per step the gate backward and the
   (rows, 3H) x (3H, H) product for dh_prev), then ``dX = dA @ W_ih``, ``dW_ih = dA.T @ Xp``,
   ``dW_hh = dA.T @ H_prev`` as parallel GEMMs; the bias gradients are summed per row inside
@@ -21,7 +23,7 @@ from . import _gru_loop as L
 from ._gemm import gemm
 from ._packed import Packing, gate_panels, gather, row_blocks, scatter
 
-__all__ = ["gru_forward", "gru_backward", "gru_gates"]
+__all__ = ["gru_forward", "gru_backward", "gru_gates", "gru_infer"]
 
 
 def _scalars(dtype):
@@ -40,19 +42,8 @@ def _bias(b_ih, b_hh, H, reset_after):
     return np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
 
 
-def _project(Xp, W):
-    # Xp (N, I) @ W.T -> (N, rows of W)
-    N, I = Xp.shape
-    M = W.shape[0]
-    WT = np.ascontiguousarray(W.T)
-    out = np.empty((N, M), Xp.dtype)
-    gemm(N, M, I, Xp, 0, I, 1, WT, 0, M, out, 0, M, False)
-    return out
-
-
-def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
-    # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
-    # -> y: (B, T, H), h_n: (B, H), cache
+def _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, keep):
+    # keep: store the gates for backward (training) or not (inference)
     lengths = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
@@ -61,24 +52,36 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, revers
     pk = Packing(lengths, T)
     rev = bool(reverse)
     Xp = gather(x, pk, rev)
-    Gx = _project(Xp, W_ih)
     Hp = np.empty((pk.N, H), dt)              # packed h_prev of every active (step, row)
     Hp[:B] = h0[pk.perm]
-    G = np.empty((pk.N, 4 * H), dt)           # packed r, z, n, (W_hn h + b_hn | r * h_prev)
+    bounds = row_blocks(B, L.MR)
+    # packed r, z, n, (W_hn h + b_hn | r * h_prev), or scratch rows per block
+    G = np.empty((pk.N if keep else (bounds.shape[0] - 1) * L.MR, 4 * H), dt)
     y = (np.empty if pk.full else np.zeros)((B, T, H), dt)
     h_n = np.empty((B, H), dt)
     bias = _bias(b_ih, b_hh, H, reset_after)
-    bounds = row_blocks(B, L.MR)
-    args = (pk.perm, pk.lengths, rev, y, h_n, one, tiny)
+    Wx = gate_panels(W_ih, (0, 1, 2), H)
+    args = (bias, Hp, G, keep, pk.perm, pk.lengths, rev, y, h_n, one, tiny)
     if reset_after:
-        L.fwd_after(bounds, pk.nb, pk.off, Gx, gate_panels(W_hh, (0, 1, 2), H), bias, Hp, G,
-                    *args)
+        L.fwd_after(bounds, pk.nb, pk.off, Xp, Wx, gate_panels(W_hh, (2, 0, 1), H), *args)
     else:
-        L.fwd_before(bounds, pk.nb, pk.off, Gx, gate_panels(W_hh, (0, 1), H),
-                     gate_panels(W_hh, (2,), H), bias, Hp, G, *args)
-    cache = {"pack": pk, "Xp": Xp, "Hp": Hp, "G": G, "y": y, "reverse": rev,
-             "perm": pk.perm, "lengths": pk.lengths}
+        L.fwd_before(bounds, pk.nb, pk.off, Xp, Wx, gate_panels(W_hh, (0, 1), H),
+                     gate_panels(W_hh, (2,), H), *args)
+    cache = {"pack": pk, "Xp": Xp, "Hp": Hp, "G": G, "y": y, "reverse": rev}
     return y, h_n, cache
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
+    # -> y: (B, T, H), h_n: (B, H), cache
+    return _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, True)
+
+
+def gru_infer(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    """``gru_forward`` without what backward needs (inference): -> y (B, T, H), h_n (B, H).
+    The gates are not stored, so the step writes a third of the memory."""
+    y, h_n, _ = _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, False)
+    return y, h_n
 
 
 def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,

@@ -1,8 +1,8 @@
 """LSTM, one layer, one direction, on the CPU: the GRU's recipe (``kernels.cpu.gru``).
 
-* forward: x gathered into packed rows, ``Gx = Xp @ W_ih.T`` as one parallel GEMM, then the
-  recurrence (``_lstm_loop``): blocks of batch rows, one per thread, each running all its
-  steps (per step a (rows, H) x (H, 4H) micro-kernel product fused with the gate maths);
+* forward: x gathered into packed rows, then the recurrence (``_lstm_loop``): blocks of batch
+  rows, one per thread, each running all its steps (per step the (rows, I) x (I, 4H) and
+  (rows, H) x (H, 4H) micro-kernel products fused with the gate maths);
 * backward: the recurrence backward in the same blocks (per step the gate backward and the
   (rows, 4H) x (4H, H) product for dh_prev), then ``dX = dA @ W_ih``, ``dW_ih = dA.T @ Xp``,
   ``dW_hh = dA.T @ H_prev`` as parallel GEMMs; the bias gradients are summed per row.
@@ -17,17 +17,13 @@ from ..._checks import check_cell_args, check_cell_grads
 from . import _lstm_loop as L
 from ._gemm import gemm
 from ._packed import Packing, gate_panels, gather, row_blocks, scatter
-from .gru import _project, _scalars
+from .gru import _scalars
 
-__all__ = ["lstm_forward", "lstm_backward", "lstm_gates"]
+__all__ = ["lstm_forward", "lstm_backward", "lstm_gates", "lstm_infer"]
 
 
-def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
-    """Numba CPU ``lstm_forward``; same arguments and results as the reference.
-
-    x (B,T,I)  h0, c0 (B,H)  W_ih (4H,I)  W_hh (4H,H)  b_ih, b_hh (4H,)  lengths (B,) int64
-    -> y (B,T,H), h_n (B,H), c_n (B,H), cache
-    """
+def _forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, keep):
+    # keep: store the activations for backward (training) or not (inference)
     lengths = check_cell_args("lstm", x, (h0, c0), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
@@ -36,20 +32,36 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
     pk = Packing(lengths, T)
     rev = bool(reverse)
     Xp = gather(x, pk, rev)
-    Gx = _project(Xp, W_ih)
     Hp = np.empty((pk.N, H), dt)              # packed h_prev, c_prev of every (step, row)
     Cp = np.empty((pk.N, H), dt)
     Hp[:B] = h0[pk.perm]
     Cp[:B] = c0[pk.perm]
-    Acts = np.empty((pk.N, 5 * H), dt)        # packed i, f, g, o, tanh(c_t)
+    bounds = row_blocks(B, L.MR)
+    # packed i, f, g, o, tanh(c_t), or one scratch row per block
+    Acts = np.empty((pk.N if keep else bounds.shape[0] - 1, 5 * H), dt)
     y = (np.empty if pk.full else np.zeros)((B, T, H), dt)
     h_n = np.empty((B, H), dt)
     c_n = np.empty((B, H), dt)
-    L.fwd(row_blocks(B, L.MR), pk.nb, pk.off, Gx, gate_panels(W_hh, (0, 1, 2, 3), H),
-          b_ih + b_hh, Hp, Cp, Acts, pk.perm, pk.lengths, rev, y, h_n, c_n, tiny)
+    gates = (0, 1, 2, 3)
+    L.fwd(bounds, pk.nb, pk.off, Xp, gate_panels(W_ih, gates, H), gate_panels(W_hh, gates, H),
+          b_ih + b_hh, Hp, Cp, Acts, keep, pk.perm, pk.lengths, rev, y, h_n, c_n, tiny)
     cache = {"pack": pk, "Xp": Xp, "Hp": Hp, "Cp": Cp, "Acts": Acts, "y": y,
              "c_n": c_n.copy(), "reverse": rev}
     return y, h_n, c_n, cache
+
+
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
+    """Numba CPU ``lstm_forward``; same arguments and results as the reference.
+
+    x (B,T,I)  h0, c0 (B,H)  W_ih (4H,I)  W_hh (4H,H)  b_ih, b_hh (4H,)  lengths (B,) int64
+    -> y (B,T,H), h_n (B,H), c_n (B,H), cache
+    """
+    return _forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, True)
+
+
+def lstm_infer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse=False):
+    """``lstm_forward`` without what backward needs (inference): -> y, h_n, c_n."""
+    return _forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, False)[:3]
 
 
 def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, cache,

@@ -2,15 +2,18 @@
 
 Same names and argument order as ``gruengine.reference.ops``. Each public name is a thin
 host function (reshapes, ``None`` weights, mode strings) over a module-level
-``@njit(parallel=True, cache=True)`` kernel. The Linear GEMMs stay in NumPy: BLAS beats a
-hand-written loop. Every ``prange`` iteration writes only memory it owns (its batch row,
-its vocabulary row, its element), so results are identical on every run.
+``@njit(parallel=True, cache=True)`` kernel. The Linear products run on the engine's GEMM
+(``_gemm``), like the cells', so no BLAS thread pool wakes up during training. Every
+``prange`` iteration writes only memory it owns (its batch row, its vocabulary row, its
+element), so results are identical on every run.
 
 Loss kernels do their arithmetic in float64 and store gradients in the input dtype.
 No validation here: ``gruengine.layers`` and ``gruengine.losses`` validate.
 """
 import numpy as np
 from numba import njit, prange
+
+from ._gemm import gemm
 
 __all__ = [
     "embedding_forward", "embedding_backward",
@@ -82,11 +85,15 @@ def embedding_backward(dy, ids, num_embeddings, padding_idx):
                               int(num_embeddings), int(padding_idx))
 
 
-# ---------------------------------------------------------------- linear (BLAS)
+# ---------------------------------------------------------------- linear (the engine's GEMM)
 
 def linear_forward(x, W, b):
     # x: (N, In)   W: (Out, In)   b: (Out,) or None   -> (N, Out)
-    y = x @ W.T
+    N, In = x.shape
+    Out = W.shape[0]
+    y = np.empty((N, Out), x.dtype)
+    gemm(N, Out, In, np.ascontiguousarray(x), 0, In, 1, np.ascontiguousarray(W.T), 0, Out,
+         y, 0, Out, False)
     if b is not None:
         y += b
     return y
@@ -94,7 +101,14 @@ def linear_forward(x, W, b):
 
 def linear_backward(dy, x, W):
     # dy: (N, Out)   x: (N, In)   W: (Out, In)   -> dx (N, In), dW (Out, In), db (Out,)
-    return dy @ W, dy.T @ x, dy.sum(axis=0)
+    N, In = x.shape
+    Out = W.shape[0]
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty((N, In), x.dtype)
+    gemm(N, In, Out, dy, 0, Out, 1, np.ascontiguousarray(W), 0, In, dx, 0, In, False)
+    dW = np.empty((Out, In), x.dtype)
+    gemm(Out, In, N, dy, 0, 1, Out, np.ascontiguousarray(x), 0, In, dW, 0, In, False)
+    return dx, dW, dy.sum(axis=0)
 
 
 # ---------------------------------------------------------------- pooling over time
