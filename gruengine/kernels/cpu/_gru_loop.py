@@ -16,7 +16,8 @@ parallel (``prange``). Per step a block runs, tile by tile of MR rows, the (rows
 input product and the (rows, H) x (H, 3H) recurrent product into one tile of accumulators on
 the ``_simd`` micro-kernel (the weights packed once per call into panels of the three gates of
 ``lanes`` hidden units), then the gate maths of those rows. Backward, per step the gate
-backward row by row and the (rows, 3H) x (3H, H) product for dh_prev. Iteration ``c`` writes
+backward row by row, the (rows, 3H) x (3H, H) product for dh_prev and the (rows, 3H) x (3H, I)
+product for the rows' input gradients. Iteration ``c`` writes
 only the rows of block ``c``: the packed rows of its sorted rows, original rows ``perm[b]`` of
 y / h_n, rows ``b`` of the dh buffers and of ``db``. A row's values never depend on its block
 (the micro-kernel's k order is fixed), so the results are the same for every thread count.
@@ -282,6 +283,19 @@ def _gates_bwd_after(g, gp, hp, da, dbb, one, tiny):
 
 
 @njit(inline="always")
+def _rows_gemm(n, o, K, dA, W, dst):
+    # dst[o + i] = dA[o + i, 0:K] @ W[0:K]   (i < n; W row-major (K, cols), dst (N, cols))
+    F = W.shape[1]
+    NR = 3 * lanes(W)
+    ld = dA.shape[1]
+    for j0 in range(0, F, NR):
+        nc = min(NR, F - j0)
+        for i0 in range(0, n, MR):
+            tile(min(MR, n - i0), dA, (o + i0) * ld, ld, 1, W, j0, F, K,
+                 dst, (o + i0) * F + j0, F, nc, False)
+
+
+@njit(inline="always")
 def _dh_gemm(n, o, r0, ka, kb, W, wb, dA, dst):
     # dst[r0 + i] = dA[o + i, 0:2H] @ W[0:2H] + dA[o + i, ka:ka+kb] @ W[wb:wb+kb]   (i < n)
     H = W.shape[1]
@@ -297,8 +311,8 @@ def _dh_gemm(n, o, r0, ka, kb, W, wb, dA, dst):
 
 
 @njit(**_FLAGS)
-def _bwd_after_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, reverse,
-                     dhz, dhg, dA, db, one, tiny):
+def _bwd_after_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm, lengths, reverse,
+                     dhz, dhg, dA, dXp, db, one, tiny):
     H = Hp.shape[1]
     for s in range(nb.shape[0] - 2, -1, -1):
         n = _rows_at(s, nb, r0, r1)
@@ -311,17 +325,19 @@ def _bwd_after_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, reve
             g = _dh_in(b, row, s, nb, dhz, dhg, dh_n,
                        dy[row, _time(s, lengths[row], reverse)], tiny)
             _gates_bwd_after(g, G[o + i], Hp[o + i], dA[o + i], db[b], one, tiny)
-        # dhg = [da_r, da_z] @ W_hh[:2H] + (da_n * r) @ W_hh[2H:]
+        # dhg = [da_r, da_z] @ W_hh[:2H] + (da_n * r) @ W_hh[2H:];  dX = [da_r, da_z, da_n] @ W_ih
         _dh_gemm(n, o, r0, 3 * H, H, W_hh, 2 * H, dA, dhg)
+        _rows_gemm(n, o, 3 * H, dA, W_ih, dXp)
 
 
 @njit(parallel=True, **_FLAGS)
-def bwd_after(bounds, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, reverse, dhz, dhg, dA,
-              db, one, tiny):
-    # reset_after=True. dhz, dhg: (B, H) by sorted row; db: (B, 4H) per-row bias-gradient sums
+def bwd_after(bounds, nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm, lengths, reverse, dhz, dhg,
+              dA, dXp, db, one, tiny):
+    # reset_after=True. dhz, dhg: (B, H) by sorted row; dXp: (N, I) packed input gradients;
+    # db: (B, 4H) per-row bias-gradient sums
     for c in prange(bounds.shape[0] - 1):
-        _bwd_after_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, Hp, G, W_hh, perm,
-                         lengths, reverse, dhz, dhg, dA, db, one, tiny)
+        _bwd_after_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm,
+                         lengths, reverse, dhz, dhg, dA, dXp, db, one, tiny)
 
 
 @njit(**_FLAGS)
@@ -356,8 +372,8 @@ def _gates_bwd_before_r(d, g, gp, hp, da, dbb, one, tiny):
 
 
 @njit(**_FLAGS)
-def _bwd_before_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, reverse,
-                      dhz, dhg, d_rh, dA, db, one, tiny):
+def _bwd_before_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm, lengths, reverse,
+                      dhz, dhg, d_rh, dA, dXp, db, one, tiny):
     H = Hp.shape[1]
     NR = 3 * lanes(Hp)
     for s in range(nb.shape[0] - 2, -1, -1):
@@ -387,15 +403,16 @@ def _bwd_before_block(r0, r1, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, rev
             for i0 in range(0, n, MR):
                 tile(min(MR, n - i0), dA, (o + i0) * 4 * H, 4 * H, 1, W_hh, j0, H, 2 * H,
                      dhg, (r0 + i0) * H + j0, H, nc, False)
+        _rows_gemm(n, o, 3 * H, dA, W_ih, dXp)
 
 
 @njit(parallel=True, **_FLAGS)
-def bwd_before(bounds, nb, off, dy, dh_n, Hp, G, W_hh, perm, lengths, reverse, dhz, dhg, d_rh,
-               dA, db, one, tiny):
+def bwd_before(bounds, nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm, lengths, reverse, dhz, dhg,
+               d_rh, dA, dXp, db, one, tiny):
     # reset_after=False; d_rh: (B, H) scratch by sorted row
     for c in prange(bounds.shape[0] - 1):
-        _bwd_before_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, Hp, G, W_hh, perm,
-                          lengths, reverse, dhz, dhg, d_rh, dA, db, one, tiny)
+        _bwd_before_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, Hp, G, W_hh, W_ih, perm,
+                          lengths, reverse, dhz, dhg, d_rh, dA, dXp, db, one, tiny)
 
 
 @njit(cache=True, error_model="numpy")

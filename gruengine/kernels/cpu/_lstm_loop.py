@@ -10,7 +10,8 @@ step, blocks of sorted rows running their recurrences in parallel with no synchr
 Per step a block runs the (rows, I) x (I, 4H) and (rows, H) x (H, 4H) products into one tile of
 accumulators on the micro-kernel (W_ih and W_hh packed into panels of the four gates of
 ``lanes`` hidden units) and the gate maths row by row; backward,
-the gate backward row by row and the (rows, 4H) x (4H, H) product for dh_prev. Iteration
+the gate backward row by row, the (rows, 4H) x (4H, H) product for dh_prev and the
+(rows, 4H) x (4H, I) product for the rows' input gradients. Iteration
 ``c`` writes only the rows of block ``c``. Gate loops index block views (see
 ``_gru_loop._blocks``). Values below ``tiny`` are flushed to zero.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._gemm import MR as GMR, tile
-from ._gru_loop import _blocks, _rows_at, _time
+from ._gru_loop import _blocks, _rows_at, _rows_gemm, _time
 from ._math import ftz, sigmoid_, tanh_
 from ._simd import lanes, microkernel
 
@@ -135,8 +136,8 @@ def _gates_bwd(dh, dc, act, cp, da, dbb, one, tiny):
 
 
 @njit(**_FLAGS)
-def _bwd_block(r0, r1, nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, perm, lengths, reverse,
-               dh, dc, dA, db, one, tiny):
+def _bwd_block(r0, r1, nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, W_ih, perm, lengths, reverse,
+               dh, dc, dA, dXp, db, one, tiny):
     H = Cp.shape[1]
     NR = 3 * lanes(Cp)
     for s in range(nb.shape[0] - 2, -1, -1):
@@ -164,12 +165,14 @@ def _bwd_block(r0, r1, nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, perm, lengths, r
             for i0 in range(0, n, GMR):
                 tile(min(GMR, n - i0), dA, (o + i0) * 4 * H, 4 * H, 1, W_hh, j0, H, 4 * H,
                      dh, (r0 + i0) * H + j0, H, nc, False)
+        _rows_gemm(n, o, 4 * H, dA, W_ih, dXp)          # the rows' dX = dA @ W_ih
 
 
 @njit(parallel=True, **_FLAGS)
-def bwd(bounds, nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, perm, lengths, reverse, dh, dc, dA, db,
-        one, tiny):
-    # dh, dc: (B, H) by sorted row; db: (B, 4H) per-row bias-gradient sums
+def bwd(bounds, nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, W_ih, perm, lengths, reverse, dh, dc,
+        dA, dXp, db, one, tiny):
+    # dh, dc: (B, H) by sorted row; dXp: (N, I) packed input gradients;
+    # db: (B, 4H) per-row bias-gradient sums
     for c in prange(bounds.shape[0] - 1):
-        _bwd_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, perm,
-                   lengths, reverse, dh, dc, dA, db, one, tiny)
+        _bwd_block(bounds[c], bounds[c + 1], nb, off, dy, dh_n, dc_n, Cp, Acts, W_hh, W_ih,
+                   perm, lengths, reverse, dh, dc, dA, dXp, db, one, tiny)

@@ -8,10 +8,10 @@ product on the ``_simd`` micro-kernels (no BLAS call, no Python per time step):
   (rows, I) x (I, 3H) input product and the (rows, H) x (H, 3H) recurrent product go into one
   tile of accumulators and straight into the gate maths (no (B, T, 3H) array of input
   projections is written or read back);
-* backward: the recurrence backward in the same blocks (per step the gate backward and the
-  (rows, 3H) x (3H, H) product for dh_prev), then ``dX = dA @ W_ih``, ``dW_ih = dA.T @ Xp``,
-  ``dW_hh = dA.T @ H_prev`` as parallel GEMMs; the bias gradients are summed per row inside
-  the loop.
+* backward: the recurrence backward in the same blocks (per step the gate backward, the
+  (rows, 3H) x (3H, H) product for dh_prev and the rows' ``dX = dA @ W_ih``), then
+  ``dW_ih = dA.T @ Xp`` and ``dW_hh = dA.T @ H_prev`` as parallel GEMMs over all rows; the
+  bias gradients are summed per row inside the loop.
 
 ``cache`` holds the packed layout and state (and y, for ``gru_gates``); it is private to
 this module.
@@ -100,22 +100,17 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dhz = np.empty((B, H), dt)                # direct path dL/dh_t * z, sorted rows
     dhg = np.empty((B, H), dt)                # GEMM path dA @ W_hh, sorted rows
     db = np.zeros((B, 4 * H), dt)             # per-row sums of dA (the bias gradients)
+    dXp = np.empty((N, I), dt)                # packed input gradients
     bounds = row_blocks(B, L.MR)
-    dy = np.ascontiguousarray(dy)
-    dh_n = np.ascontiguousarray(dh_n)
-    W_hh = np.ascontiguousarray(W_hh)
+    args = (pk.nb, pk.off, np.ascontiguousarray(dy), np.ascontiguousarray(dh_n), Hp, G,
+            np.ascontiguousarray(W_hh), np.ascontiguousarray(W_ih), pk.perm, pk.lengths, rev,
+            dhz, dhg)
     if reset_after:
-        L.bwd_after(bounds, pk.nb, pk.off, dy, dh_n, Hp, G, W_hh, pk.perm, pk.lengths, rev,
-                    dhz, dhg, dA, db, one, tiny)
+        L.bwd_after(bounds, *args, dA, dXp, db, one, tiny)
     else:
-        d_rh = np.empty((B, H), dt)
-        L.bwd_before(bounds, pk.nb, pk.off, dy, dh_n, Hp, G, W_hh, pk.perm, pk.lengths, rev,
-                     dhz, dhg, d_rh, dA, db, one, tiny)
+        L.bwd_before(bounds, *args, np.empty((B, H), dt), dA, dXp, db, one, tiny)
     dh0 = np.empty((B, H), dt)
     L.sum_rows_scatter(dhz, dhg, pk.perm, dh0, tiny)
-    W_ih = np.ascontiguousarray(W_ih)
-    dXp = np.empty((N, I), dt)
-    gemm(N, I, 3 * H, dA, 0, 4 * H, 1, W_ih, 0, I, dXp, 0, I, False)
     dx = scatter(dXp, pk, rev, T)
     dW_ih = np.empty((3 * H, I), dt)
     gemm(3 * H, I, N, dA, 0, 1, 4 * H, Xp, 0, I, dW_ih, 0, I, False)

@@ -3,9 +3,10 @@
 * forward: x gathered into packed rows, then the recurrence (``_lstm_loop``): blocks of batch
   rows, one per thread, each running all its steps (per step the (rows, I) x (I, 4H) and
   (rows, H) x (H, 4H) micro-kernel products fused with the gate maths);
-* backward: the recurrence backward in the same blocks (per step the gate backward and the
-  (rows, 4H) x (4H, H) product for dh_prev), then ``dX = dA @ W_ih``, ``dW_ih = dA.T @ Xp``,
-  ``dW_hh = dA.T @ H_prev`` as parallel GEMMs; the bias gradients are summed per row.
+* backward: the recurrence backward in the same blocks (per step the gate backward, the
+  (rows, 4H) x (4H, H) product for dh_prev and the rows' ``dX = dA @ W_ih``), then
+  ``dW_ih = dA.T @ Xp`` and ``dW_hh = dA.T @ H_prev`` as parallel GEMMs; the bias gradients
+  are summed per row.
 
 Gate order i, f, g, o. Every stored value is flushed to zero below sqrt(smallest normal)
 (``gru._scalars``), so long sequences never crawl on subnormals. ``cache`` is private to this
@@ -82,15 +83,15 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     dh = np.empty((B, H), dt)                 # sorted rows: dA @ W_hh of the step after
     dc = np.empty((B, H), dt)                 # sorted rows: dL/dc carried back
     db = np.zeros((B, 4 * H), dt)
+    dXp = np.empty((N, I), dt)                # packed input gradients
     L.bwd(row_blocks(B, L.MR), pk.nb, pk.off, np.ascontiguousarray(dy),
           np.ascontiguousarray(dh_n), np.ascontiguousarray(dc_n), Cp, Acts,
-          np.ascontiguousarray(W_hh), pk.perm, pk.lengths, rev, dh, dc, dA, db, one, tiny)
+          np.ascontiguousarray(W_hh), np.ascontiguousarray(W_ih), pk.perm, pk.lengths, rev,
+          dh, dc, dA, dXp, db, one, tiny)
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     dh0[pk.perm] = dh
     dc0[pk.perm] = dc
-    dXp = np.empty((N, I), dt)
-    gemm(N, I, 4 * H, dA, 0, 4 * H, 1, np.ascontiguousarray(W_ih), 0, I, dXp, 0, I, False)
     dx = scatter(dXp, pk, rev, T)
     dW_ih = np.empty((4 * H, I), dt)
     gemm(4 * H, I, N, dA, 0, 1, 4 * H, Xp, 0, I, dW_ih, 0, I, False)
