@@ -1,0 +1,114 @@
+"""The CPU GEMM on the SIMD micro-kernels (kernels/cpu/_simd.py, _gemm.py) and the packed
+layout helpers (_packed.py), against NumPy in float64 on fresh random inputs of odd sizes:
+tails of rows and columns, K = 1, transposed operands, blocks of wider arrays, accumulation."""
+import numpy as np
+import pytest
+
+from gruengine.kernels.cpu import _gemm, _packed
+from gruengine.kernels.cpu._simd import VW32, VW64, tile_rows, vector_width
+
+F32, F64 = np.float32, np.float64
+
+
+def rel_err(a, b):
+    return float(np.abs(np.asarray(a, F64) - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def tol(dtype, K):
+    # a K-term dot product in the dtype, against float64
+    return 4 * np.sqrt(K) * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (5, 7, 3), (9, 49, 1), (17, 48, 130),
+                                   (70, 100, 301), (3, 200, 513)])
+def test_gemm_matches_numpy(dtype, M, N, K):
+    rng = np.random.default_rng([M, N, K, dtype == F32])
+    A = rng.standard_normal((M, K)).astype(dtype)
+    P = rng.standard_normal((K, N)).astype(dtype)
+    want = A.astype(F64) @ P.astype(F64)
+    C = np.full((M, N), np.nan, dtype)
+    _gemm.gemm(M, N, K, A, 0, K, 1, P, 0, N, C, 0, N, False)
+    assert C.dtype == dtype and rel_err(C, want) < tol(dtype, K)
+    # the transposed operand: A stored (K, M), read with sa_i = 1, sa_k = M
+    At = np.ascontiguousarray(A.T)
+    C2 = np.full((M, N), np.nan, dtype)
+    _gemm.gemm(M, N, K, At, 0, 1, M, P, 0, N, C2, 0, N, False)
+    assert rel_err(C2, want) < tol(dtype, K)
+    # the serial driver computes the same bits as the parallel one
+    C3 = np.full((M, N), np.nan, dtype)
+    _gemm.gemm_serial(M, N, K, A, 0, K, 1, P, 0, N, C3, 0, N, False)
+    np.testing.assert_array_equal(C3, C)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_gemm_blocks_of_wider_arrays_and_accumulate(dtype):
+    # C's block [r0:r0+M, c0:c0+N] += A's columns [a0:a0+K] @ P's block; nothing else changes
+    rng = np.random.default_rng(11 + (dtype == F32))
+    M, N, K = 21, 37, 45
+    A = rng.standard_normal((M + 3, K + 10)).astype(dtype)
+    P = rng.standard_normal((K + 2, N + 9)).astype(dtype)
+    C0 = rng.standard_normal((M + 5, N + 11)).astype(dtype)
+    C = C0.copy()
+    r0, c0, a0, pr, pc = 2, 5, 7, 1, 4
+    ld_a, ld_p, ld_c = A.shape[1], P.shape[1], C.shape[1]
+    _gemm.gemm(M, N, K, A, a0, ld_a, 1, P, pr * ld_p + pc, ld_p, C, r0 * ld_c + c0, ld_c, True)
+    want = C0.astype(F64)
+    want[r0:r0 + M, c0:c0 + N] += (A[:M, a0:a0 + K].astype(F64)
+                                   @ P[pr:pr + K, pc:pc + N].astype(F64))
+    assert rel_err(C, want) < tol(dtype, K + 1)
+    outside = np.ones(C.shape, bool)
+    outside[r0:r0 + M, c0:c0 + N] = False
+    np.testing.assert_array_equal(C[outside], C0[outside])
+
+
+def test_vector_width_and_tiles_fit_the_registers():
+    assert VW64 * 2 == VW32 and VW32 in (4, 8, 16)
+    assert vector_width(np.dtype(F32)) == VW32 and vector_width(np.dtype(F64)) == VW64
+    for nv in (1, 2, 3, 4):
+        assert 1 <= tile_rows(nv) <= 8
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gather_and_scatter_follow_the_packed_layout(reverse):
+    rng = np.random.default_rng(3 + reverse)
+    B, T, F = 5, 7, 3
+    lengths = np.array([3, 7, 1, 7, 5])
+    x = rng.standard_normal((B, T, F))
+    pk = _packed.Packing(lengths, T)
+    Xp = _packed.gather(x, pk, reverse)
+    assert pk.N == lengths.sum() and Xp.shape == (pk.N, F) and not pk.full
+    # step s owns packed rows off[s] .. off[s] + nb[s] - 1, longest rows first
+    for s in range(pk.steps):
+        for b in range(pk.nb[s]):
+            row = pk.perm[b]
+            t = lengths[row] - 1 - s if reverse else s
+            np.testing.assert_array_equal(Xp[pk.off[s] + b], x[row, t])
+    back = _packed.scatter(Xp, pk, reverse, T)
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    np.testing.assert_array_equal(back[valid], x[valid])
+    assert np.all(back[~valid] == 0)
+
+
+def test_row_blocks_cover_the_rows_in_whole_tiles():
+    for B in (1, 5, 8, 64, 100):
+        for mr in (4, 6, 8):
+            cuts = _packed.row_blocks(B, mr)
+            assert cuts[0] == 0 and cuts[-1] == B and np.all(np.diff(cuts) > 0)
+            assert np.all(cuts[1:-1] % mr == 0)
+
+
+def test_gate_panels_lay_out_the_gates_of_each_tile():
+    rng = np.random.default_rng(5)
+    H, K = 19, 6
+    W = rng.standard_normal((3 * H, K)).astype(F32)
+    VW = vector_width(W.dtype)
+    P = _packed.gate_panels(W, (2, 0), H)
+    HT = -(-H // VW)
+    assert P.shape == (HT, K, 2 * VW)
+    for jt in range(HT):
+        for g, gate in enumerate((2, 0)):
+            for u in range(VW):
+                unit = jt * VW + u
+                want = W[gate * H + unit] if unit < H else np.zeros(K, F32)
+                np.testing.assert_array_equal(P[jt, :, g * VW + u], want)
