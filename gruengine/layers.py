@@ -200,8 +200,14 @@ def dropout_mask(shape, p, rng, dtype):
 
     ``rng`` is a ``numpy.random.Generator``; the same generator state gives the same mask.
     """
-    keep = rng.random(shape) >= p
-    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+    # one draw from rng seeds a counter-based hash of every element's index
+    # (kernels.cpu.ops.dropout_keep_mask): parallel, ~20x faster than rng.random(shape)
+    from .kernels.cpu.ops import dropout_keep_mask
+    mask = np.empty(int(np.prod(shape)), dtype=dtype)
+    seed = np.uint64(rng.integers(0, 2**63))
+    threshold = np.uint64(float(p) * 2.0**53)
+    dropout_keep_mask(seed, threshold, mask.dtype.type(1.0 / (1.0 - p)), mask)
+    return mask.reshape(shape)
 
 
 class Dropout(_Module):

@@ -129,8 +129,9 @@ class RecurrentStack(Module):
 
     # ---- the layer x direction loops -----------------------------------------------------------
     def _dropout_mask(self, shape):
-        keep = self._dropout_rng.random(shape) >= self.dropout
-        return arrays.on_device_of((keep / (1.0 - self.dropout)).astype(self.dtype), self.device)
+        from .layers import dropout_mask
+        mask = dropout_mask(shape, self.dropout, self._dropout_rng, self.dtype)
+        return arrays.on_device_of(mask, self.device)
 
     def _weights(self, k, sfx):
         # layer k's weights in the op's argument order (read at every call: a ParamBuffer

@@ -277,6 +277,25 @@ def mse(pred, target, weight):
 
 # ---------------------------------------------------------------- dropout
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(parallel=True, cache=True)
+def dropout_keep_mask(seed, threshold, scale, out):
+    # out (n,) <- scale where the 53-bit hash of (seed, i) is >= threshold, else 0.
+    # The hash is splitmix64 (Steele et al. 2014) of seed + i * golden: a counter-based
+    # stream, so the elements are drawn in parallel and the mask is a function of the seed
+    # alone. threshold = p * 2**53 makes an entry 0 with probability p.
+    s = np.uint64(seed)
+    for i in prange(out.shape[0]):
+        z = s + np.uint64(i) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+        out[i] = scale if (z >> np.uint64(11)) >= threshold else 0
+
 @njit(parallel=True, cache=True)
 def _mul_mask(x, mask):
     # x, mask: (N,) flat   -> x * mask
