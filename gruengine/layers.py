@@ -104,7 +104,11 @@ class Embedding(_Module):
         B, T = self._ids.shape
         arrays.check("dy", dy, (B, T, self.embedding_dim), self.dtype)
         pad = -1 if self.padding_idx is None else self.padding_idx
-        arrays.assign(self.grads["weight"], self._k.embedding_backward(
+        g = self.grads["weight"]
+        if self.device == "cpu" and g.flags.c_contiguous:
+            self._k.ops.embedding_backward_into(dy, self._ids, pad, g)   # in place, no copy
+            return None
+        arrays.assign(g, self._k.embedding_backward(
             arrays.on_device_of(dy, self.device), self._ids, self.num_embeddings, pad))
         return None
 

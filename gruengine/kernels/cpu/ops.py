@@ -42,13 +42,13 @@ def _embedding_gather(ids, W):
 
 
 @njit(parallel=True, cache=True)
-def _embedding_scatter(dy, ids, num_embeddings, padding_idx):
-    # dy: (N, E)   ids: (N,) int64 in [0, V)   -> dW: (V, E)
+def _embedding_scatter(dy, ids, padding_idx, dW):
+    # dy: (N, E)   ids: (N,) int64 in [0, V)   dW: (V, E) <- the gradient (every row written)
     # A counting sort groups the positions of each id (in increasing position order), so
     # the parallel loop runs over vocabulary rows and each iteration owns its row of dW:
     # no atomics, and the summation order is fixed.
     N, E = dy.shape
-    V = num_embeddings
+    V = dW.shape[0]
     start = np.zeros(V + 1, dtype=np.int64)      # row v reads order[start[v]:start[v+1]]
     for i in range(N):
         start[ids[i] + 1] += 1
@@ -60,16 +60,15 @@ def _embedding_scatter(dy, ids, num_embeddings, padding_idx):
         v = ids[i]
         order[fill[v]] = i
         fill[v] += 1
-    dW = np.empty((V, E), dtype=dy.dtype)
     for v in prange(V):
+        row = dW[v]
         for e in range(E):
-            dW[v, e] = 0
+            row[e] = 0
         if v != padding_idx:
             for j in range(start[v], start[v + 1]):
-                i = order[j]
+                src = dy[order[j]]
                 for e in range(E):
-                    dW[v, e] += dy[i, e]
-    return dW
+                    row[e] += src[e]
 
 
 def embedding_forward(ids, W):
@@ -80,9 +79,16 @@ def embedding_forward(ids, W):
 
 def embedding_backward(dy, ids, num_embeddings, padding_idx):
     # dy: (B, T, E)   ids: (B, T)   -> dW: (V, E); padding_idx -1 = none, else that row stays 0
+    dW = np.empty((int(num_embeddings), dy.shape[-1]), dtype=dy.dtype)
+    embedding_backward_into(dy, ids, padding_idx, dW)
+    return dW
+
+
+def embedding_backward_into(dy, ids, padding_idx, dW):
+    """``embedding_backward`` writing into ``dW`` (V, E), C-contiguous: the Embedding layer's
+    CPU path, straight into its gradient buffer (no (V, E) temporary to allocate and copy)."""
     E = dy.shape[-1]
-    return _embedding_scatter(np.ascontiguousarray(dy).reshape(-1, E), ids.ravel(),
-                              int(num_embeddings), int(padding_idx))
+    _embedding_scatter(np.ascontiguousarray(dy).reshape(-1, E), ids.ravel(), int(padding_idx), dW)
 
 
 # ---------------------------------------------------------------- linear (the engine's GEMM)
