@@ -19,6 +19,16 @@ def tol(dtype, K):
     return 4 * np.sqrt(K) * np.finfo(dtype).eps
 
 
+def assert_dot_close(got, A, P, dtype, C0=None):
+    # |got - A @ P| <= K eps (|A| @ |P|): the rounding bound of K-term dot products
+    # (plus C0's own rounding when accumulating)
+    A, P = A.astype(F64), P.astype(F64)
+    want = A @ P + (0 if C0 is None else C0.astype(F64))
+    bound = A.shape[1] * np.finfo(dtype).eps * (np.abs(A) @ np.abs(P) + (
+        0 if C0 is None else np.abs(C0.astype(F64)))) + np.finfo(dtype).tiny
+    assert np.all(np.abs(got.astype(F64) - want) <= bound)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (5, 7, 3), (9, 49, 1), (17, 48, 130),
                                    (70, 100, 301), (3, 200, 513)])
@@ -112,3 +122,43 @@ def test_gate_panels_lay_out_the_gates_of_each_tile():
                 unit = jt * VW + u
                 want = W[gate * H + unit] if unit < H else np.zeros(K, F32)
                 np.testing.assert_array_equal(P[jt, :, g * VW + u], want)
+
+
+@pytest.mark.parametrize("vw32,registers", [(8, 16), (4, 16)], ids=["avx2", "sse-neon"])
+@pytest.mark.parametrize("nv", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_microkernel_of_other_cpus(vw32, registers, nv, dtype):
+    # the kernels another CPU would build (narrower vectors, 16 registers), run here: every
+    # row count up to MR, full and masked column tails, transposed A, accumulation
+    from numba import njit
+    from gruengine.kernels.cpu._simd import microkernel
+    full = microkernel(nv, vw32=vw32, registers=registers)
+    tail = microkernel(nv, masked=True, vw32=vw32, registers=registers)
+    MR = full.MR
+    assert MR == tile_rows(nv, registers)
+    vw = vw32 if dtype == F32 else vw32 // 2
+    NR = nv * vw
+
+    @njit
+    def run(A, lda, P, C, mr, nc, acc):
+        if nc == NR:
+            full(A, 0, lda, 1, mr, P, 0, P.shape[1], A.shape[1], C, 0, C.shape[1], vw, nc, acc)
+        else:
+            tail(A, 0, lda, 1, mr, P, 0, P.shape[1], A.shape[1], C, 0, C.shape[1], vw, nc, acc)
+
+    rng = np.random.default_rng([vw32, nv, dtype == F32])
+    K = 37
+    for mr in range(1, MR + 1):
+        for nc in (NR, 1, NR - 1):
+            if nc < 1:
+                continue
+            A = rng.standard_normal((mr, K)).astype(dtype)
+            P = rng.standard_normal((K, NR)).astype(dtype)
+            C0 = rng.standard_normal((mr, NR)).astype(dtype)
+            C = C0.copy()
+            run(A, K, P, C, mr, nc, False)
+            assert_dot_close(C[:, :nc], A, P[:, :nc], dtype)
+            np.testing.assert_array_equal(C[:, nc:], C0[:, nc:])
+            C = C0.copy()
+            run(A, K, P, C, mr, nc, True)
+            assert_dot_close(C[:, :nc], A, P[:, :nc], dtype, C0[:, :nc])

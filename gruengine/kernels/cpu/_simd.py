@@ -61,10 +61,10 @@ def _lanes(a):
     return lambda a: w
 
 
-def tile_rows(nv):
+def tile_rows(nv, registers=None):
     """Rows MR of a tile of ``nv`` vectors: MR*nv accumulators, nv loads of P and one
-    broadcast of A must fit the vector registers."""
-    return max(1, min(8, (_NREG - nv - 1) // nv))
+    broadcast of A must fit the vector registers (this CPU's unless given)."""
+    return max(1, min(8, ((registers or _NREG) - nv - 1) // nv))
 
 
 def _i64(context, builder, val, ty):
@@ -77,11 +77,14 @@ def _vec_intrinsic(builder, name, vty, argtys, ret):
     return cgutils.get_or_insert_function(builder.module, fnty, name.format(sfx))
 
 
-def microkernel(nv, masked=False):
+def microkernel(nv, masked=False, vw32=None, registers=None):
     """The intrinsic ``mk(A, a0, sa_i, sa_k, mr, P, p0, sp_k, K, C, c0, ldc, cs_v, nc, accumulate)``
     for tiles of ``nv`` vectors (see the module docstring). A, P, C: C-contiguous arrays of one
-    float dtype, offsets in elements from their first element; K >= 1, 1 <= mr <= MR."""
-    mr_max = tile_rows(nv)
+    float dtype, offsets in elements from their first element; K >= 1, 1 <= mr <= MR.
+    ``vw32`` / ``registers`` build the kernel of another vector width / register count (the
+    tests check the code of other CPUs that way; the engine uses this CPU's)."""
+    vw32 = vw32 or VW32
+    mr_max = tile_rows(nv, registers)
 
     @intrinsic
     def mk(typingctx, A, a0, sa_i, sa_k, mr, P, p0, sp_k, K, C, c0, ldc, cs_v, nc, accumulate):
@@ -101,7 +104,7 @@ def microkernel(nv, masked=False):
                      ts[13])))
             accumulate = context.cast(builder, acc_, ts[14], types.boolean)
             fty = context.get_value_type(ts[0].dtype)
-            vw = VW32 if isinstance(fty, ir.FloatType) else VW64
+            vw = vw32 if isinstance(fty, ir.FloatType) else vw32 // 2
             vty = ir.VectorType(fty, vw)
             i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
             mty = ir.VectorType(i1, vw)
