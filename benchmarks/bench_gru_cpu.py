@@ -240,7 +240,8 @@ def _best(fn, k=7):
 
 
 def breakdown(a):
-    # best of 7 of each part of one layer's training step, in this process
+    # best of 7 of each part of one layer's training step (reset_after, dy every step), in
+    # this process: the op's own calls, in the order gru_forward / gru_backward make them
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(a.threads)
     import numpy as np
@@ -261,42 +262,38 @@ def breakdown(a):
     N = pk.N
     one, tiny = C._scalars(dt)
     bounds = row_blocks(B, Lp.MR)
-    Gx = C._project(Xp, W_ih)
-    Wp, bias = gate_panels(W_hh, (0, 1, 2), H), C._bias(b_ih, b_hh, H, True)
-    dA = np.empty((N, 4 * H), dt)
+    Wx, Wh = gate_panels(W_ih, (0, 1, 2), H), gate_panels(W_hh, (2, 0, 1), H)
+    bias = C._bias(b_ih, b_hh, H, True)
+    dA, dXp = np.empty((N, 4 * H), dt), np.empty((N, I), dt)
     dhz, dhg, db = np.empty((B, H), dt), np.empty((B, H), dt), np.zeros((B, 4 * H), dt)
-    dXp, dW = np.empty((N, I), dt), np.empty((3 * H, max(I, H)), dt)
+    dW = np.empty((3 * H, max(I, H)), dt)
     parts = {
         "forward (gru_forward)": lambda: C.gru_forward(*args),
-        "backward (gru_backward, dy every step)":
-            lambda: C.gru_backward(dy, h_n, *args, cache),
+        "inference (gru_infer)": lambda: C.gru_infer(*args),
+        "backward (gru_backward)": lambda: C.gru_backward(dy, h_n, *args, cache),
         "  gather x into packed rows": lambda: gather(x, pk, False),
-        "  Gx = Xp @ W_ih.T": lambda: C._project(Xp, W_ih),
-        "  forward recurrence": lambda: Lp.fwd_after(
-            bounds, pk.nb, pk.off, Gx, Wp, bias, Hp, G, pk.perm, pk.lengths, False, y, h_n,
-            one, tiny),
-        "  backward recurrence": lambda: Lp.bwd_after(
-            bounds, pk.nb, pk.off, dy, h_n, Hp, G, W_hh, pk.perm, pk.lengths, False,
-            dhz, dhg, dA, db, one, tiny),
-        "  dX = dA @ W_ih": lambda: gemm(N, I, 3 * H, dA, 0, 4 * H, 1, W_ih, 0, I, dXp, 0, I,
-                                         False),
+        "  forward recurrence (x and h products, gates)": lambda: Lp.fwd_after(
+            bounds, pk.nb, pk.off, Xp, Wx, Wh, bias, Hp, G, True, pk.perm, pk.lengths, False,
+            y, h_n, one, tiny),
+        "  backward recurrence (gates, dh and dX products)": lambda: Lp.bwd_after(
+            bounds, pk.nb, pk.off, dy, h_n, Hp, G, W_hh, W_ih, pk.perm, pk.lengths, False,
+            dhz, dhg, dA, dXp, db, one, tiny),
         "  scatter dX": lambda: scatter(dXp, pk, False, T),
         "  dW_ih = dA.T @ Xp": lambda: gemm(3 * H, I, N, dA, 0, 1, 4 * H, Xp, 0, I, dW, 0,
                                             dW.shape[1], False),
         "  dW_hh = dA.T @ H_prev": lambda: gemm(3 * H, H, N, dA, 0, 1, 4 * H, Hp, 0, H, dW, 0,
                                                 dW.shape[1], False),
     }
-    fl = 6 * N * (I + H) * H
+    flops = {"  forward recurrence (x and h products, gates)": 6 * N * (I + H) * H,
+             "  backward recurrence (gates, dh and dX products)": 6 * N * (I + H) * H,
+             "  dW_ih = dA.T @ Xp": 6 * N * I * H, "  dW_hh = dA.T @ H_prev": 6 * N * H * H}
     print(f"breakdown, B={B} T={T} I={I} H={H} {dt}, {a.threads} threads, best of 7 "
           f"({load_line()})")
     for name, fn in parts.items():
         t = _best(fn)
-        note = ""
-        if name.startswith("  ") and ("@" in name or "recurrence" in name):
-            prod = 2 * N * 3 * H * (I if "W_ih" in name or "Xp" in name else H)
-            note = f"  {prod / t / 1e9:6.1f} GFLOP/s"
-        print(f"  {name:42s} {t * 1e3:7.2f} ms{note}")
-    print(f"  (one training step is {fl / 1e9:.2f} GFLOP)")
+        note = f"  {flops[name] / t / 1e9:6.1f} GFLOP/s" if name in flops else ""
+        print(f"  {name:50s} {t * 1e3:7.2f} ms{note}")
+    print(f"  (a training step is {18 * N * (I + H) * H / 1e9:.2f} GFLOP)")
 
 
 def main():
