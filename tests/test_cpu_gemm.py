@@ -100,12 +100,25 @@ def test_gather_and_scatter_follow_the_packed_layout(reverse):
     assert np.all(back[~valid] == 0)
 
 
-def test_row_blocks_cover_the_rows_in_whole_tiles():
-    for B in (1, 5, 8, 64, 100):
-        for mr in (4, 6, 8):
-            cuts = _packed.row_blocks(B, mr)
-            assert cuts[0] == 0 and cuts[-1] == B and np.all(np.diff(cuts) > 0)
-            assert np.all(cuts[1:-1] % mr == 0)
+def test_row_blocks_cover_the_rows_in_whole_tiles(monkeypatch):
+    rng = np.random.default_rng(4)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_packed.numba, "get_num_threads", lambda: threads)
+        for B in (1, 5, 8, 64, 100):
+            for mr in (4, 6, 8):
+                for lengths in (np.full(B, 9), rng.integers(1, 50, B)):
+                    pk = _packed.Packing(lengths, 50)
+                    cuts = _packed.row_blocks(pk, mr)
+                    assert cuts[0] == 0 and cuts[-1] == B and np.all(np.diff(cuts) > 0)
+                    assert np.all(cuts[1:-1] % mr == 0)
+                    assert len(cuts) - 1 == min(threads, -(-B // mr))
+    # ragged rows: the blocks share the (step, row) pairs, not the rows
+    monkeypatch.setattr(_packed.numba, "get_num_threads", lambda: 2)
+    lengths = np.array([100] * 8 + [10] * 56)
+    pk = _packed.Packing(lengths, 100)
+    cuts = _packed.row_blocks(pk, 8)
+    work = [pk.lengths[pk.perm][a:b].sum() for a, b in zip(cuts[:-1], cuts[1:])]
+    assert max(work) < 0.7 * sum(work)
 
 
 def test_gate_panels_lay_out_the_gates_of_each_tile():

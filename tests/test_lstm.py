@@ -69,7 +69,7 @@ def test_reference_matches_finite_differences(reverse):
 def test_cpu_kernels_match_reference(dtype, tol, reverse, parallel, monkeypatch):
     # one block of rows runs every recurrence on one thread; one block per row runs them
     # in parallel blocks
-    blocks = (lambda B, mr: np.arange(B + 1)) if parallel else (lambda B, mr: np.array([0, B]))
+    blocks = (lambda pk, mr: np.arange(len(pk.perm) + 1)) if parallel else (lambda pk, mr: np.array([0, len(pk.perm)]))
     monkeypatch.setattr(cpu, "row_blocks", blocks)
     rng = np.random.default_rng(7 + reverse + 10 * (dtype == np.float32))
     B, T, I, H = 3, 6, 5, 17
@@ -286,8 +286,8 @@ def test_cpu_infer_and_row_blocks(dtype, monkeypatch):
     dh = rng.standard_normal((B, H)).astype(dtype)
     dc = rng.standard_normal((B, H)).astype(dtype)
     out = {}
-    for name, blocks in (("one", lambda B, mr: np.array([0, B])),
-                         ("per row", lambda B, mr: np.arange(B + 1))):
+    for name, blocks in (("one", lambda pk, mr: np.array([0, len(pk.perm)])),
+                         ("per row", lambda pk, mr: np.arange(len(pk.perm) + 1))):
         monkeypatch.setattr(cpu, "row_blocks", blocks)
         y, h_n, c_n, cache = cpu.lstm_forward(*a, lengths, True)
         yi, hi, ci = cpu.lstm_infer(*a, lengths, True)

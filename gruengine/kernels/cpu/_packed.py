@@ -79,13 +79,22 @@ def scatter(src, pk, reverse, T):
     return out
 
 
-def row_blocks(B, mr):
+def row_blocks(pk, mr):
     """Bounds (C+1,) of the blocks of sorted rows whose recurrences run in parallel: one block
-    per Numba thread, whole tiles of ``mr`` rows each, the same work per block up to a tile.
-    A row's results do not depend on its block, so neither do they on the thread count."""
+    per Numba thread, whole tiles of ``mr`` rows each, cut so that every block has about the
+    same number of (step, row) pairs (the longest rows come first). A row's results do not
+    depend on its block, so neither do they on the thread count."""
+    B = pk.lengths.shape[0]
     tiles = (B + mr - 1) // mr
     C = max(1, min(numba.get_num_threads(), tiles))
-    cuts = [(tiles * c) // C * mr for c in range(C)] + [B]
+    work = np.add.reduceat(pk.lengths[pk.perm], np.arange(0, B, mr))      # per tile
+    cum = np.cumsum(work)
+    cuts = [0]
+    for c in range(1, C):
+        t = int(np.searchsorted(cum, cum[-1] * c / C)) + 1                # tiles in blocks < c
+        t = min(max(t, cuts[-1] // mr + 1), tiles - (C - c))              # >= one tile each
+        cuts.append(t * mr)
+    cuts.append(B)
     return np.asarray(cuts, dtype=np.int64)
 
 

@@ -54,7 +54,7 @@ def _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, keep)
     Xp = gather(x, pk, rev)
     Hp = np.empty((pk.N, H), dt)              # packed h_prev of every active (step, row)
     Hp[:B] = h0[pk.perm]
-    bounds = row_blocks(B, L.MR)
+    bounds = row_blocks(pk, L.MR)
     # packed r, z, n, (W_hn h + b_hn | r * h_prev), or scratch rows per block
     G = np.empty((pk.N if keep else (bounds.shape[0] - 1) * L.MR, 4 * H), dt)
     y = (np.empty if pk.full else np.zeros)((B, T, H), dt)
@@ -101,7 +101,7 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     dhg = np.empty((B, H), dt)                # GEMM path dA @ W_hh, sorted rows
     db = np.zeros((B, 4 * H), dt)             # per-row sums of dA (the bias gradients)
     dXp = np.empty((N, I), dt)                # packed input gradients
-    bounds = row_blocks(B, L.MR)
+    bounds = row_blocks(pk, L.MR)
     args = (pk.nb, pk.off, np.ascontiguousarray(dy), np.ascontiguousarray(dh_n), Hp, G,
             np.ascontiguousarray(W_hh), np.ascontiguousarray(W_ih), pk.perm, pk.lengths, rev,
             dhz, dhg)

@@ -37,7 +37,7 @@ def _forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, keep):
     Cp = np.empty((pk.N, H), dt)
     Hp[:B] = h0[pk.perm]
     Cp[:B] = c0[pk.perm]
-    bounds = row_blocks(B, L.MR)
+    bounds = row_blocks(pk, L.MR)
     # packed i, f, g, o, tanh(c_t), or one scratch row per block
     Acts = np.empty((pk.N if keep else bounds.shape[0] - 1, 5 * H), dt)
     y = (np.empty if pk.full else np.zeros)((B, T, H), dt)
@@ -84,7 +84,7 @@ def lstm_backward(dy, dh_n, dc_n, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, ca
     dc = np.empty((B, H), dt)                 # sorted rows: dL/dc carried back
     db = np.zeros((B, 4 * H), dt)
     dXp = np.empty((N, I), dt)                # packed input gradients
-    L.bwd(row_blocks(B, L.MR), pk.nb, pk.off, np.ascontiguousarray(dy),
+    L.bwd(row_blocks(pk, L.MR), pk.nb, pk.off, np.ascontiguousarray(dy),
           np.ascontiguousarray(dh_n), np.ascontiguousarray(dc_n), Cp, Acts,
           np.ascontiguousarray(W_hh), np.ascontiguousarray(W_ih), pk.perm, pk.lengths, rev,
           dh, dc, dA, dXp, db, one, tiny)
