@@ -175,3 +175,30 @@ def test_microkernel_of_other_cpus(vw32, registers, nv, dtype):
             C = C0.copy()
             run(A, K, P, C, mr, nc, True)
             assert_dot_close(C[:, :nc], A, P[:, :nc], dtype, C0[:, :nc])
+
+
+def test_float64_activations_match_numpy():
+    # exp64 / tanh64 / sigmoid64 (vectorizable, kernels/cpu/_math.py) against NumPy's libm
+    from numba import njit
+    from gruengine.kernels.cpu._math import exp64, sigmoid64, tanh64
+
+    @njit
+    def run(x, e, t, s):
+        for i in range(x.shape[0]):
+            e[i] = exp64(-abs(x[i]))
+            t[i] = tanh64(x[i])
+            s[i] = sigmoid64(x[i])
+
+    rng = np.random.default_rng(8)
+    x = np.concatenate([rng.standard_normal(20000) * 6, rng.uniform(-800, 800, 5000),
+                        np.logspace(-300, 1, 300), -np.logspace(-300, 1, 300), [0.0, -0.0]])
+    e, t, s = (np.empty_like(x) for _ in range(3))
+    run(x, e, t, s)
+    want_e = np.exp(-np.abs(x))
+    normal = want_e > np.finfo(F64).tiny
+    assert np.all(np.abs(e - want_e)[normal] <= 2 * np.spacing(want_e[normal]))
+    assert np.max(np.abs(t - np.tanh(x))) <= 4 * np.finfo(F64).eps
+    assert np.all(np.sign(t) == np.sign(np.tanh(x)))
+    want_s = np.where(x >= 0, 1 / (1 + want_e), want_e / (1 + want_e))
+    big = want_s > 1e-300
+    assert np.max(np.abs(s - want_s)[big] / want_s[big]) <= 8 * np.finfo(F64).eps
