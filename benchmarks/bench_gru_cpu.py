@@ -13,7 +13,7 @@ Gradient patterns: ``tagger`` (dy at every step), ``classifier`` (only dh_n).
 
     python benchmarks/bench_gru_cpu.py                        # B=64 T=200 I=H=128, both patterns
     python benchmarks/bench_gru_cpu.py --table                # the six shapes of docs/benchmarks.md
-    python benchmarks/bench_gru_cpu.py --table --inference    # forward only, the first two shapes
+    python benchmarks/bench_gru_cpu.py --table --inference    # forward only, the first shape
     python benchmarks/bench_gru_cpu.py --dtype float64 --pattern classifier
     python benchmarks/bench_gru_cpu.py --breakdown            # where the engine's step goes (1 process)
     python benchmarks/bench_gru_cpu.py --compile-time         # Numba: empty cache vs warm cache
@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=128, help="hidden size H")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--pattern", choices=["tagger", "classifier", "both"], default="both")
+    p.add_argument("--pattern", choices=["tagger", "classifier", "both", "inference"],
+                   default="both", help="gradient pattern (inference: set by --inference)")
     p.add_argument("--table", action="store_true", help="the six shapes of the issue")
     p.add_argument("--inference", action="store_true", help="forward only, no gradient")
     p.add_argument("--threads", type=int, default=2, help="threads of every pool")
@@ -173,11 +174,12 @@ def print_row(row, impls):
 def driver(a):
     import numpy as np
     if a.table:
-        shapes = TABLE[:2] if a.inference else TABLE
+        # inference has no gradient pattern: the first two rows are then one shape
+        shapes = [TABLE[0][:6] + ("inference",)] if a.inference else TABLE
     else:
         patterns = ["tagger", "classifier"] if a.pattern == "both" else [a.pattern]
         if a.inference:
-            patterns = patterns[:1]
+            patterns = ["inference"]
         shapes = [(a.batch, a.steps, a.input, a.hidden, a.layers, a.bidirectional, p)
                   for p in patterns]
     print(f"{load_line()} (start)")
