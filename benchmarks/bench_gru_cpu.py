@@ -6,7 +6,9 @@ implementation runs in fresh processes of its own, alternating (engine, torch, e
 ``--rounds`` times; each process warms up, then times ``--repeats`` steps, and the median of
 all timed steps is reported as tokens/s, GFLOP/s and as a fraction of the ceiling set by this
 machine's float32 GEMM (NumPy's BLAS on an n^3 product, measured in its own process in the
-same run; a step costs 18 * (I + H) * H flops per token, layer and direction, a forward 6).
+same run; a step costs 18 * (I + H) * H flops per token, layer and direction, a forward 6),
+and as a fraction of the engine's own GEMM on the same product (it runs AVX-512 micro-kernels
+where OpenBLAS picks AVX2 ones, so the first fraction can pass 100%).
 Torch runs with ``torch.set_flush_denormal(True)`` (its best: without it the classifier
 pattern falls into subnormal floats); ``--torch-default`` adds torch with its defaults.
 Gradient patterns: ``tagger`` (dy at every step), ``classifier`` (only dh_n).
@@ -15,6 +17,7 @@ Gradient patterns: ``tagger`` (dy at every step), ``classifier`` (only dh_n).
     python benchmarks/bench_gru_cpu.py --table                # the six shapes of docs/benchmarks.md
     python benchmarks/bench_gru_cpu.py --table --inference    # forward only, the first shape
     python benchmarks/bench_gru_cpu.py --dtype float64 --pattern classifier
+    python benchmarks/bench_gru_cpu.py --table --threads 1 --clock cpu   # busy machine: CPU time
     python benchmarks/bench_gru_cpu.py --breakdown            # where the engine's step goes (1 process)
     python benchmarks/bench_gru_cpu.py --compile-time         # Numba: empty cache vs warm cache
 """
@@ -58,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per process")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the process's CPU time per step (with --threads 1: a ratio that "
+                        "other processes on the machine barely change)")
     p.add_argument("--torch-default", action="store_true",
                    help="also time torch without flush_denormal")
     p.add_argument("--no-torch", action="store_true", help="time the engine alone")
@@ -116,11 +122,12 @@ def worker(a):
                 (y.backward(dyt) if a.pattern == "tagger" else h.backward(dh_nt))
     for _ in range(a.warmup):
         step()
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     times = []
     for _ in range(a.repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     print(json.dumps({"times": times}))
 
 
@@ -136,13 +143,13 @@ def shape_args(a, shape):
     B, T, I, H, L, bi, pattern = shape
     args = [SCRIPT, "--batch", B, "--steps", T, "--input", I, "--hidden", H, "--layers", L,
             "--pattern", pattern, "--threads", a.threads, "--repeats", a.repeats,
-            "--warmup", a.warmup, "--dtype", a.dtype]
+            "--warmup", a.warmup, "--dtype", a.dtype, "--clock", a.clock]
     args += ["--bidirectional"] if bi else []
     args += ["--inference"] if a.inference else []
     return [str(v) for v in args]
 
 
-def run_shape(a, shape, peak):
+def run_shape(a, shape, peaks):
     B, T, I, H, L, bi, pattern = shape
     impls = ["engine"] + ([] if a.no_torch else ["torch+ftz"] + (["torch"] if a.torch_default
                                                                     else []))
@@ -151,10 +158,12 @@ def run_shape(a, shape, peak):
     fpt = flops_per_token(I, H, L, 2 if bi else 1, a.inference)
     row = {"shape": dict(B=B, T=T, I=I, H=H, layers=L, bidirectional=bi, pattern=pattern),
            "flops_per_token": fpt}
+    own_peak = peaks["engine"]
     for n in impls:
         rate = B * T / median(res[n])
         row[n] = {"tokens_per_s": rate, "gflops": rate * fpt / 1e9,
-                  "ceiling_fraction": rate * fpt / peak, "round_medians": res[n]["medians"]}
+                  "ceiling_fraction": rate * fpt / peaks["numpy"],
+                  "own_peak_fraction": rate * fpt / own_peak, "round_medians": res[n]["medians"]}
     if "torch+ftz" in row:
         best = max(row[n]["tokens_per_s"] for n in impls if n != "engine")
         row["ratio"] = row["engine"]["tokens_per_s"] / best
@@ -168,7 +177,8 @@ def print_row(row, impls):
     cells = [f"{row[n]['tokens_per_s']:,.0f}" for n in impls]
     ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
     print(f"| {label} | " + " | ".join(cells) + f" | {ratio} | "
-          f"{row['engine']['ceiling_fraction']:.0%} |", flush=True)
+          f"{row['engine']['ceiling_fraction']:.0%} | {row['engine']['own_peak_fraction']:.0%} |",
+          flush=True)
 
 
 def driver(a):
@@ -185,19 +195,20 @@ def driver(a):
     print(f"{load_line()} (start)")
     peaks = gemm_peaks(a.threads, a.dtype)
     print(f"{a.dtype}, {a.threads} threads, {'forward only' if a.inference else 'forward + backward'}"
-          f", {a.rounds} rounds x {a.repeats} steps per implementation, separate processes; "
-          f"numpy {np.__version__}")
+          f", {a.rounds} rounds x {a.repeats} steps per implementation, separate processes, "
+          f"{'CPU time' if a.clock == 'cpu' else 'wall time'} per step; numpy {np.__version__}")
     print(f"GEMM ceiling (NumPy BLAS, 2048^3): {peaks['numpy'] / 1e9:.0f} GFLOP/s; "
           f"the engine's own GEMM: {peaks['engine'] / 1e9:.0f} GFLOP/s")
     impls = ["engine"] + ([] if a.no_torch else ["torch+ftz"] + (["torch"] if a.torch_default
                                                                     else []))
     names = {"engine": "engine tokens/s", "torch+ftz": "torch best", "torch": "torch default"}
     print("\n| B, T, I, H, layers, bidirectional, gradient | "
-          + " | ".join(names[n] for n in impls) + " | engine / torch best | engine, of ceiling |")
-    print("|---|" + "---:|" * (len(impls) + 2))
+          + " | ".join(names[n] for n in impls) + " | engine / torch best | engine, of ceiling "
+          "| engine, of its own GEMM |")
+    print("|---|" + "---:|" * (len(impls) + 3))
     rows = []
     for shape in shapes:
-        row = run_shape(a, shape, peaks["numpy"])
+        row = run_shape(a, shape, peaks)
         rows.append(row)
         print_row(row, impls)
     print(f"{load_line()} (end)")
