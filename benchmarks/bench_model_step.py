@@ -3,6 +3,7 @@
     python benchmarks/bench_model_step.py                          # CPU rows, separate processes
     python benchmarks/bench_model_step.py --bidirectional          # the IMDB shape
     python benchmarks/bench_model_step.py --parts                  # where the engine's step goes
+    python benchmarks/bench_model_step.py --threads 1 --clock cpu  # busy machine: CPU time
     python benchmarks/bench_model_step.py --out gpu_out --repeats 20   # + CUDA rows on a GPU
 
 One step = zero_grad, forward (Embedding -> GRU -> last states -> Linear), softmax
@@ -152,11 +153,12 @@ def worker(a):
     first = impl.step()
     for _ in range(a.warmup):
         impl.step()
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     times = []
     for _ in range(a.repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         impl.step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     print(json.dumps({"times": times, "first": list(map(float, first))}))
 
 
@@ -218,6 +220,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="processes per implementation")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the process's CPU time per step (with --threads 1: a ratio that "
+                        "other processes on the machine barely change)")
     p.add_argument("--out", default=None, help="folder for model_step.json")
     p.add_argument("--parts", action="store_true",
                    help="time the parts of the engine's CPU step in this process, and exit")
@@ -255,7 +260,7 @@ def main(argv=None):
         np.savez(weights, **SequenceModel(model_config(a, "cpu")).state_dict())
         argv = [SCRIPT, "--weights", weights] + [
             str(v) for k in ("batch", "steps", "embed", "hidden", "vocab", "clip", "threads",
-                             "repeats", "warmup") for v in (f"--{k}", getattr(a, k))]
+                             "repeats", "warmup", "clock") for v in (f"--{k}", getattr(a, k))]
         argv += ["--bidirectional"] if a.bidirectional else []
         res = {n: {"times": [], "first": None} for n in names}
         for _ in range(a.rounds):
@@ -283,7 +288,8 @@ def main(argv=None):
     base = {r["engine"]: r["ms_per_step"] for r in rows}
     print(f"\nB={a.batch} T={a.steps} E={a.embed} H={a.hidden} V={a.vocab} "
           f"{'bi' if a.bidirectional else 'uni'}directional, float32, {a.threads} threads, "
-          f"median of {a.rounds} processes x {a.repeats} steps, separate processes")
+          f"median of {a.rounds} processes x {a.repeats} steps, separate processes, "
+          f"{'CPU' if a.clock == 'cpu' else 'wall'} time")
     print(f"{'engine':<13}{'ms/step':>10}{'tokens/s':>12}{'GFLOP/s':>9}{'vs torch-cpu':>14}"
           f"{'vs torch-cuda':>15}")
     for r in rows:
