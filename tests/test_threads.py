@@ -106,3 +106,31 @@ print(len(blas), during, cpu_of(blas) - before - during)
         pytest.skip("this NumPy's BLAS starts no worker threads")
     assert during == 0
     assert control > 0
+
+
+def test_large_arrays_are_reused_without_page_faults():
+    # after `import gruengine`, a freed 64 MB array stays in the heap: allocating and
+    # touching it again costs no page faults (glibc's default maps and unmaps it each time)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    code = r"""
+import resource, numpy as np, gruengine
+def faults(n=6):
+    a = np.ones(1 << 24, np.float32); del a
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        a = np.ones(1 << 24, np.float32); del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+print(faults())
+"""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split()[-1]) < 100
+    # a user's own malloc setting is left alone (here: map every block, fault every time)
+    env["MALLOC_MMAP_THRESHOLD_"] = "0"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert int(r.stdout.split()[-1]) > 100
