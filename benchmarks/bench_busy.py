@@ -5,6 +5,7 @@ and two trainings at once.
     python benchmarks/bench_busy.py --repeats 3         # median of three per scenario
     python benchmarks/bench_busy.py --env OPENBLAS_NUM_THREADS=1 --env OMP_WAIT_POLICY=ACTIVE
     python benchmarks/bench_busy.py -- --config adding_t200     # arguments after -- go to train
+    python benchmarks/bench_busy.py --tree /path/to/older/checkout  # time another source tree
 
 Scenarios (each a fresh ``gruengine train --quiet`` process, default settings unless --env):
 
@@ -39,7 +40,7 @@ def train_cmd(out, extra):
 
 def start_train(tmp, tag, extra, env):
     out = os.path.join(tmp, tag)
-    return subprocess.Popen(train_cmd(out, extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(train_cmd(out, extra), cwd=tmp, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -78,11 +79,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs per scenario (median reported)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="set in the trainings' environment (e.g. OPENBLAS_NUM_THREADS=1)")
+    p.add_argument("--tree", default=ROOT,
+                   help="source tree whose gruengine/ and cli/ run (default: this one)")
     p.add_argument("--scenarios", nargs="+",
                    default=["alone", "beside 1 busy", "beside 2 busy", "two at once"])
     a = p.parse_args(argv)
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for item in a.env:
         k, _, v = item.partition("=")
         env[k] = v
@@ -91,6 +93,10 @@ def main(argv=None):
           + (f"   env: {' '.join(a.env)}" if a.env else ""))
     times = {s: [] for s in a.scenarios}
     with tempfile.TemporaryDirectory() as tmp:
+        # the tree's cli/ is importable as gruengine_cli, its gruengine/ ahead of any installed
+        os.symlink(os.path.join(os.path.abspath(a.tree), "cli"), os.path.join(tmp, "gruengine_cli"))
+        env["PYTHONPATH"] = os.pathsep.join([tmp, os.path.abspath(a.tree),
+                                             env.get("PYTHONPATH", "")])
         # one untimed run first: the Numba cache is warm for every timed one
         wait(start_train(tmp, "warm", extra, env), time.perf_counter())
         for k in range(a.repeats):

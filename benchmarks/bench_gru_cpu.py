@@ -18,7 +18,7 @@ Gradient patterns: ``tagger`` (dy at every step), ``classifier`` (only dh_n).
     python benchmarks/bench_gru_cpu.py --table --inference    # forward only, the first shape
     python benchmarks/bench_gru_cpu.py --dtype float64 --pattern classifier
     python benchmarks/bench_gru_cpu.py --table --threads 1 --clock cpu   # busy machine: CPU time
-    python benchmarks/bench_gru_cpu.py --breakdown            # where the engine's step goes (1 process)
+    python benchmarks/bench_gru_cpu.py --breakdown            # the engine's step, in parts
     python benchmarks/bench_gru_cpu.py --compile-time         # Numba: empty cache vs warm cache
 """
 import argparse
@@ -193,8 +193,9 @@ def driver(a):
         shapes = [(a.batch, a.steps, a.input, a.hidden, a.layers, a.bidirectional, p)
                   for p in patterns]
     print(f"{load_line()} (start)")
-    peaks = gemm_peaks(a.threads, a.dtype)
-    print(f"{a.dtype}, {a.threads} threads, {'forward only' if a.inference else 'forward + backward'}"
+    peaks = gemm_peaks(a.threads, a.dtype, clock=a.clock)
+    what = "forward only" if a.inference else "forward + backward"
+    print(f"{a.dtype}, {a.threads} threads, {what}"
           f", {a.rounds} rounds x {a.repeats} steps per implementation, separate processes, "
           f"{'CPU time' if a.clock == 'cpu' else 'wall time'} per step; numpy {np.__version__}")
     print(f"GEMM ceiling (NumPy BLAS, 2048^3): {peaks['numpy'] / 1e9:.0f} GFLOP/s; "
