@@ -24,7 +24,6 @@ Gradient patterns: ``tagger`` (dy at every step), ``classifier`` (only dh_n).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

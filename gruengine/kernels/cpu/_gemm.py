@@ -10,12 +10,11 @@ block owns its rows: no reduction, the same bits for any thread count) and block
 ``KC`` so the micro-kernel's slivers of A and P stay in L1/L2.
 ``tile(...)`` is one micro-kernel call that picks the masked variant for a tail of columns.
 """
-import numpy as np
 from numba import njit, prange
 
 from ._simd import lanes, microkernel
 
-__all__ = ["NV", "MR", "tile", "gemm", "gemm_serial", "transpose_into"]
+__all__ = ["NV", "MR", "tile", "gemm", "gemm_serial"]
 
 NV = 3                          # vectors per tile row (the GRU's three gates)
 _mk = microkernel(NV)
@@ -63,12 +62,3 @@ def gemm(M, N, K, A, a0, sa_i, sa_k, P, p0, sp_k, C, c0, ldc, accumulate):
 def gemm_serial(M, N, K, A, a0, sa_i, sa_k, P, p0, sp_k, C, c0, ldc, accumulate):
     # gemm on the calling thread (inside a parallel region, or for small products)
     _rows(0, M, N, K, A, a0, sa_i, sa_k, P, p0, sp_k, C, c0, ldc, accumulate)
-
-
-@njit(parallel=True, cache=True)
-def transpose_into(W, out):
-    # out (n, m) = W (m, n).T: a weight as a P operand with contiguous columns
-    m, n = W.shape
-    for i in prange(n):
-        for j in range(m):
-            out[i, j] = W[j, i]
