@@ -20,9 +20,9 @@ count. ``microkernel(nv, masked=True)`` masks the loads of P and the stores of C
 
 Why not BLAS: OpenBLAS picks its Haswell (AVX2) kernels on the development machine's AMD EPYC
 while the core runs AVX-512 at full width. Measured there, one thread, a (32, 128) x (128, 384)
-float32 product repeated from L1/L2 (thread CPU time): 205 GFLOP/s with MR=8, NV=3 (zmm), 97
-GFLOP/s with OpenBLAS; and a GEMM called per time step from Python costs more in dispatch
-than it computes (docs/benchmarks.md). The vector width and MR follow the host's registers,
+float32 product repeated from L1/L2 (thread CPU time): 205-265 GFLOP/s with MR=8, NV=3 (zmm),
+97 GFLOP/s with OpenBLAS, 82 with SciPy's BLAS called from njit code (``np.dot``); and a GEMM
+called per time step from Python costs more in dispatch than it computes (docs/benchmarks.md). The vector width and MR follow the host's registers,
 decided once at import (Numba's cache is keyed on the CPU, so a cached kernel never runs on a
 CPU it was not built for). Each multiply-add is ``llvm.fmuladd``: fused where the CPU has FMA,
 and the k order is fixed, so a value never depends on the tile or thread that computed it.
