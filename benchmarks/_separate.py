@@ -14,11 +14,14 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# the environment as the user started the benchmark: importing gruengine in the driver sets
+# thread-pool defaults (gruengine.threads) that a torch worker must not inherit
+BASE_ENV = dict(os.environ)
 
 
 def thread_env(threads):
     """Environment of a worker: every pool sized to ``threads`` before anything loads."""
-    env = dict(os.environ)
+    env = dict(BASE_ENV)
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "MKL_NUM_THREADS"):
         env[var] = str(threads)
