@@ -27,7 +27,8 @@ The freed arrays then stay in the process's heap for the next step. Skipped when
 ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``, and off glibc.
 
 The variables are read when the pools load, so ``configure()`` runs when ``gruengine`` is
-imported, before Numba starts its threads. ``set_num_threads`` changes the count later.
+imported: it sets them, starts the pools, and restores the environment (a later library or a
+child process sees the user's). ``set_num_threads`` changes the count later.
 """
 import ctypes
 import math
@@ -75,18 +76,32 @@ def usable_cores():
 
 
 def configure(environ=None):
-    """Set the thread-pool defaults above in ``environ`` (default ``os.environ``) where the user
-    has not set them; returns the names it set. Run before Numba and NumPy load."""
+    """Set the thread-pool defaults above where the user has not set them; returns the names
+    it set. With ``environ`` (a dict) it only fills that dict. Without, it sets them in
+    ``os.environ``, loads NumPy's BLAS and starts Numba's pool so that they read them, then
+    puts ``os.environ`` back as it was: the settings hold for the engine's pools, and a library
+    loaded later (PyTorch's OpenMP, say) or a child process sees the user's environment."""
     env = os.environ if environ is None else environ
     wanted = {"NUMBA_NUM_THREADS": str(usable_cores()), "OMP_WAIT_POLICY": "PASSIVE"}
     if "numpy" not in sys.modules:      # OpenBLAS reads it when NumPy loads it
         wanted["OPENBLAS_THREAD_TIMEOUT"] = "20"
     if "numba" in sys.modules:          # too late for the pool size: set_num_threads below
         wanted.pop("NUMBA_NUM_THREADS")
-    done = [k for k, v in wanted.items() if k not in env]
+    done = [k for k in wanted if k not in env]
     for k in done:
         env[k] = wanted[k]
-    if environ is None and _keep_large_arrays_in_heap(env):
+    if environ is not None:
+        return done
+    try:
+        import numpy  # noqa: F401  (OpenBLAS reads its variables as it loads)
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()      # the OpenMP runtime reads OMP_* as it loads
+    except Exception:                   # no threading layer here: Numba runs serially
+        pass
+    finally:
+        for k in done:
+            del env[k]
+    if _keep_large_arrays_in_heap(env):
         done.append("mallopt")
     return done
 

@@ -33,18 +33,47 @@ def test_a_fresh_process_gets_the_pool_sized_from_its_affinity():
         pytest.skip("needs CPU affinity control and two cores")
     code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
             "import gruengine, numba; "
-            "print(numba.config.NUMBA_NUM_THREADS, os.environ['OMP_WAIT_POLICY'])")
+            "print(numba.config.NUMBA_NUM_THREADS, os.environ.get('OMP_WAIT_POLICY', '-'))")
     env = {k: v for k, v in os.environ.items()
            if k not in ("NUMBA_NUM_THREADS", "OMP_WAIT_POLICY")}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["1", "PASSIVE"]
+    # the pool has one thread; the environment is the user's again after the import
+    assert r.stdout.split() == ["1", "-"]
     # an explicit setting wins
     env["NUMBA_NUM_THREADS"] = "2"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.stdout.split()[0] == "2"
+
+
+def test_idle_workers_sleep_unless_the_user_asks_for_spinning():
+    # after a parallel region the engine's pool burns no CPU while the program waits
+    # (OMP_WAIT_POLICY=PASSIVE by default); a user's OMP_WAIT_POLICY=ACTIVE is respected
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs")
+    code = r"""
+import time, numpy as np, gruengine
+from gruengine.layers import dropout_mask
+rng = np.random.default_rng(0)
+dropout_mask((1000,), 0.5, rng, np.float32)          # one parallel region: the pool is up
+c0 = time.process_time()
+for _ in range(4):
+    dropout_mask((1000,), 0.5, rng, np.float32)
+    time.sleep(0.1)
+print(time.process_time() - c0)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    env["NUMBA_NUM_THREADS"] = "2"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 0.1
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert float(r.stdout.split()[-1]) > 0.1
 
 
 def test_set_num_threads_checks_its_argument():
