@@ -221,6 +221,10 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
                    f"{len(trainer.test_ds)} test, {c['cell']} {c['num_layers']}x"
                    f"{c['hidden_size']}{' bidirectional' if c['bidirectional'] else ''}, "
                    f"{n:,} parameters, device {trainer.model.config.device}", err=True)
+        from gruengine.threads import busy_note
+        note = busy_note()
+        if note:
+            click.echo(f"note: {note}", err=True)
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:

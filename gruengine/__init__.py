@@ -5,19 +5,10 @@
     y, h_n = gru.forward(x, lengths=lengths)
     dx, dh0 = gru.backward(dy)
 """
-import os as _os
-import sys as _sys
+from . import threads  # noqa: F401  (first: the thread pools read its settings when they load)
 
+threads.configure()
 __version__ = "0.1.0"
-
-# OpenBLAS's idle worker threads spin for 2**28 cycles (~0.1 s) after every BLAS call before
-# they sleep, taking a core from the Numba kernels that run between the GEMMs of a training
-# step. 2**20 cycles (~0.4 ms) still covers the gap between the per-step GEMMs of one
-# recurrence; measured: a whole model step 112 -> 79 ms on 2 cores (docs/benchmarks.md).
-# OpenBLAS reads the variable when it loads, so only when NumPy is not imported yet; an
-# explicit setting wins.
-if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 from .errors import GruengineError, DataError, CheckpointError, TrainingDivergedError  # noqa: F401
 from .gru import GRU  # noqa: F401

@@ -129,21 +129,27 @@ class RecurrentStack(Module):
 
     # ---- the layer x direction loops -----------------------------------------------------------
     def _dropout_mask(self, shape):
-        keep = self._dropout_rng.random(shape) >= self.dropout
-        return arrays.on_device_of((keep / (1.0 - self.dropout)).astype(self.dtype), self.device)
+        from .layers import dropout_mask
+        mask = dropout_mask(shape, self.dropout, self._dropout_rng, self.dtype)
+        return arrays.on_device_of(mask, self.device)
 
     def _weights(self, k, sfx):
         # layer k's weights in the op's argument order (read at every call: a ParamBuffer
         # may re-point the dict entries to views of a flat buffer)
         return tuple(self.params[f"{name}_l{k}{sfx}"] for name in self._op_weights)
 
-    def _stack_forward(self, x, lengths, states, return_gates):
+    def _stack_forward(self, x, lengths, states, return_gates, lean=None):
         # x (B,T,I) checked, on this stack's device; lengths (B,) host; states: tuple of
         # (L*D,B,H) initial states (h0[, c0]) on the device.
         # -> y (B,T,D*H), tuple of final states (device side), gates dict (NumPy)
+        # In eval mode a backend's <op>_infer (CPU) runs instead of <op>_forward: no cache
+        # is kept, and a backward after it first recomputes the forward (_caches).
         B, T, _ = x.shape
         D, kern, extra = self.num_directions, self._kernels, self._op_args()
+        if lean is None:
+            lean = not self.training and not return_gates
         op_forward = getattr(kern, f"{self._op}_forward")
+        op_infer = getattr(kern, f"{self._op}_infer", None) if lean else None
         op_gates = getattr(kern, f"{self._op}_gates")
         finals = tuple(arrays.zeros(s0.shape, self.dtype, self.device) for s0 in states)
         layers, gates = [], {}
@@ -153,9 +159,13 @@ class RecurrentStack(Module):
             outs, caches = [], []
             for d, sfx in enumerate(self._suffixes()):
                 i = k * D + d
-                y, *fin, cache = op_forward(inp, *(s0[i] for s0 in states),
-                                            *self._weights(k, sfx), lengths, *extra,
-                                            reverse=bool(d))
+                op_args = (inp, *(s0[i] for s0 in states), *self._weights(k, sfx), lengths,
+                           *extra)
+                if op_infer is not None:
+                    y, *fin = op_infer(*op_args, reverse=bool(d))
+                    cache = None
+                else:
+                    y, *fin, cache = op_forward(*op_args, reverse=bool(d))
                 for f, v in zip(finals, fin):
                     arrays.assign(f[i], v)
                 outs.append(y)
@@ -172,10 +182,17 @@ class RecurrentStack(Module):
         self._saved = {"shape": (B, T), "lengths": lengths, "states": states, "layers": layers}
         return inp, finals, gates
 
+    def _caches(self):
+        # the saved forward with its caches: recomputed once if it ran the lean eval path
+        s = self._saved
+        if any(c is None for _, caches, _ in s["layers"] for c in caches):
+            self._stack_forward(s["layers"][0][0], s["lengths"], s["states"], False, lean=False)
+        return self._saved
+
     def _stack_backward(self, dy, dfinals):
         # dy (B,T,D*H) checked; dfinals: tuple of (L*D,B,H) final-state gradients.
         # -> dx (B,T,I), tuple of initial-state gradients; writes self.grads in place
-        s = self._saved
+        s = self._caches()
         D, H, extra = self.num_directions, self.hidden_size, self._op_args()
         op_backward = getattr(self._kernels, f"{self._op}_backward")
         dstates = tuple(arrays.zeros(a.shape, self.dtype, self.device) for a in dfinals)

@@ -27,7 +27,10 @@ BACKEND_ONLY = {
         "mingru_forward_sequential": "a plain loop over time that checks the log-space scan",
         "mingru_backward_sequential": "the same for the backward scan",
     },
-    "cpu": {},
+    "cpu": {
+        "gru_infer": "forward without a cache: the lean eval-mode path of RecurrentStack",
+        "lstm_infer": "the same for the LSTM",
+    },
     "cuda": {},
 }
 

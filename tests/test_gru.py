@@ -451,3 +451,70 @@ def test_reads_params_and_writes_grads_through_a_flat_buffer():
     other.load_state_dict({k: v * 2 for k, v in p0.items()})
     np.testing.assert_array_equal(other.forward(x, h0, lengths)[0], y2)
     assert not np.allclose(y2, y1)
+
+
+# ---- the CPU op's row blocks and its lean inference path ------------------------------------
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_results_do_not_depend_on_the_row_blocks(reset_after, reverse, monkeypatch):
+    # one block runs every row on one thread; one block per row is the most parallel split:
+    # the same bits either way (so the same for every thread count), and the reference agrees
+    rng = np.random.default_rng([60, reset_after, reverse])
+    B, T, I, H = 11, 9, 7, 21
+    args = op_inputs(rng, B, T, I, H, F32, rng.integers(1, T + 1, B))
+    dy = rng.standard_normal((B, T, H)).astype(F32)
+    dh_n = rng.standard_normal((B, H)).astype(F32)
+    out = {}
+    for name, blocks in (("one", lambda pk, mr: np.array([0, len(pk.perm)])),
+                         ("per row", lambda pk, mr: np.arange(len(pk.perm) + 1))):
+        monkeypatch.setattr(cpu, "row_blocks", blocks)
+        y, h_n, cache = cpu.gru_forward(*args, reset_after, reverse)
+        out[name] = (y, h_n) + cpu.gru_backward(dy, dh_n, *args, cache, reset_after, reverse)
+    for a, b in zip(out["one"], out["per row"]):
+        np.testing.assert_array_equal(a, b)
+    y_r, h_r, c_r = ref.gru_forward(*args, reset_after, reverse)
+    want = (y_r, h_r) + ref.gru_backward(dy, dh_n, *args, c_r, reset_after, reverse)
+    for got, w in zip(out["one"], want):
+        assert rel_err(got, w) < 2e-6
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_cpu_infer_is_the_forward_without_a_cache(dtype, reset_after):
+    rng = np.random.default_rng([61, reset_after, dtype == F32])
+    B, T, I, H = 6, 8, 5, 33
+    for lengths in ([T] * B, rng.integers(1, T + 1, B)):
+        args = op_inputs(rng, B, T, I, H, dtype, lengths)
+        for reverse in (False, True):
+            y, h_n, _ = cpu.gru_forward(*args, reset_after, reverse)
+            yi, hi = cpu.gru_infer(*args, reset_after, reverse)
+            np.testing.assert_array_equal(yi, y)
+            np.testing.assert_array_equal(hi, h_n)
+            y_r, h_r, _ = ref.gru_forward(*args, reset_after, reverse)
+            assert rel_err(yi, y_r) < (1e-12 if dtype == F64 else 2e-6)
+
+
+def test_layer_eval_forward_then_backward_matches_training_mode():
+    # eval mode takes the lean path (no cache); a backward after it recomputes the forward
+    rng = np.random.default_rng(62)
+    a = GRU(4, 10, num_layers=2, bidirectional=True, seed=2)
+    b = GRU(4, 10, num_layers=2, bidirectional=True, seed=2)
+    b.eval()
+    x, lengths, h0, dy, dh_n = layer_case(rng, a, 5, 6, F32)
+    ya, ha = a.forward(x, h0, lengths)
+    yb, hb = b.forward(x, h0, lengths)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ha, hb)
+    dxa, dha = a.backward(dy, dh_n)
+    dxb, dhb = b.backward(dy, dh_n)
+    np.testing.assert_array_equal(dxa, dxb)
+    np.testing.assert_array_equal(dha, dhb)
+    for k in a.grads:
+        np.testing.assert_array_equal(a.grads[k], b.grads[k])
+    # and the gradients are right: the reference device in training mode
+    c = GRU(4, 10, num_layers=2, bidirectional=True, seed=2, device="reference")
+    c.forward(x, h0, lengths)
+    dxc, _ = c.backward(dy, dh_n)
+    assert rel_err(dxb, dxc) < 2e-6
+    for k in a.grads:
+        assert rel_err(b.grads[k], c.grads[k]) < 2e-6, k

@@ -67,8 +67,10 @@ def test_reference_matches_finite_differences(reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 def test_cpu_kernels_match_reference(dtype, tol, reverse, parallel, monkeypatch):
-    # small steps normally take the serial kernel; threshold 0 forces the prange one
-    monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 0 if parallel else 10**9)
+    # one block of rows runs every recurrence on one thread; one block per row runs them
+    # in parallel blocks
+    blocks = (lambda pk, mr: np.arange(len(pk.perm) + 1)) if parallel else (lambda pk, mr: np.array([0, len(pk.perm)]))
+    monkeypatch.setattr(cpu, "row_blocks", blocks)
     rng = np.random.default_rng(7 + reverse + 10 * (dtype == np.float32))
     B, T, I, H = 3, 6, 5, 17
     args, lengths = make_op_inputs(rng, B, T, I, H, dtype, lengths=[2, 6, 1])
@@ -270,3 +272,31 @@ def test_layer_matches_torch(dtype, num_layers, bidirectional):
         theirs = theirs.detach().numpy()
         assert mine.shape == theirs.shape and mine.dtype == dtype, name
         assert rel_err(mine, theirs) < tol, (name, rel_err(mine, theirs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_infer_and_row_blocks(dtype, monkeypatch):
+    # lstm_infer is lstm_forward without its cache (same bits); the results do not depend on
+    # how the rows are cut into parallel blocks; the reference agrees
+    rng = np.random.default_rng(70 + (dtype == np.float32))
+    B, T, I, H = 7, 6, 5, 19
+    args, lengths = make_op_inputs(rng, B, T, I, H, dtype, lengths=rng.integers(1, T + 1, B))
+    a = [args[k] for k in OPS]
+    dy = rng.standard_normal((B, T, H)).astype(dtype)
+    dh = rng.standard_normal((B, H)).astype(dtype)
+    dc = rng.standard_normal((B, H)).astype(dtype)
+    out = {}
+    for name, blocks in (("one", lambda pk, mr: np.array([0, len(pk.perm)])),
+                         ("per row", lambda pk, mr: np.arange(len(pk.perm) + 1))):
+        monkeypatch.setattr(cpu, "row_blocks", blocks)
+        y, h_n, c_n, cache = cpu.lstm_forward(*a, lengths, True)
+        yi, hi, ci = cpu.lstm_infer(*a, lengths, True)
+        for u, v in zip((yi, hi, ci), (y, h_n, c_n)):
+            np.testing.assert_array_equal(u, v)
+        out[name] = (y, h_n, c_n) + cpu.lstm_backward(dy, dh, dc, *a, lengths, cache, True)
+    for u, v in zip(out["one"], out["per row"]):
+        np.testing.assert_array_equal(u, v)
+    y_r, h_r, c_r, cache_r = ref.lstm_forward(*a, lengths, True)
+    want = (y_r, h_r, c_r) + ref.lstm_backward(dy, dh, dc, *a, lengths, cache_r, True)
+    for u, v in zip(out["one"], want):
+        assert rel_err(u, v) < (1e-12 if dtype == np.float64 else 2e-5)

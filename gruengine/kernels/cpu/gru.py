@@ -1,39 +1,29 @@
-"""GRU forward/backward on the CPU: BLAS GEMMs plus fused Numba gate kernels.
+"""GRU forward/backward on the CPU: packed sequences, SIMD GEMMs, one compiled time loop.
 
-Same names and argument order as ``gruengine.reference.gru``. The cuDNN recipe:
+Same names and argument order as ``gruengine.reference.gru``. The cuDNN recipe, with every
+product on the ``_simd`` micro-kernels (no BLAS call, no Python per time step):
 
-* forward: ``Gx = X @ W_ih.T`` for all timesteps as one GEMM; per step one
-  (n, H) x (H, 3H) product and one fused gate kernel (``_gru_cells``);
-* backward: per step one fused gate-backward kernel and one (n, 3H) x (3H, H) product for
-  dh_prev; ``dW_ih = dGx.T @ X``, ``dW_hh = dGh.T @ H_prev``, ``dX = dGx @ W_ih`` are single
-  GEMMs after the loop; the bias gradients are summed per row inside the gate kernels.
+* forward: x gathered into packed rows (``_packed``); then the recurrence (``_gru_loop``):
+  blocks of batch rows, one per thread, each running all its time steps; per step the
+  (rows, I) x (I, 3H) input product and the (rows, H) x (H, 3H) recurrent product go into one
+  tile of accumulators and straight into the gate maths (no (B, T, 3H) array of input
+  projections is written or read back);
+* backward: the recurrence backward in the same blocks (per step the gate backward, the
+  (rows, 3H) x (3H, H) product for dh_prev and the rows' ``dX = dA @ W_ih``), then
+  ``dW_ih = dA.T @ Xp`` and ``dW_hh = dA.T @ H_prev`` as parallel GEMMs over all rows; the
+  bias gradients are summed per row inside the loop.
 
-Rows are sorted by length (descending) so the rows active at step s are a prefix of n rows
-and the per-step GEMMs shrink with the sequences; the recurrent state is kept packed (one
-contiguous block per step), like a PyTorch PackedSequence. The Python loop runs over time
-steps only; batch rows and hidden units are covered by the kernels and GEMMs.
-
-``cache`` holds the packed state and gates (and y, for ``gru_gates``); it is private to this
-module.
+``cache`` holds the packed layout and state (and y, for ``gru_gates``); it is private to
+this module.
 """
 import numpy as np
 
 from ..._checks import check_cell_args, check_cell_grads
-from . import _gru_cells as K
+from . import _gru_loop as L
+from ._gemm import gemm
+from ._packed import Packing, gate_panels, gather, row_blocks, scatter
 
-__all__ = ["gru_forward", "gru_backward", "gru_gates"]
-
-
-def _pack(lengths):
-    # perm: sorted row -> original row; nb[s]: rows active at step s (nb[steps] = 0);
-    # off[s]: first packed row of step s; steps = longest length.
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    perm = np.argsort(-lengths, kind="stable").astype(np.int64)
-    steps = int(lengths.max())
-    nb = np.bincount(lengths, minlength=steps + 1)[::-1].cumsum()[::-1][1:]  # (steps,) #{len > s}
-    nb = np.append(nb, 0)
-    off = np.concatenate([[0], np.cumsum(nb)])
-    return lengths, perm, nb.tolist(), off.tolist(), steps
+__all__ = ["gru_forward", "gru_backward", "gru_gates", "gru_infer"]
 
 
 def _scalars(dtype):
@@ -46,48 +36,52 @@ def _scalars(dtype):
     return dtype.type(1), dtype.type(np.sqrt(np.finfo(dtype).tiny))
 
 
-def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
-    # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
-    # -> y: (B, T, H), h_n: (B, H), cache
+def _bias(b_ih, b_hh, H, reset_after):
+    # (4H,): r and z take b_i + b_h together; b_in and b_hn stay apart (b_hn is inside r * (.)
+    # when reset_after)
+    return np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
+
+
+def _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, keep):
+    # keep: store the gates for backward (training) or not (inference)
     lengths = check_cell_args("gru", x, (h0,), (W_ih, W_hh, b_ih, b_hh), lengths)[0]
     B, T, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
     one, tiny = _scalars(dt)
-    lengths, perm, nb, off, steps = _pack(lengths)
-    N = off[steps]
-    Gx = np.matmul(x.reshape(B * T, I), W_ih.T).reshape(B, T, 3 * H)
-    Hp = np.empty((N, H), dt)                 # packed h_prev of every active (step, row)
-    Hp[:B] = h0[perm]
-    G = np.empty((N, 4 * H), dt)              # packed r, z, n, (W_hn h + b_hn | r * h_prev)
-    full = N == B * T                          # no padding: every output slot gets written
-    y = np.empty((B, T, H), dt) if full else np.zeros((B, T, H), dt)
-    h_n = np.empty((B, H), dt)
+    pk = Packing(lengths, T)
     rev = bool(reverse)
+    Xp = gather(x, pk, rev)
+    Hp = np.empty((pk.N, H), dt)              # packed h_prev of every active (step, row)
+    Hp[:B] = h0[pk.perm]
+    bounds = row_blocks(pk, L.MR)
+    # packed r, z, n, (W_hn h + b_hn | r * h_prev), or scratch rows per block
+    G = np.empty((pk.N if keep else (bounds.shape[0] - 1) * L.MR, 4 * H), dt)
+    y = (np.empty if pk.full else np.zeros)((B, T, H), dt)
+    h_n = np.empty((B, H), dt)
+    bias = _bias(b_ih, b_hh, H, reset_after)
+    Wx = gate_panels(W_ih, (0, 1, 2), H)
+    args = (bias, Hp, G, keep, pk.perm, pk.lengths, rev, y, h_n, one, tiny)
     if reset_after:
-        gh = np.empty((B, 3 * H), dt)
-        W_hhT = W_hh.T
-        for s in range(steps):
-            n, o = nb[s], off[s]
-            np.matmul(Hp[o:o + n], W_hhT, out=gh[:n])
-            K.fwd_step_after(s, n, o, nb[s + 1], off[s + 1], Gx, gh, b_ih, b_hh, Hp, G,
-                             perm, lengths, rev, y, h_n, one, tiny)
+        L.fwd_after(bounds, pk.nb, pk.off, Xp, Wx, gate_panels(W_hh, (2, 0, 1), H), *args)
     else:
-        gh = np.empty((B, 2 * H), dt)
-        ghn = np.empty((B, H), dt)
-        W_rzT = W_hh[:2 * H].T
-        W_hnT = W_hh[2 * H:].T
-        RH = G[:, 3 * H:]
-        for s in range(steps):
-            n, o = nb[s], off[s]
-            np.matmul(Hp[o:o + n], W_rzT, out=gh[:n])
-            K.fwd_step_before_rz(s, n, o, Gx, gh, b_ih, b_hh, Hp, G, perm, lengths, rev, one, tiny)
-            np.matmul(RH[o:o + n], W_hnT, out=ghn[:n])
-            K.fwd_step_before_n(s, n, o, nb[s + 1], off[s + 1], Gx, ghn, b_ih, b_hh, Hp, G,
-                                perm, lengths, rev, y, h_n, one, tiny)
-    cache = {"perm": perm, "nb": nb, "off": off, "steps": steps, "lengths": lengths,
-             "Hp": Hp, "G": G, "y": y, "reverse": rev}
+        L.fwd_before(bounds, pk.nb, pk.off, Xp, Wx, gate_panels(W_hh, (0, 1), H),
+                     gate_panels(W_hh, (2,), H), *args)
+    cache = {"pack": pk, "Xp": Xp, "Hp": Hp, "G": G, "y": y, "reverse": rev}
     return y, h_n, cache
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    # x: (B, T, I)  h0: (B, H)  W_ih: (3H, I)  W_hh: (3H, H)  b_ih, b_hh: (3H,)  lengths: (B,)
+    # -> y: (B, T, H), h_n: (B, H), cache
+    return _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, True)
+
+
+def gru_infer(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after=True, reverse=False):
+    """``gru_forward`` without what backward needs (inference): -> y (B, T, H), h_n (B, H).
+    The gates are not stored, so the step writes a third of the memory."""
+    y, h_n, _ = _forward(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reset_after, reverse, False)
+    return y, h_n
 
 
 def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
@@ -98,64 +92,51 @@ def gru_backward(dy, dh_n, x, h0, W_ih, W_hh, b_ih, b_hh, lengths, cache,
     check_cell_grads("gru", dy, (dh_n,), shape, dt)
     B, T, I = x.shape
     H = h0.shape[1]
-    dt = x.dtype
     one, tiny = _scalars(dt)
-    perm, nb, off, steps = cache["perm"], cache["nb"], cache["off"], cache["steps"]
-    lengths, Hp, G = cache["lengths"], cache["Hp"], cache["G"]
-    N = off[steps]
+    pk, Xp, Hp, G = cache["pack"], cache["Xp"], cache["Hp"], cache["G"]
     rev = bool(reverse)
-    # zero at padding, so padding never reaches dX or dW_ih (no padding: all slots written)
-    dGx = np.empty((B, T, 3 * H), dt) if N == B * T else np.zeros((B, T, 3 * H), dt)
-    dGh = np.empty((N, 3 * H), dt)            # packed gradients of the recurrent pre-activations
+    N = pk.N
+    dA = np.empty((N, 4 * H), dt)             # packed da_r, da_z, da_n, da_n * r
     dhz = np.empty((B, H), dt)                # direct path dL/dh_t * z, sorted rows
-    dhg = np.empty((B, H), dt)                # GEMM path dGh @ W_hh, sorted rows
-    db = np.zeros((B, 4 * H), dt)             # per-row sums of da_r, da_z, da_n, d(W_hn h + b_hn)
+    dhg = np.empty((B, H), dt)                # GEMM path dA @ W_hh, sorted rows
+    db = np.zeros((B, 4 * H), dt)             # per-row sums of dA (the bias gradients)
+    dXp = np.empty((N, I), dt)                # packed input gradients
+    bounds = row_blocks(pk, L.MR)
+    args = (pk.nb, pk.off, np.ascontiguousarray(dy), np.ascontiguousarray(dh_n), Hp, G,
+            np.ascontiguousarray(W_hh), np.ascontiguousarray(W_ih), pk.perm, pk.lengths, rev,
+            dhz, dhg)
     if reset_after:
-        for s in range(steps - 1, -1, -1):
-            n, o = nb[s], off[s]
-            K.bwd_step_after(s, n, o, nb[s + 1], dy, dh_n, Hp, G, perm, lengths, rev,
-                             dhz, dhg, dGx, dGh, db, one, tiny)
-            np.matmul(dGh[o:o + n], W_hh, out=dhg[:n])
+        L.bwd_after(bounds, *args, dA, dXp, db, one, tiny)
     else:
-        d_rh = np.empty((B, H), dt)
-        W_rz = W_hh[:2 * H]
-        W_hn = W_hh[2 * H:]
-        for s in range(steps - 1, -1, -1):
-            n, o = nb[s], off[s]
-            K.bwd_step_before_n(s, n, o, nb[s + 1], dy, dh_n, Hp, G, perm, lengths, rev,
-                                dhz, dhg, dGx, dGh, db, one, tiny)
-            np.matmul(dGh[o:o + n, 2 * H:], W_hn, out=d_rh[:n])
-            K.bwd_step_before_r(s, n, o, d_rh, Hp, G, perm, lengths, rev, dhz, dGx, dGh, db,
-                                one, tiny)
-            np.matmul(dGh[o:o + n, :2 * H], W_rz, out=dhg[:n])
+        L.bwd_before(bounds, *args, np.empty((B, H), dt), dA, dXp, db, one, tiny)
     dh0 = np.empty((B, H), dt)
-    K.sum_rows_scatter(dhz, dhg, perm, dh0, tiny)
-    dGx2 = dGx.reshape(B * T, 3 * H)
-    dx = np.matmul(dGx2, W_ih).reshape(B, T, I)
-    dW_ih = np.matmul(dGx2.T, x.reshape(B * T, I))
+    L.sum_rows_scatter(dhz, dhg, pk.perm, dh0, tiny)
+    dx = scatter(dXp, pk, rev, T)
+    dW_ih = np.empty((3 * H, I), dt)
+    gemm(3 * H, I, N, dA, 0, 1, 4 * H, Xp, 0, I, dW_ih, 0, I, False)
+    dW_hh = np.empty((3 * H, H), dt)
+    gemm(2 * H, H, N, dA, 0, 1, 4 * H, Hp, 0, H, dW_hh, 0, H, False)
     db = db.sum(axis=0)
-    db_ih = db[:3 * H].copy()
-    if reset_after:
-        dW_hh = np.matmul(dGh.T, Hp)
-    else:
-        dW_hh = np.empty_like(W_hh)
-        np.matmul(dGh[:, :2 * H].T, Hp, out=dW_hh[:2 * H])
-        np.matmul(dGh[:, 2 * H:].T, G[:, 3 * H:], out=dW_hh[2 * H:])
-    db_hh = np.concatenate([db[:2 * H], db[3 * H:]])
-    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
+    if reset_after:   # n rows: (da_n * r).T @ h_prev
+        gemm(H, H, N, dA, 3 * H, 1, 4 * H, Hp, 0, H, dW_hh, 2 * H * H, H, False)
+        db_hh = np.concatenate([db[:2 * H], db[3 * H:]])
+    else:             # n rows: da_n.T @ (r * h_prev)
+        gemm(H, H, N, dA, 2 * H, 1, 4 * H, G, 3 * H, 4 * H, dW_hh, 2 * H * H, H, False)
+        db_hh = db[:3 * H].copy()
+    return dx, dh0, dW_ih, dW_hh, db[:3 * H].copy(), db_hh
 
 
 def gru_gates(cache):
     """Per-time values kept by ``gru_forward``: dict of "r", "z", "n" (the gates) and "h"
     (the hidden state), each (B, T, H), zero past each row's length."""
-    y, G, perm, lengths = cache["y"], cache["G"], cache["perm"], cache["lengths"]
+    y, G, pk = cache["y"], cache["G"], cache["pack"]
     H = y.shape[2]
     out = {k: np.zeros_like(y) for k in "rzn"}
-    for s in range(cache["steps"]):
+    for s in range(pk.steps):
         # host-side gather of the packed rows of step s, only used for inspection
-        n, o = cache["nb"][s], cache["off"][s]
-        rows = perm[:n]
-        t = lengths[rows] - 1 - s if cache["reverse"] else np.full(n, s)
+        n, o = pk.nb[s], pk.off[s]
+        rows = pk.perm[:n]
+        t = pk.lengths[rows] - 1 - s if cache["reverse"] else np.full(n, s)
         for i, k in enumerate("rzn"):
             out[k][rows, t] = G[o:o + n, i * H:(i + 1) * H]
     out["h"] = y.copy()

@@ -1,6 +1,7 @@
 """minGRU, one layer, one direction, on the CPU.
 
-* Both gate pre-activations for all timesteps are one GEMM: ``G = X @ [W_z; W_h].T + [b_z; b_h]``.
+* Both gate pre-activations for all timesteps are one GEMM: ``G = X @ [W_z; W_h].T + [b_z; b_h]``
+  (the ``_simd`` micro-kernels, parallel over rows, like every CPU cell's products).
 * The recurrence has no matrix product (gates read only x_t), so a Numba kernel scans over time
   with ``prange`` over (batch row, chunk of ``_CHUNK`` hidden units): every job owns its row's
   slice of y, h_n, dG and dh0.
@@ -20,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._checks import check_cell_args, check_cell_grads
+from ._gemm import gemm
 from ._math import ftz, sigmoid_
 
 __all__ = ["mingru_forward", "mingru_backward", "mingru_gates"]
@@ -149,7 +151,9 @@ def mingru_forward(x, h0, W_z, W_h, b_z, b_h, lengths, reverse=False):
     B, T, I = x.shape
     H = h0.shape[1]
     W, bias = _stack(W_z, W_h, b_z, b_h)
-    G = (np.ascontiguousarray(x).reshape(B * T, I) @ W.T).reshape(B, T, 2 * H)
+    WT = np.ascontiguousarray(W.T)
+    G = np.empty((B, T, 2 * H), x.dtype)
+    gemm(B * T, 2 * H, I, np.ascontiguousarray(x), 0, I, 1, WT, 0, 2 * H, G, 0, 2 * H, False)
     G += bias
     y = np.zeros((B, T, H), dtype=x.dtype)
     h_n = np.empty((B, H), dtype=x.dtype)
@@ -177,10 +181,12 @@ def mingru_backward(dy, dh_n, x, h0, W_z, W_h, b_z, b_h, lengths, cache, reverse
                      np.ascontiguousarray(dh_n), lengths, bool(reverse),
                      float(np.finfo(x.dtype).tiny), dG, dh0)
     W, _ = _stack(W_z, W_h, b_z, b_h)
-    dG2 = dG.reshape(B * T, 2 * H)
-    dx = (dG2 @ W).reshape(B, T, I)
-    dW = dG2.T @ np.ascontiguousarray(x).reshape(B * T, I)
-    db = dG2.sum(axis=0)
+    N = B * T
+    dx = np.empty((B, T, I), x.dtype)
+    gemm(N, I, 2 * H, dG, 0, 2 * H, 1, W, 0, I, dx, 0, I, False)
+    dW = np.empty((2 * H, I), x.dtype)
+    gemm(2 * H, I, N, dG, 0, 1, 2 * H, np.ascontiguousarray(x), 0, I, dW, 0, I, False)
+    db = dG.reshape(N, 2 * H).sum(axis=0)
     return dx, dh0, dW[:H].copy(), dW[H:].copy(), db[:H].copy(), db[H:].copy()
 
 

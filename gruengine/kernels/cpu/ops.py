@@ -2,15 +2,18 @@
 
 Same names and argument order as ``gruengine.reference.ops``. Each public name is a thin
 host function (reshapes, ``None`` weights, mode strings) over a module-level
-``@njit(parallel=True, cache=True)`` kernel. The Linear GEMMs stay in NumPy: BLAS beats a
-hand-written loop. Every ``prange`` iteration writes only memory it owns (its batch row,
-its vocabulary row, its element), so results are identical on every run.
+``@njit(parallel=True, cache=True)`` kernel. The Linear products run on the engine's GEMM
+(``_gemm``), like the cells', so no BLAS thread pool wakes up during training. Every
+``prange`` iteration writes only memory it owns (its batch row, its vocabulary row, its
+element), so results are identical on every run.
 
 Loss kernels do their arithmetic in float64 and store gradients in the input dtype.
 No validation here: ``gruengine.layers`` and ``gruengine.losses`` validate.
 """
 import numpy as np
 from numba import njit, prange
+
+from ._gemm import gemm
 
 __all__ = [
     "embedding_forward", "embedding_backward",
@@ -39,13 +42,13 @@ def _embedding_gather(ids, W):
 
 
 @njit(parallel=True, cache=True)
-def _embedding_scatter(dy, ids, num_embeddings, padding_idx):
-    # dy: (N, E)   ids: (N,) int64 in [0, V)   -> dW: (V, E)
+def _embedding_scatter(dy, ids, padding_idx, dW):
+    # dy: (N, E)   ids: (N,) int64 in [0, V)   dW: (V, E) <- the gradient (every row written)
     # A counting sort groups the positions of each id (in increasing position order), so
     # the parallel loop runs over vocabulary rows and each iteration owns its row of dW:
     # no atomics, and the summation order is fixed.
     N, E = dy.shape
-    V = num_embeddings
+    V = dW.shape[0]
     start = np.zeros(V + 1, dtype=np.int64)      # row v reads order[start[v]:start[v+1]]
     for i in range(N):
         start[ids[i] + 1] += 1
@@ -57,16 +60,15 @@ def _embedding_scatter(dy, ids, num_embeddings, padding_idx):
         v = ids[i]
         order[fill[v]] = i
         fill[v] += 1
-    dW = np.empty((V, E), dtype=dy.dtype)
     for v in prange(V):
+        row = dW[v]
         for e in range(E):
-            dW[v, e] = 0
+            row[e] = 0
         if v != padding_idx:
             for j in range(start[v], start[v + 1]):
-                i = order[j]
+                src = dy[order[j]]
                 for e in range(E):
-                    dW[v, e] += dy[i, e]
-    return dW
+                    row[e] += src[e]
 
 
 def embedding_forward(ids, W):
@@ -77,16 +79,27 @@ def embedding_forward(ids, W):
 
 def embedding_backward(dy, ids, num_embeddings, padding_idx):
     # dy: (B, T, E)   ids: (B, T)   -> dW: (V, E); padding_idx -1 = none, else that row stays 0
+    dW = np.empty((int(num_embeddings), dy.shape[-1]), dtype=dy.dtype)
+    embedding_backward_into(dy, ids, padding_idx, dW)
+    return dW
+
+
+def embedding_backward_into(dy, ids, padding_idx, dW):
+    """``embedding_backward`` writing into ``dW`` (V, E), C-contiguous: the Embedding layer's
+    CPU path, straight into its gradient buffer (no (V, E) temporary to allocate and copy)."""
     E = dy.shape[-1]
-    return _embedding_scatter(np.ascontiguousarray(dy).reshape(-1, E), ids.ravel(),
-                              int(num_embeddings), int(padding_idx))
+    _embedding_scatter(np.ascontiguousarray(dy).reshape(-1, E), ids.ravel(), int(padding_idx), dW)
 
 
-# ---------------------------------------------------------------- linear (BLAS)
+# ---------------------------------------------------------------- linear (the engine's GEMM)
 
 def linear_forward(x, W, b):
     # x: (N, In)   W: (Out, In)   b: (Out,) or None   -> (N, Out)
-    y = x @ W.T
+    N, In = x.shape
+    Out = W.shape[0]
+    y = np.empty((N, Out), x.dtype)
+    gemm(N, Out, In, np.ascontiguousarray(x), 0, In, 1, np.ascontiguousarray(W.T), 0, Out,
+         y, 0, Out, False)
     if b is not None:
         y += b
     return y
@@ -94,7 +107,14 @@ def linear_forward(x, W, b):
 
 def linear_backward(dy, x, W):
     # dy: (N, Out)   x: (N, In)   W: (Out, In)   -> dx (N, In), dW (Out, In), db (Out,)
-    return dy @ W, dy.T @ x, dy.sum(axis=0)
+    N, In = x.shape
+    Out = W.shape[0]
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty((N, In), x.dtype)
+    gemm(N, In, Out, dy, 0, Out, 1, np.ascontiguousarray(W), 0, In, dx, 0, In, False)
+    dW = np.empty((Out, In), x.dtype)
+    gemm(Out, In, N, dy, 0, 1, Out, np.ascontiguousarray(x), 0, In, dW, 0, In, False)
+    return dx, dW, dy.sum(axis=0)
 
 
 # ---------------------------------------------------------------- pooling over time
@@ -262,6 +282,25 @@ def mse(pred, target, weight):
 
 
 # ---------------------------------------------------------------- dropout
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(parallel=True, cache=True)
+def dropout_keep_mask(seed, threshold, scale, out):
+    # out (n,) <- scale where the 53-bit hash of (seed, i) is >= threshold, else 0.
+    # The hash is splitmix64 (Steele et al. 2014) of seed + i * golden: a counter-based
+    # stream, so the elements are drawn in parallel and the mask is a function of the seed
+    # alone. threshold = p * 2**53 makes an entry 0 with probability p.
+    s = np.uint64(seed)
+    for i in prange(out.shape[0]):
+        z = s + np.uint64(i) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+        out[i] = scale if (z >> np.uint64(11)) >= threshold else 0
 
 @njit(parallel=True, cache=True)
 def _mul_mask(x, mask):
