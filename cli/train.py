@@ -22,7 +22,12 @@ if not os.path.isdir(CONFIG_DIR):
 
 def _default(key):
     from gruengine.config import DEFAULTS, TASK_DEFAULTS
+    from gruengine.policy import AUTO_KEYS
     d = DEFAULTS[key]
+    if key in AUTO_KEYS and d is None:
+        return "[default: decided from the data, see the plan line]"
+    if key == "time_budget":
+        return "[default: none]"
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
@@ -45,6 +50,13 @@ _OPTIONS = [
     ("--embed-dim", "embed_dim", int, "token embedding size (text tasks)"),
     ("--vocab-size", "vocab_size", int, "vocabulary size, '<pad>' and '<unk>' included (text tasks)"),
     ("--max-len", "max_len", int, "truncate texts to this many tokens"),
+    ("--conv-channels", "conv_channels", click.IntRange(0),
+     "convolutional front end before the recurrent stack: channels per block (0 = none)"),
+    ("--conv-stride", "conv_stride", click.IntRange(1), "stride of the front end's first block"),
+    ("--steps", "steps", click.IntRange(1),
+     "budget of optimizer steps (rounded up to whole epochs); or give --epochs"),
+    ("--time-budget", "time_budget", click.FloatRange(0, min_open=True),
+     "wall-clock minutes at most: the run is shortened to fit after its first epoch"),
     ("--epochs", "epochs", int, "passes over the training data"),
     ("--batch-size", "batch_size", int, "sequences per step"),
     ("--lr", "lr", float, "peak learning rate"),
@@ -105,6 +117,16 @@ def load_config_file(name):
 @_add_options
 @click.option("--bidirectional/--unidirectional", "bidirectional", default=None,
               help=f"read each sequence in both directions {_default('bidirectional')}")
+@click.option("--conv-skip/--no-conv-skip", "conv_skip", default=None,
+              help=f"the head also reads the front end, mean over time {_default('conv_skip')}")
+@click.option("--series-norm/--no-series-norm", "series_norm", default=None,
+              help=f"z-normalise each numeric series (its level and scale kept as channels) "
+                   f"{_default('series_norm')}")
+@click.option("--channel-norm/--no-channel-norm", "channel_norm", default=None,
+              help=f"standardise each numeric channel with training statistics "
+                   f"{_default('channel_norm')}")
+@click.option("--augment/--no-augment", "augment", default=None,
+              help=f"jitter, scale and slice numeric training series {_default('augment')}")
 @click.option("--config", "config_file", metavar="FILE",
               help="TOML configuration (a path, or a name in data/configs such as "
                    "adding_t200 or imdb); options given on the command line override it")
@@ -131,6 +153,8 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
     given = {k: v for k, v in flags.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                 ParameterSource.ENVIRONMENT)}
+    if given.get("steps") is not None and given.get("epochs") is not None:
+        raise click.UsageError("--steps and --epochs are both budgets; give one")
     if resume:
         if config_file:
             raise click.UsageError("--config and --resume exclude each other: a resumed run "
@@ -154,6 +178,8 @@ def train_cmd(ctx, config_file, out, resume, quiet, plot, **flags):
                    f"{len(trainer.test_ds)} test, {c['cell']} {c['num_layers']}x"
                    f"{c['hidden_size']}{' bidirectional' if c['bidirectional'] else ''}, "
                    f"{n:,} parameters, device {trainer.model.config.device}", err=True)
+    elif trainer.plan and trainer.step == 0:
+        click.echo(trainer.plan, err=True)      # the plan line, even when quiet
     summary = trainer.fit()
     _print_summary(summary)
     if plot:

@@ -164,11 +164,25 @@ def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, 
         dcfg["name"] = check_task(task)
     if data is not None:
         dcfg["path"] = os.fspath(data)
-    ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
+    ds = scale_dataset(meta, load_data(dcfg, vocab=vocab_from_meta(meta))["test"])
     _check_fits(model, ds, path)
     res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")
     res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
     return res
+
+
+def scaler_from_meta(meta):
+    """The input ``Scaler`` a checkpoint's metadata stores, or None (inputs go in as they are)."""
+    if meta.get("scaling") is None:
+        return None
+    from .data.scaling import Scaler
+    return Scaler.from_json(meta["scaling"])
+
+
+def scale_dataset(meta, ds):
+    """``ds`` with the checkpoint's input scaling applied (statistics of its training split)."""
+    scaler = scaler_from_meta(meta)
+    return ds if scaler is None else scaler.transform(ds)
 
 
 def _check_fits(model, ds, path):
