@@ -241,18 +241,34 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet, device):
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None,
               help="run on this device [default: the checkpoint's, cpu when no GPU]")
-def predict_cmd(checkpoint, texts, file, as_json, device):
+@click.option("--data", "data", type=click.Path(),
+              help="numeric models: predict every series of this data's test split")
+def predict_cmd(checkpoint, texts, file, as_json, device, data):
     """Classify texts with a checkpoint trained on text; prints label and probability.
 
     TEXT arguments, lines of --file, or lines of standard input when TEXT is '-'.
+    A checkpoint trained on numeric series (ucr, npz) predicts the series of --data
+    instead, one line per series (its index, label, probability), scaled as in training.
 
     \b
     Examples:
       gruengine predict runs/imdb/best.npz "A moving, beautifully shot film."
       gruengine predict runs/imdb/best.npz --file reviews.txt --json
       cat reviews.txt | gruengine predict runs/imdb/best.npz -
+      gruengine predict runs/ucr/best.npz --data MySeries_TEST.ts
     """
-    from gruengine.inference import predict_texts
+    from gruengine.inference import predict_data, predict_texts
+    if data is not None:
+        if texts or file:
+            raise click.UsageError("--data predicts numeric series; give it without TEXT or --file")
+        for i, r in enumerate(predict_data(checkpoint, data, device=device)):
+            if as_json:
+                click.echo(json.dumps({"index": i, **r}))
+            elif "value" in r:
+                click.echo(f"{i}\t" + "\t".join(f"{v:.6g}" for v in r["value"]))
+            else:
+                click.echo(f"{i}\t{r['label']}\t{r['probability']:.4f}")
+        return
     inputs = []
     for t in texts:
         if t == "-":

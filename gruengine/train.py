@@ -358,7 +358,7 @@ class Trainer:
 
     def _out_of_time(self):
         c = self.config
-        if c["time_budget"] and self.elapsed >= c["time_budget"] * 60:
+        if c["time_budget"] and self.epoch >= 1 and self.elapsed >= c["time_budget"] * 60:
             self._say(f"time budget of {c['time_budget']:g} min reached after "
                       f"{self.epoch} epochs; stopping")
             return True
