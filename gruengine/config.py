@@ -51,7 +51,7 @@ TASK_DEFAULTS = {
 
 # The keys a resumed run may change: none of them alters the batches, weights or schedule
 # already behind it.
-RESUME_OVERRIDES = ("device", "epochs", "eval_batch_size", "patience", "time_budget")
+RESUME_OVERRIDES = ("device", "epochs", "eval_batch_size", "patience")
 
 
 def resolve_config(config):

@@ -17,7 +17,7 @@ activations backward needs stay there, and ``forward`` copies only the outputs b
 the metrics). ``loss_and_grad`` then computes the loss on the GPU from the outputs it kept
 and returns ``doutputs`` as a device array, which ``backward`` takes as is.
 """
-from dataclasses import dataclass, asdict, field, fields
+from dataclasses import dataclass, asdict, fields
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class ModelConfig:
     pooling: str = "last"
     # convolutional front end (gruengine.conv): 0 = none, else channels of every block
     conv_channels: int = 0
-    conv_kernels: list = field(default_factory=lambda: [7, 5, 3])   # one block per entry
+    conv_kernels: tuple = (7, 5, 3)   # kernel sizes, one block per entry
     conv_stride: int = 1         # stride of the first block (the recurrent stack sees T/stride)
     conv_skip: bool = False      # the head also reads the front end's output, mean over time
     dtype: str = "float32"
@@ -156,7 +156,7 @@ class ModelConfig:
                     or not c.conv_kernels:
                 raise ValueError(f"conv_kernels: expected a non-empty list of kernel sizes, "
                                  f"got {c.conv_kernels!r}")
-            c.conv_kernels = [check_positive_int("conv_kernels", k) for k in c.conv_kernels]
+            c.conv_kernels = tuple(check_positive_int("conv_kernels", k) for k in c.conv_kernels)
             c.conv_stride = check_positive_int("conv_stride", c.conv_stride)
         c.conv_skip = bool(c.conv_skip) and bool(c.conv_channels)
         if c.task == "tag" and c.conv_channels and (c.conv_stride != 1 or c.conv_skip):

@@ -58,8 +58,10 @@ def step_seconds(batch_size, steps, features=True):
     """Cost model of one training step of the plan's model on two cores (seconds): a part
     per time step that does not grow with the batch (the recurrence) and a part per
     sequence step (the convolutions), for ``steps`` time steps after the stride."""
-    per_t = 1.3e-4 if features else 5e-5
-    per_token = 2.5e-6 if features else 1e-6
+    # measured with one thread per process on the development machine (CPU seconds):
+    # conv 64x[7,5,3] + bidirectional GRU 64 on features; embedding 128 + GRU 64 on tokens
+    per_t = 2.5e-5 if features else 2e-5
+    per_token = 9e-6 if features else 3e-6
     return steps * (per_t + per_token * batch_size)
 
 

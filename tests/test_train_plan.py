@@ -143,3 +143,23 @@ def test_token_data_rejects_input_scaling(tmp_path):
     with pytest.raises(ValueError, match=r"^series_norm/channel_norm: input scaling applies to "
                                          r"numeric inputs; the 'text' data are token ids$"):
         Trainer(dict(task="text", data=str(tmp_path), series_norm=True), tmp_path / "x", quiet=True)
+
+
+def test_inspect_scales_the_row_and_runs_the_front_end(tmp_path):
+    from gruengine.inspection import inspect_checkpoint, npz_input
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 30), ("test", 6)):
+        X = rng.normal(5, 3, (n, 20, 2)).astype(np.float32)
+        y = (X[:, :, 0].mean(axis=1) > 5).astype(np.int64)
+        np.savez(tmp_path / f"{split}.npz", X=X, y=y, lengths=rng.integers(8, 21, n))
+    train(dict(task="npz", data=str(tmp_path), steps=10, conv_stride=2), tmp_path / "run",
+          quiet=True)
+    s = inspect_checkpoint(tmp_path / "run" / "best.npz", npz_input(str(tmp_path / "test.npz"), 1),
+                           tmp_path / "o", plot=False)
+    a = np.load(tmp_path / "test.npz")
+    n = int(a["lengths"][1])
+    want = predict_series(tmp_path / "run" / "best.npz", a["X"][1:2, :n], np.array([n]))[0]
+    assert s["prediction"]["label"] == want["label"]
+    assert s["prediction"]["probability"] == pytest.approx(want["probability"], rel=1e-6)
+    with np.load(s["npz"]) as g:
+        assert g["h"].shape[0] == math.ceil(n / 2)          # the cell ran on the strided steps
