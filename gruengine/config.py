@@ -31,6 +31,7 @@ DEFAULTS = {
     "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": None, "dropout": 0.0,
     "pooling": None, "embed_dim": 128, "input_proj": 0, "reset_after": True,
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
+    "conv_norm": "batch",
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
     "steps": None, "epochs": None, "time_budget": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
@@ -112,6 +113,7 @@ def validate_config(c, complete=False):
     _choice("optimizer", c["optimizer"], OPTIMIZERS)
     _choice("schedule", c["schedule"], SCHEDULES)
     _choice("truncate", c["truncate"], ("head", "tail"))
+    _choice("conv_norm", c["conv_norm"], ("batch", "layer"))
     if c["pooling"] is not None:
         _choice("pooling", c["pooling"], POOLINGS)
     for k in ("hidden_size", "num_layers", "embed_dim", "bucket", "eval_batch_size", "min_count"):
@@ -188,7 +190,7 @@ def model_config(c, train_ds, test_ds=None):
          "reset_after": c["reset_after"], "pooling": c["pooling"], "dtype": c["dtype"],
          "device": c["device"], "seed": c["seed"], "conv_channels": c["conv_channels"],
          "conv_kernels": list(c["conv_kernels"]), "conv_stride": c["conv_stride"],
-         "conv_skip": c["conv_skip"]}
+         "conv_skip": c["conv_skip"], "conv_norm": c["conv_norm"]}
     if x.ndim == 2:
         if train_ds.vocab is not None:
             vocab_size, pad = len(train_ds.vocab), 0

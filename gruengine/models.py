@@ -108,6 +108,7 @@ class ModelConfig:
     conv_channels: int = 0
     conv_kernels: tuple = (7, 5, 3)   # kernel sizes, one block per entry
     conv_stride: int = 1         # stride of the first block (the recurrent stack sees T/stride)
+    conv_norm: str = "batch"     # 'batch' or 'layer' normalisation in each block
     conv_skip: bool = False      # the head also reads the front end's output, mean over time
     dtype: str = "float32"
     device: str = "cpu"
@@ -150,18 +151,8 @@ class ModelConfig:
             raise ValueError(f"dropout: expected a number in [0, 1), got {c.dropout!r}")
         c.dropout = float(c.dropout)
         c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
-        c.conv_channels = check_positive_int("conv_channels", c.conv_channels, minimum=0)
-        if c.conv_channels:
-            if isinstance(c.conv_kernels, (str, bytes)) or not hasattr(c.conv_kernels, "__len__") \
-                    or not c.conv_kernels:
-                raise ValueError(f"conv_kernels: expected a non-empty list of kernel sizes, "
-                                 f"got {c.conv_kernels!r}")
-            c.conv_kernels = tuple(check_positive_int("conv_kernels", k) for k in c.conv_kernels)
-            c.conv_stride = check_positive_int("conv_stride", c.conv_stride)
-        c.conv_skip = bool(c.conv_skip) and bool(c.conv_channels)
-        if c.task == "tag" and c.conv_channels and (c.conv_stride != 1 or c.conv_skip):
-            raise ValueError(f"conv_stride: a tag model needs one output per input step "
-                             f"(conv_stride 1, no conv_skip), got conv_stride {c.conv_stride}")
+        from .conv import validate_model_config
+        validate_model_config(c)
         c.dtype = check_dtype("dtype", c.dtype).name
         c.device = check_device(c.device)
         if isinstance(c.seed, bool) or not isinstance(c.seed, (int, np.integer)) or c.seed < 0:
@@ -207,7 +198,7 @@ class SequenceModel:
             from .conv import ConvFrontEnd
             strides = [c.conv_stride] + [1] * (len(c.conv_kernels) - 1)
             mods["frontend"] = ConvFrontEnd(cell_in, c.conv_channels, c.conv_kernels, strides,
-                                            dtype=self.dtype, device=c.device,
+                                            norm=c.conv_norm, dtype=self.dtype, device=c.device,
                                             seed=_sub_seed(c.seed, 5))
             cell_in = c.conv_channels
         mods["rnn"] = CELLS[c.cell](cell_in, c)
@@ -424,9 +415,12 @@ class SequenceModel:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0'."""
-        return self.params.state_dict()
+        """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0',
+        and the front end's batch-norm running statistics ('frontend.norm0.running_mean')."""
+        fe = self.modules.get("frontend")
+        return dict(self.params.state_dict(), **(fe.buffer_state("frontend.") if fe else {}))
 
     def load_state_dict(self, d):
         """Validate names, shapes and dtypes, then copy in place (views stay valid)."""
-        self.params.load_state_dict(d)
+        fe = self.modules.get("frontend")
+        self.params.load_state_dict(fe.load_buffer_state(d, "frontend.") if fe else d)

@@ -16,11 +16,12 @@ except ImportError:  # pragma: no cover - optional test dependency
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
+@pytest.mark.parametrize("norm", ["batch", "layer"])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 1), (3, 1)])
-def test_front_end_matches_torch_blocks(rng, strides):
+def test_front_end_matches_torch_blocks(rng, strides, norm):
     F, T = 3, int(rng.integers(9, 16)) | 1
-    fe = ConvFrontEnd(F, channels=(5, 4), kernel_sizes=(5, 3), strides=strides, dtype=np.float64,
-                      seed=int(rng.integers(1 << 30)))
+    fe = ConvFrontEnd(F, channels=(5, 4), kernel_sizes=(5, 3), strides=strides, norm=norm,
+                      dtype=np.float64, seed=int(rng.integers(1 << 30)))
     x = rng.standard_normal((2, T, F))
     lengths = np.array([T, T], dtype=np.int64)
     y, L = fe.forward(x, lengths)
@@ -28,15 +29,22 @@ def test_front_end_matches_torch_blocks(rng, strides):
     dx = fe.backward(dy)
     tx = torch.tensor(x.transpose(0, 2, 1), requires_grad=True)
     h, mods = tx, []
+    norm_kind = norm
     for k, (cin, c, K, s) in enumerate(zip((F, 5), (5, 4), (5, 3), strides)):
         conv = torch.nn.Conv1d(cin, c, K, stride=s, padding=(K - 1) // 2, dtype=torch.float64)
-        norm = torch.nn.LayerNorm(c, eps=1e-5, dtype=torch.float64)
+        norm = torch.nn.LayerNorm(c, eps=1e-5, dtype=torch.float64) if norm_kind == "layer" \
+            else _ChannelsLast(torch.nn.BatchNorm1d(c, eps=1e-5, dtype=torch.float64))
         with torch.no_grad():
             conv.weight.copy_(torch.tensor(fe.params[f"conv{k}.weight"]))
-            conv.bias.copy_(torch.tensor(fe.params[f"conv{k}.bias"]))
+            if norm_kind == "layer":
+                conv.bias.copy_(torch.tensor(fe.params[f"conv{k}.bias"]))
+            else:
+                conv.bias.zero_()
             norm.weight.copy_(torch.tensor(fe.params[f"norm{k}.weight"]) + 0.5)
             fe.params[f"norm{k}.weight"] += 0.5                 # not the trivial 1
         mods.append((conv, norm))
+    # the first forward moved the running statistics: back to their start (mean 0, var 1)
+    fe.buffers.update({n: v * 0 + n.endswith("var") for n, v in fe.buffers.items()})
     y, L = fe.forward(x, lengths)
     dx = fe.backward(dy)
     for conv, norm in mods:
@@ -50,6 +58,38 @@ def test_front_end_matches_torch_blocks(rng, strides):
         np.testing.assert_allclose(fe.grads[f"norm{k}.bias"], norm.bias.grad.numpy(),
                                    rtol=1e-9, atol=1e-11)
     np.testing.assert_array_equal(L, out_lengths(lengths, strides[0]))
+    if norm_kind == "batch":                # running statistics as torch keeps them; eval uses them
+        for k, (conv, norm) in enumerate(mods):
+            np.testing.assert_allclose(fe.buffers[f"norm{k}.running_mean"],
+                                       norm.inner.running_mean.numpy(), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(fe.buffers[f"norm{k}.running_var"],
+                                       norm.inner.running_var.numpy(), rtol=1e-10)
+            norm.eval()
+        y_eval, _ = fe.eval().forward(x, lengths)
+        h = torch.tensor(x.transpose(0, 2, 1))
+        for conv, norm in mods:
+            h = torch.relu(norm(conv(h).transpose(1, 2))).transpose(1, 2)
+        np.testing.assert_allclose(y_eval, h.detach().numpy().transpose(0, 2, 1), rtol=1e-10,
+                                   atol=1e-12)
+
+
+class _ChannelsLast(torch.nn.Module if torch is not None else object):
+    """BatchNorm1d on (B, T, C): torch's takes (B, C, T)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def weight(self):
+        return self.inner.weight
+
+    @property
+    def bias(self):
+        return self.inner.bias
+
+    def forward(self, h):
+        return self.inner(h.transpose(1, 2)).transpose(1, 2)
 
 
 def _model(rng, **kw):

@@ -231,3 +231,81 @@ def test_relu_kernels_match_reference(rng, dtype):
     np.testing.assert_array_equal(y, R.relu_forward(x))
     dy = normal(rng, x.shape, dtype)
     np.testing.assert_array_equal(K.relu_backward(dy, y), R.relu_backward(dy, y))
+
+
+# ---------------------------------------------------------------- batch norm
+
+def _bn_case(rng, dtype, B=None, T=None, C=None):
+    B = B or _odd(rng, 2, 6)
+    T = T or _odd(rng, 3, 10)
+    C = C or _odd(rng, 1, 8)
+    x = (normal(rng, (B, T, C), dtype) * 2 + 0.7).astype(dtype)
+    gamma, beta = normal(rng, C, dtype), normal(rng, C, dtype)
+    return x, gamma, beta, random_lengths(rng, B, T)
+
+
+def _bn(mod, x, gamma, beta, lengths, eps=1e-5):
+    mean, var = mod.batch_norm_stats(x, lengths)
+    rstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
+    return mod.batch_norm_forward(x, gamma, beta, mean, rstd, lengths), mean, rstd
+
+
+@needs_torch
+def test_batch_norm_matches_torch_on_the_valid_steps(rng):
+    x, gamma, beta, lengths = _bn_case(rng, np.float64)
+    y, mean, rstd = _bn(R, x, gamma, beta, lengths)
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    # batch norm over the valid steps = torch's over their concatenation (1, C, N)
+    xt = torch.tensor(x[valid].T[None], requires_grad=True)
+    gt, bt = torch.tensor(gamma, requires_grad=True), torch.tensor(beta, requires_grad=True)
+    rm, rv = torch.zeros(x.shape[2], dtype=torch.float64), torch.ones(x.shape[2], dtype=torch.float64)
+    out = TF.batch_norm(xt, rm, rv, gt, bt, training=True, momentum=1.0, eps=1e-5)
+    np.testing.assert_allclose(y[valid], out[0].T.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert not y[~valid].any()
+    n = valid.sum()
+    np.testing.assert_allclose(rv.numpy(), (1 / rstd ** 2 - 1e-5) * n / (n - 1), rtol=1e-9)
+    dy = normal(rng, x.shape)
+    (out * torch.tensor(dy[valid].T[None])).sum().backward()
+    dx, dg, db = R.batch_norm_backward(dy, x, gamma, mean, rstd, lengths)
+    np.testing.assert_allclose(dx[valid], xt.grad[0].T.numpy(), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(dg, gt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-9, atol=1e-11)
+    assert not dx[~valid].any()
+
+
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_batch_norm_backward_matches_finite_differences(rng, batch_stats):
+    x, gamma, beta, lengths = _bn_case(rng, np.float64, B=3, T=4, C=3)
+    dy = normal(rng, x.shape)
+    _, mean0, rstd0 = _bn(R, x, gamma, beta, lengths)
+
+    def loss():
+        if batch_stats:       # the statistics follow x
+            y = _bn(R, x, gamma, beta, lengths)[0]
+        else:                 # frozen statistics (eval mode)
+            y = R.batch_norm_forward(x, gamma, beta, mean0, rstd0, lengths)
+        return float((y * dy).sum())
+
+    dx, dg, db = R.batch_norm_backward(dy, x, gamma, mean0, rstd0, lengths, batch_stats)
+    for g, a in ((dx, x), (dg, gamma), (db, beta)):
+        np.testing.assert_allclose(g, numeric_grad(loss, a), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_batch_norm_kernels_match_reference(rng, dtype, batch_stats):
+    x, gamma, beta, lengths = _bn_case(rng, dtype)
+    for got, want in zip(K.batch_norm_stats(x, lengths), R.batch_norm_stats(x, lengths)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+    y, mean, rstd = _bn(R, x, gamma, beta, lengths)
+    got = K.batch_norm_forward(x, gamma, beta, mean, rstd, lengths)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, y, **TOL[dtype])
+    np.testing.assert_array_equal(
+        K.batch_norm_forward(_scramble_padding(rng, x, lengths), gamma, beta, mean, rstd, lengths), got)
+    dy = normal(rng, x.shape, dtype)
+    for g, w in zip(K.batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats),
+                    R.batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats)):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, w, **TOL[dtype])

@@ -1,5 +1,5 @@
 """Plain NumPy forward/backward of the convolutional front end's ops: a length-aware 1-D
-convolution over time, layer normalisation over channels, and ReLU.
+convolution over time, batch normalisation and layer normalisation, and ReLU.
 
 The executable specification that ``gruengine.kernels.cpu.conv`` and
 ``gruengine.kernels.cuda.conv`` are tested against. No input validation (the modules in
@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "conv1d_forward", "conv1d_backward",
+    "batch_norm_stats", "batch_norm_forward", "batch_norm_backward",
     "layer_norm_forward", "layer_norm_backward",
     "relu_forward", "relu_backward",
 ]
@@ -66,6 +67,48 @@ def conv1d_backward(dy, x, W, lengths, stride=1):
             dxp[t * stride:t * stride + K] += np.einsum("o,oik->ki", g, W)
         dx[bi, :L] = dxp[pad:pad + L]
     return dx, dW, db
+
+
+# ---------------------------------------------------------------- batch norm over valid steps
+
+def batch_norm_stats(x, lengths):
+    # x: (B, T, C)   -> mean (C,), var (C,): over every valid step of the batch (biased
+    # variance, as torch.nn.functional.batch_norm normalises with); padding never counts
+    B, T, C = x.shape
+    valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    rows = x[valid].astype(np.float64)                                    # (N valid, C)
+    mean = rows.mean(axis=0)
+    var = ((rows - mean) ** 2).mean(axis=0)
+    return mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_forward(x, gamma, beta, mean, rstd, lengths):
+    # x: (B, T, C)   gamma, beta, mean, rstd: (C,)   -> y = (x - mean) * rstd * gamma + beta
+    # at valid steps, 0 at padding (mean/rstd: the batch's statistics, or the running ones)
+    B, T, C = x.shape
+    valid = (np.arange(T)[None, :] < np.asarray(lengths)[:, None])[..., None]
+    y = (x - mean) * rstd * gamma + beta
+    return np.where(valid, y, 0).astype(x.dtype)
+
+
+def batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats=True):
+    # dy, x: (B, T, C)   -> dx (B, T, C) (zero at padding), dgamma (C,), dbeta (C,)
+    # batch_stats: mean and rstd were this batch's statistics (training), so the gradient
+    # also flows through them: dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)) over the
+    # N valid steps; else they were constants: dx = gamma rstd dy
+    B, T, C = x.shape
+    valid = (np.arange(T)[None, :] < np.asarray(lengths)[:, None])[..., None]
+    dy = np.where(valid, dy, 0).astype(np.float64)
+    xhat = np.where(valid, (x - mean) * rstd, 0).astype(np.float64)
+    dbeta = dy.sum(axis=(0, 1))
+    dgamma = (dy * xhat).sum(axis=(0, 1))
+    if batch_stats:
+        n = float(np.sum(lengths))
+        dx = gamma * rstd * (dy - dbeta / n - xhat * dgamma / n)
+    else:
+        dx = gamma * rstd * dy
+    dx = np.where(valid, dx, 0)
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
 # ---------------------------------------------------------------- layer norm over channels

@@ -68,3 +68,22 @@ def test_relu(rng, launch_config):
     np.testing.assert_array_equal(y, ref.relu_forward(x))
     dy = _a(rng, x.shape, dtype)
     np.testing.assert_array_equal(kc.relu_backward(dy, y), ref.relu_backward(dy, y))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm(rng, launch_config, dtype):
+    B, T, C = 2, 3, launch_config + 1
+    x, gamma, beta = _a(rng, (B, T, C), dtype), _a(rng, C, dtype), _a(rng, C, dtype)
+    lengths = np.array([3, 1], dtype=np.int64)
+    mean, var = ref.batch_norm_stats(x, lengths)
+    for name, g, w in zip(("mean", "var"), kc.batch_norm_stats(x, lengths), (mean, var)):
+        assert_close(g, w, dtype, name)
+    rstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    assert_close(kc.batch_norm_forward(x, gamma, beta, mean, rstd, lengths),
+                 ref.batch_norm_forward(x, gamma, beta, mean, rstd, lengths), dtype, "y")
+    dy = _a(rng, (B, T, C), dtype)
+    for batch_stats in (True, False):
+        for name, g, w in zip(("dx", "dgamma", "dbeta"),
+                              kc.batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats),
+                              ref.batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats)):
+            assert_close(g, w, dtype, name)

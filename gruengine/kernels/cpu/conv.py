@@ -1,4 +1,5 @@
-"""Numba CPU kernels of the convolutional front end: conv1d over time, layer norm, ReLU.
+"""Numba CPU kernels of the convolutional front end: conv1d over time, batch and layer norm,
+ReLU.
 
 Same names, argument order and results as ``gruengine.reference.conv``. The convolution is
 im2col + one BLAS GEMM: ``cols`` (B*T_out, Cin*K) holds each output step's input window,
@@ -12,6 +13,7 @@ from numba import njit, prange
 
 __all__ = [
     "conv1d_forward", "conv1d_backward",
+    "batch_norm_stats", "batch_norm_forward", "batch_norm_backward",
     "layer_norm_forward", "layer_norm_backward",
     "relu_forward", "relu_backward",
 ]
@@ -110,6 +112,107 @@ def conv1d_backward(dy, x, W, lengths, stride=1):
     dcols = g @ W.reshape(Cout, Cin * K)                    # (B*T_out, Cin*K)
     dx = _col2im(dcols, lengths, K, int(stride), T, T_out)
     return dx, dW, db
+
+
+# ---------------------------------------------------------------- batch norm over valid steps
+
+@njit(parallel=True, cache=True)
+def _batch_norm_stats(x, lengths):
+    # x: (B, T, C) -> mean, var (C,) over the valid steps; one prange iteration per channel,
+    # two passes in float64
+    B, T, C = x.shape
+    mean = np.zeros(C, dtype=x.dtype)
+    var = np.zeros(C, dtype=x.dtype)
+    n = 0
+    for b in range(B):
+        n += lengths[b]
+    for c in prange(C):
+        s = 0.0
+        for b in range(B):
+            for t in range(lengths[b]):
+                s += x[b, t, c]
+        m = s / n
+        v = 0.0
+        for b in range(B):
+            for t in range(lengths[b]):
+                d = x[b, t, c] - m
+                v += d * d
+        mean[c] = m
+        var[c] = v / n
+    return mean, var
+
+
+@njit(parallel=True, cache=True)
+def _batch_norm_forward(x, gamma, beta, mean, rstd, lengths):
+    # x: (B, T, C) -> y: (x - mean) * rstd * gamma + beta at valid steps, 0 at padding
+    B, T, C = x.shape
+    y = np.zeros_like(x)
+    for r in prange(B * T):
+        b = r // T
+        t = r - b * T
+        if t < lengths[b]:
+            for c in range(C):
+                y[b, t, c] = (x[b, t, c] - mean[c]) * rstd[c] * gamma[c] + beta[c]
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _batch_norm_dparams(dy, x, mean, rstd, lengths):
+    # -> dgamma, dbeta (C,) over the valid steps, float64 sums; one iteration per channel
+    B, T, C = x.shape
+    dgamma = np.zeros(C, dtype=np.float64)
+    dbeta = np.zeros(C, dtype=np.float64)
+    for c in prange(C):
+        sg = 0.0
+        sb = 0.0
+        for b in range(B):
+            for t in range(lengths[b]):
+                g = np.float64(dy[b, t, c])
+                sg += g * (x[b, t, c] - mean[c]) * rstd[c]
+                sb += g
+        dgamma[c] = sg
+        dbeta[c] = sb
+    return dgamma, dbeta
+
+
+@njit(parallel=True, cache=True)
+def _batch_norm_dx(dy, x, gamma, mean, rstd, lengths, dgamma, dbeta, batch_stats):
+    # -> dx (B, T, C): gamma rstd (dy - dbeta/N - xhat dgamma/N) [batch_stats] or gamma rstd dy
+    B, T, C = x.shape
+    n = 0
+    for b in range(B):
+        n += lengths[b]
+    dx = np.zeros_like(x)
+    for r in prange(B * T):
+        b = r // T
+        t = r - b * T
+        if t < lengths[b]:
+            for c in range(C):
+                k = np.float64(gamma[c]) * rstd[c]
+                if batch_stats:
+                    xhat = (x[b, t, c] - mean[c]) * np.float64(rstd[c])
+                    dx[b, t, c] = k * (dy[b, t, c] - dbeta[c] / n - xhat * dgamma[c] / n)
+                else:
+                    dx[b, t, c] = k * dy[b, t, c]
+    return dx
+
+
+def batch_norm_stats(x, lengths):
+    # x: (B, T, C)   -> mean (C,), var (C,) (biased) over the valid steps
+    return _batch_norm_stats(x, lengths)
+
+
+def batch_norm_forward(x, gamma, beta, mean, rstd, lengths):
+    # x: (B, T, C)   gamma, beta, mean, rstd: (C,)   -> y (B, T, C)
+    return _batch_norm_forward(x, gamma, beta, mean, rstd, lengths)
+
+
+def batch_norm_backward(dy, x, gamma, mean, rstd, lengths, batch_stats=True):
+    # -> dx (B, T, C), dgamma (C,), dbeta (C,)
+    dy = np.ascontiguousarray(dy)
+    dgamma, dbeta = _batch_norm_dparams(dy, x, mean, rstd, lengths)
+    dx = _batch_norm_dx(dy, x, gamma, mean, rstd, lengths, dgamma, dbeta, bool(batch_stats))
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
 # ---------------------------------------------------------------- layer norm over channels
