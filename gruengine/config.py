@@ -36,7 +36,7 @@ DEFAULTS = {
     "steps": None, "epochs": None, "time_budget": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
     "clip": 1.0, "schedule": "cosine", "warmup": None, "patience": None, "seed": 0,
-    "device": "cpu", "dtype": "float32", "bucket": 50, "eval_batch_size": 256,
+    "device": "cpu", "dtype": "float32", "bucket": None, "eval_batch_size": 256,
     # success criterion printed at the end: test MSE below it (regress) or accuracy above it
     "target": None,
 }
@@ -116,10 +116,10 @@ def validate_config(c, complete=False):
     _choice("conv_norm", c["conv_norm"], ("batch", "layer"))
     if c["pooling"] is not None:
         _choice("pooling", c["pooling"], POOLINGS)
-    for k in ("hidden_size", "num_layers", "embed_dim", "bucket", "eval_batch_size", "min_count"):
+    for k in ("hidden_size", "num_layers", "embed_dim", "eval_batch_size", "min_count"):
         _num(k, c[k], 1, integer=True)
     for k in ("seq_len", "n_train", "n_test", "max_len", "epochs", "batch_size", "steps",
-              "conv_stride"):
+              "conv_stride", "bucket"):
         if c[k] is not None:
             _num(k, c[k], 1, integer=True)
     _num("vocab_size", c["vocab_size"], 2, integer=True)

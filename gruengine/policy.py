@@ -21,7 +21,9 @@ The rules (docs/cli.md, "The training plan"):
   rounded up to whole epochs. Deterministic: the same data gives the same plan on any
   machine (``time_budget`` adds a wall-clock cap on top, which is not).
 * **Batch size** grows with the data: 16 below ``SMALL`` examples, 32 below ``MEDIUM``,
-  64 above.
+  64 above. Series are batched at random (``bucket`` 1: batch norm needs batches that look
+  alike, and length-sorted ones do not: 0.30 instead of 0.80 test accuracy measured on a
+  variable-length set); other data in length buckets (little padding).
 * **Numeric inputs** (time series): per-series z-normalisation keeping each series' level
   and log-scale as channels, per-channel standardisation (training statistics), a
   convolutional front end (``CONV_CHANNELS`` x ``CONV_KERNELS``, stride 2 for long series)
@@ -32,7 +34,7 @@ import math
 
 import numpy as np
 
-__all__ = ["AUTO_KEYS", "make_plan", "step_seconds", "FIXED"]
+__all__ = ["AUTO_KEYS", "make_plan", "step_seconds", "expected_batch_steps", "FIXED"]
 
 VAL_FRACTION = 0.1
 VAL_MIN = 200
@@ -49,7 +51,8 @@ AUGMENT_MAX = 5000    # augment numeric training sets up to this size
 # what a key is when nothing decides it (a plain recurrent model, the pre-plan defaults)
 FIXED = {"epochs": 10, "batch_size": 64, "val_fraction": 0.1, "patience": 3, "warmup": 0,
          "bidirectional": False, "pooling": "last", "conv_channels": 0, "conv_stride": 1,
-         "conv_skip": False, "series_norm": False, "channel_norm": False, "augment": False}
+         "conv_skip": False, "series_norm": False, "channel_norm": False, "augment": False,
+         "bucket": 50}
 
 AUTO_KEYS = tuple(FIXED) + ("steps",)
 
@@ -63,6 +66,17 @@ def step_seconds(batch_size, steps, features=True):
     per_t = 2.5e-5 if features else 2e-5
     per_token = 9e-6 if features else 3e-6
     return steps * (per_t + per_token * batch_size)
+
+
+def expected_batch_steps(lengths, batch_size):
+    """Expected padded length of a batch of ``batch_size`` rows drawn at random: the mean of
+    the largest of ``batch_size`` draws from ``lengths``."""
+    L = np.sort(np.asarray(lengths, dtype=np.float64))
+    n = len(L)
+    if n == 0:
+        return 0.0
+    q = np.arange(1, n + 1) / n
+    return float((L * (q ** batch_size - (q - 1 / n) ** batch_size)).sum())
 
 
 def make_plan(config, train_ds):
@@ -94,9 +108,15 @@ def make_plan(config, train_ds):
                    f" < {VAL_MIN} examples, too few to rank epochs): fixed schedule on all "
                    f"{n_fit}, last weights kept")
 
-    # model and inputs
+    # batches: random rows for series (batch norm needs batches alike, not length groups),
+    # length-bucketed ones (little padding) otherwise
     series = numeric and train_ds.task in ("classify", "regress")
-    stride = decide("conv_stride", 2 if series and mean_len > LONG else 1)
+    bs = decide("batch_size", 16 if n_fit < SMALL else 32 if n_fit < MEDIUM else 64)
+    bucket = decide("bucket", 1 if series else FIXED["bucket"])
+    padded = expected_batch_steps(train_ds.lengths, bs) if bucket == 1 else mean_len
+
+    # model and inputs
+    stride = decide("conv_stride", 2 if series and padded > LONG else 1)
     conv = decide("conv_channels", CONV_CHANNELS if series else 0)
     decide("conv_skip", bool(series and conv))
     decide("bidirectional", bool(series))
@@ -106,9 +126,8 @@ def make_plan(config, train_ds):
     aug = decide("augment", bool(series and n_fit <= AUGMENT_MAX))
 
     # budget
-    bs = decide("batch_size", 16 if n_fit < SMALL else 32 if n_fit < MEDIUM else 64)
     per_epoch = max(1, math.ceil(n_fit / bs))
-    t_steps = mean_len / (stride if conv else 1)
+    t_steps = padded / (stride if conv else 1)
     cost = step_seconds(bs, t_steps, numeric)
     fit = int(BUDGET_S / cost) if cost > 0 else STEPS_MAX
     steps = c.get("steps")
@@ -124,7 +143,8 @@ def make_plan(config, train_ds):
     shape = (f"{n} training sequences, mean length {mean_len:.0f}"
              + (f", {train_ds.inputs.shape[2]} channel(s)" if numeric else ""))
     parts = [f"plan: {shape}; {why_val}",
-             f"{total} steps ({epochs} epochs x {per_epoch} batches of {bs})"]
+             f"{total} steps ({epochs} epochs x {per_epoch} "
+             f"{'random ' if bucket == 1 else ''}batches of {bs})"]
     if "steps" in d and "epochs" in todo and fit < min(max(STEPS_PER_EXAMPLE * n_fit,
                                                           STEPS_MIN), STEPS_MAX):
         parts[-1] += f", capped to fit ~{BUDGET_S / 60:.1f} min on 2 cores"

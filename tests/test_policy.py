@@ -107,3 +107,21 @@ def test_bad_budget_options_are_one_line_errors(bad):
     with pytest.raises(ValueError, match=rf"^{next(iter(bad))}: expected") as e:
         resolve_config(dict(task="ucr", **bad))
     assert "\n" not in str(e.value)
+
+
+def test_expected_batch_steps_is_the_mean_longest_row_of_a_random_batch(rng):
+    lengths = rng.integers(5, 400, 57)
+    draws = rng.choice(lengths, size=(200000, 8), replace=True).max(axis=1)
+    assert policy.expected_batch_steps(lengths, 8) == pytest.approx(draws.mean(), rel=5e-3)
+    assert policy.expected_batch_steps(np.full(9, 33), 4) == pytest.approx(33)
+
+
+def test_series_are_batched_at_random_and_text_in_length_buckets():
+    assert _plan(_series(80, 50, ragged=True))[0]["bucket"] == 1
+    assert _plan(_tokens(500, 30))[0]["bucket"] == policy.FIXED["bucket"]
+    # a few long rows make random batches long: the stride follows the padded length
+    ds = _series(100, 1000, ragged=True)
+    ds.lengths[:] = 200
+    ds.lengths[::10] = 1000
+    c = _plan(ds)[0]
+    assert c["conv_stride"] == 2 and np.mean(ds.lengths) < policy.LONG
