@@ -74,7 +74,8 @@ def resolve_config(config):
 def resume_config(saved, overrides=None):
     """The saved configuration of a run with ``overrides`` applied; a key outside
     ``RESUME_OVERRIDES`` may only be given with its saved value."""
-    config = dict(saved)
+    # a run saved before the plan existed trained with the fixed defaults of its keys
+    config = dict(FIXED, **saved)
     for k, v in (overrides or {}).items():
         if k not in RESUME_OVERRIDES and config.get(k) != v:
             raise ValueError(f"resume: {k} cannot change when resuming a run "
@@ -105,7 +106,7 @@ def validate_config(c, complete=False):
 
     A key of ``policy.AUTO_KEYS`` may be None (the plan decides it) unless ``complete``."""
     if complete:
-        missing = [k for k in AUTO_KEYS if c.get(k) is None]
+        missing = [k for k in AUTO_KEYS if c.get(k) is None and k != "steps"]
         if missing:
             raise ValueError(f"config: {missing} left undecided; expected values for every key")
     _choice("task", c["task"], DATASETS)

@@ -163,3 +163,26 @@ def test_inspect_scales_the_row_and_runs_the_front_end(tmp_path):
     assert s["prediction"]["probability"] == pytest.approx(want["probability"], rel=1e-6)
     with np.load(s["npz"]) as g:
         assert g["h"].shape[0] == math.ceil(n / 2)          # the cell ran on the strided steps
+
+
+def test_a_run_saved_before_the_plan_resumes(tmp_path):
+    from gruengine import policy
+    cfg = dict(task="adding", seq_len=6, n_train=40, n_test=8, hidden_size=4, batch_size=16,
+               epochs=2, seed=1)
+
+    def stop(trainer, info):
+        if info["step"] == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "old", quiet=True, hooks={"step": stop})
+    arrays, meta = ckpt.load_checkpoint(tmp_path / "old" / "last.npz")
+    new_keys = set(policy.AUTO_KEYS) - {"epochs", "batch_size", "val_fraction", "patience",
+                                        "warmup", "bidirectional", "pooling", "bucket"}
+    new_keys |= {"time_budget", "conv_kernels", "conv_norm"}
+    meta["train_config"] = {k: v for k, v in meta["train_config"].items() if k not in new_keys}
+    meta["model_config"] = {k: v for k, v in meta["model_config"].items()
+                            if not k.startswith("conv_")}
+    meta.pop("plan"), meta.pop("scaling")
+    ckpt.save_checkpoint(str(tmp_path / "old" / "last.npz"), arrays, meta)
+    summary = train(None, tmp_path / "old", resume=True, quiet=True)
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * math.ceil(36 / 16)
