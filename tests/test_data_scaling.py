@@ -98,3 +98,21 @@ def test_json_round_trip_gives_the_same_transform(rng):
         Scaler.from_json({"kind": "other"})
     with pytest.raises(ValueError, match=r"^inputs: expected shape \(N, T, 3\), got \(2, 4, 2\)$"):
         s.transform_arrays(np.zeros((2, 4, 2)), np.array([4, 4]))
+
+
+def test_already_normalised_series_give_no_noise_channels(rng):
+    # z-normalised inputs (UCR files often are): level and scale are constant up to rounding,
+    # and must come out ~0, not rounding noise blown up to unit variance
+    x = rng.standard_normal((20, 30, 1))
+    x = ((x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)).astype(np.float32)
+    ds = Dataset(x, np.full(20, 30, np.int64), rng.integers(0, 2, 20).astype(np.int64),
+                 "classify", 2)
+    out = Scaler(True, True, keep_stats=True).fit(ds).transform(ds).inputs
+    assert np.abs(out[:, :, 1:]).max() < 1e-3
+    assert np.allclose(out[:, :, 0].std(), 1, rtol=1e-3)
+    # real spread in level and scale is kept
+    y = (x * rng.uniform(0.5, 5, (20, 1, 1)) + rng.normal(0, 3, (20, 1, 1))).astype(np.float32)
+    out = Scaler(True, True, keep_stats=True).fit(
+        Dataset(y, ds.lengths, ds.targets, "classify", 2)).transform(
+        Dataset(y, ds.lengths, ds.targets, "classify", 2)).inputs
+    assert np.allclose(out[:, 0, 1:].std(axis=0), 1, rtol=1e-3)

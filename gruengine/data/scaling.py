@@ -23,6 +23,12 @@ __all__ = ["Scaler"]
 # relative floor of the scale channel: log(std + FLOOR * median std) keeps a constant series
 # (std 0) a finite value near the others instead of log(0)
 FLOOR = 1e-3
+# a channel whose spread over the training split is below these is constant up to rounding
+# (the level of already z-normalised series is ~1e-9): it is centred, not divided by its
+# spread, which would blow rounding noise up to unit variance
+NEGLIGIBLE_LEVEL = 1e-4      # level channel: relative to the median within-series std
+NEGLIGIBLE_LOG_SCALE = 1e-3  # log-scale channel: series scales alike to 0.1 %
+NEGLIGIBLE_RAW = 1e-6        # any other channel: relative to its mean magnitude
 KIND = "gruengine-scaler-1"
 
 
@@ -60,9 +66,10 @@ class Scaler:
         """Statistics from ``ds`` (the training split); returns self."""
         x = _features(ds)
         self.num_features = int(x.shape[2])
+        F = self.num_features
         if self.keep_stats:
-            _, std = _series_stats(x, ds.lengths)
-            med = float(np.median(std))
+            _, series_std = _series_stats(x, ds.lengths)
+            med = float(np.median(series_std))
             self.floor = FLOOR * med if med > 0 else 1.0
         if self.channels:
             z = self._series_step(x, ds.lengths).astype(np.float64)
@@ -70,7 +77,13 @@ class Scaler:
             rows = z[valid]                                             # (valid steps, F_out)
             self.mean = rows.mean(axis=0)
             std = rows.std(axis=0)
-            self.std = np.where(std > 0, std, 1.0)
+            tiny = np.zeros_like(std)
+            if not self.series:
+                tiny[:] = NEGLIGIBLE_RAW * np.abs(self.mean)
+            if self.keep_stats:
+                tiny[F:2 * F] = NEGLIGIBLE_LEVEL * np.median(series_std, axis=0)
+                tiny[2 * F:] = NEGLIGIBLE_LOG_SCALE
+            self.std = np.where(std > tiny, std, 1.0)
         return self
 
     def _series_step(self, x, lengths):
