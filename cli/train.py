@@ -26,8 +26,6 @@ def _default(key):
     d = DEFAULTS[key]
     if key in AUTO_KEYS and d is None:
         return "[default: decided from the data, see the plan line]"
-    if key == "time_budget":
-        return "[default: none]"
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
@@ -55,8 +53,9 @@ _OPTIONS = [
     ("--conv-stride", "conv_stride", click.IntRange(1), "stride of the front end's first block"),
     ("--steps", "steps", click.IntRange(1),
      "budget of optimizer steps (rounded up to whole epochs); or give --epochs"),
-    ("--time-budget", "time_budget", click.FloatRange(0, min_open=True),
-     "wall-clock minutes at most: the run is shortened to fit after its first epoch"),
+    ("--time-budget", "time_budget", click.FloatRange(0),
+     "wall-clock minutes at most: the run is shortened to fit after its second epoch "
+     "(0 = no limit)"),
     ("--epochs", "epochs", int, "passes over the training data"),
     ("--batch-size", "batch_size", int, "sequences per step"),
     ("--lr", "lr", float, "peak learning rate"),

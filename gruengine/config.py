@@ -130,7 +130,7 @@ def validate_config(c, complete=False):
         if c[k] is not None:
             _num(k, c[k], 0, integer=True)
     if c["time_budget"] is not None:
-        _num("time_budget", c["time_budget"], 0, lo_open=True)
+        _num("time_budget", c["time_budget"], 0)
     if not isinstance(c["conv_kernels"], (list, tuple)) or not c["conv_kernels"]:
         raise ValueError(f"conv_kernels: expected a non-empty list of kernel sizes, "
                          f"got {c['conv_kernels']!r}")

@@ -19,7 +19,9 @@ The rules (docs/cli.md, "The training plan"):
   at least ``STEPS_MIN`` and at most ``STEPS_MAX``, and at most what fits ``BUDGET_S``
   seconds under a cost model of the default model (``step_seconds``) on two cores; then
   rounded up to whole epochs. Deterministic: the same data gives the same plan on any
-  machine (``time_budget`` adds a wall-clock cap on top, which is not).
+  machine. A wall-clock safety net (``time_budget`` ``SAFETY_MIN`` minutes unless given)
+  shortens the run only where the cost model is far off; then, and only then, the
+  result depends on the machine's speed.
 * **Batch size** grows with the data: 16 below ``SMALL`` examples, 32 below ``MEDIUM``,
   64 above. Series are batched at random (``bucket`` 1: batch norm needs batches that look
   alike, and length-sorted ones do not: 0.30 instead of 0.80 test accuracy measured on a
@@ -52,19 +54,25 @@ AUGMENT_MAX = 5000    # augment numeric training sets up to this size
 FIXED = {"epochs": 10, "batch_size": 64, "val_fraction": 0.1, "patience": 3, "warmup": 0,
          "bidirectional": False, "pooling": "last", "conv_channels": 0, "conv_stride": 1,
          "conv_skip": False, "series_norm": False, "channel_norm": False, "augment": False,
-         "bucket": 50}
+         "bucket": 50, "time_budget": 0}
 
 AUTO_KEYS = tuple(FIXED) + ("steps",)
+# the plan's wall-clock safety net (minutes): the step budget targets BUDGET_S, and only a
+# machine far slower than the cost model (or data it misjudges) ever reaches this
+SAFETY_MIN = 4.5
 
 
-def step_seconds(batch_size, steps, features=True):
+def step_seconds(batch_size, steps, features=True, channels=1):
     """Cost model of one training step of the plan's model on two cores (seconds): a part
     per time step that does not grow with the batch (the recurrence) and a part per
-    sequence step (the convolutions), for ``steps`` time steps after the stride."""
+    sequence step (the convolutions), for ``steps`` time steps after the stride.
+    ``channels``: input channels the first convolution reads (after scaling)."""
     # measured with one thread per process on the development machine (CPU seconds):
-    # conv 64x[7,5,3] + bidirectional GRU 64 on features; embedding 128 + GRU 64 on tokens
+    # conv 64x[7,5,3] + bidirectional GRU 64 on features; embedding 128 + GRU 64 on tokens.
+    # The rest of the model is ~82k multiply-adds per step and row, the first convolution
+    # 64 x 7 per input channel: wide multivariate inputs cost in proportion.
     per_t = 2.5e-5 if features else 2e-5
-    per_token = 9e-6 if features else 3e-6
+    per_token = 9e-6 * (1 + channels * 448 / 82e3) if features else 3e-6
     return steps * (per_t + per_token * batch_size)
 
 
@@ -128,7 +136,9 @@ def make_plan(config, train_ds):
     # budget
     per_epoch = max(1, math.ceil(n_fit / bs))
     t_steps = padded / (stride if conv else 1)
-    cost = step_seconds(bs, t_steps, numeric)
+    F = train_ds.inputs.shape[2] if numeric else 1
+    cost = step_seconds(bs, t_steps, numeric, F * (3 if c.get("series_norm", True) is not False
+                                                     and series else 1))
     fit = int(BUDGET_S / cost) if cost > 0 else STEPS_MAX
     steps = c.get("steps")
     if steps is None:
@@ -136,6 +146,7 @@ def make_plan(config, train_ds):
         d["steps"] = steps
     epochs = decide("epochs", max(1, math.ceil(steps / per_epoch)))
     decide("warmup", min(100, epochs * per_epoch // 10))
+    decide("time_budget", SAFETY_MIN)
     if "epochs" not in todo and "steps" in d:
         d["steps"] = epochs * per_epoch
     total = epochs * per_epoch

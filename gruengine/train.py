@@ -342,13 +342,20 @@ class Trainer:
         return summary
 
     def _fit_time_budget(self):
-        """After the first epoch of a run with a time budget: if the remaining epochs at the
-        measured speed would overrun it, shorten the run (and its lr schedule) to fit."""
+        """After the second epoch of a run with a time budget (the first also compiles the
+        kernels): if the remaining epochs at the second one's speed would overrun it,
+        shorten the run (and its lr schedule) to fit."""
         c = self.config
-        if not c["time_budget"] or self.epoch != 1 or c["epochs"] <= 1:
+        if not c["time_budget"] or self.epoch > 2 or c["epochs"] <= self.epoch:
             return
-        per_epoch = self.elapsed / self.epoch
-        fit = max(1, int(c["time_budget"] * 60 / per_epoch))
+        if self.epoch == 1:
+            self._t_epoch1 = self.elapsed
+            return
+        t1 = getattr(self, "_t_epoch1", None)
+        if t1 is None:                       # resumed between the two: the plan stands
+            return
+        per_epoch = max(self.elapsed - t1, 1e-9)
+        fit = 2 + max(0, int((c["time_budget"] * 60 - self.elapsed) / per_epoch))
         if fit < c["epochs"]:
             self._say(f"time budget {c['time_budget']:g} min: {per_epoch:.1f} s per epoch, "
                       f"{c['epochs']} epochs planned; shortened to {fit}")

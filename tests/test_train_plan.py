@@ -128,12 +128,23 @@ def test_explicit_options_reach_the_trainer(toy, tmp_path):
     assert evaluate(t.model, t.val_ds, 64)["loss"] < before
 
 
-def test_time_budget_shortens_the_run_after_its_first_epoch(toy, tmp_path):
+def test_time_budget_shortens_the_run_after_its_second_epoch(toy, tmp_path):
+    def slow(trainer, info):                 # every step "takes" 2 more seconds
+        trainer._elapsed0 += 2.0
     err = io.StringIO()
-    summary = train(_cfg(toy, time_budget=1e-6), tmp_path / "t", stream=err)
-    assert summary["epochs"] == 1
-    assert "time budget 1e-06 min" in err.getvalue() and "shortened to 1" in err.getvalue()
-    assert json.load(open(tmp_path / "t" / "config.json"))["epochs"] == 1
+    # 3 steps per epoch: ~6 s an epoch; 24 s allow 2 + (24 - 12 - real time) // 6 = 3 epochs
+    summary = train(_cfg(toy, time_budget=0.4), tmp_path / "t", stream=err, hooks={"step": slow})
+    assert summary["epochs"] == 3
+    assert "time budget 0.4 min" in err.getvalue() and "shortened to 3" in err.getvalue()
+    assert json.load(open(tmp_path / "t" / "config.json"))["epochs"] == 3
+    # a budget already spent stops the run after its first epoch
+    err = io.StringIO()
+    assert train(_cfg(toy, time_budget=1e-6), tmp_path / "s", stream=err)["epochs"] == 1
+    assert "time budget of 1e-06 min reached after 1 epochs" in err.getvalue()
+    # the plan's safety net is there unless given; 0 turns it off
+    t = Trainer(_cfg(toy), tmp_path / "u", quiet=True)
+    assert t.config["time_budget"] == 4.5
+    assert Trainer(_cfg(toy, time_budget=0), tmp_path / "v", quiet=True).config["time_budget"] == 0
 
 
 def test_token_data_rejects_input_scaling(tmp_path):
