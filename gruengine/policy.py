@@ -159,9 +159,15 @@ def make_plan(config, train_ds):
     if "steps" in d and "epochs" in todo and fit < min(max(STEPS_PER_EXAMPLE * n_fit,
                                                           STEPS_MIN), STEPS_MAX):
         parts[-1] += f", capped to fit ~{BUDGET_S / 60:.1f} min on 2 cores"
-    if series:
-        parts.append("model: conv front end" + (f" (stride {stride})" if stride > 1 else "")
-                     + " + bidirectional GRU, mean pooling" if conv else "model: as configured")
-        parts.append("inputs: z-norm per series + standardised channels"
-                     + (", augmented" if aug else ""))
+    f = dict(c, **d)                           # the final values, given or decided
+    cell = f"{'bidirectional ' if f['bidirectional'] else ''}{f['cell'].upper()} {f['hidden_size']}"
+    parts.append("model: " + (f"conv front end {f['conv_channels']}x{list(f['conv_kernels'])}"
+                              + (f" (stride {f['conv_stride']})" if f["conv_stride"] > 1 else "")
+                              + " + " if f["conv_channels"] else "")
+                 + f"{cell}, {f['pooling']} pooling")
+    if numeric:
+        scaling = [w for w, k in (("z-norm per series", "series_norm"),
+                                  ("standardised channels", "channel_norm")) if f[k]]
+        parts.append("inputs: " + (" + ".join(scaling) or "as read")
+                     + (", augmented" if f["augment"] else ""))
     return d, "; ".join(parts)
