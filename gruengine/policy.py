@@ -28,7 +28,8 @@ The rules (docs/cli.md, "The training plan"):
   variable-length set); other data in length buckets (little padding).
 * **Numeric inputs** (time series): per-series z-normalisation keeping each series' level
   and log-scale as channels, per-channel standardisation (training statistics), a
-  convolutional front end (``CONV_CHANNELS`` x ``CONV_KERNELS``, stride 2 for long series)
+  convolutional front end (``CONV_CHANNELS`` x ``CONV_KERNELS``; stride 2 in its first
+  block for batches longer than ``LONG`` steps, 4 beyond 3 ``LONG``)
   before a bidirectional GRU, mean pooling, the head reading the front end too, and
   training-time augmentation on small sets. Token inputs keep the plain recurrent model.
 """
@@ -124,7 +125,8 @@ def make_plan(config, train_ds):
     padded = expected_batch_steps(train_ds.lengths, bs) if bucket == 1 else mean_len
 
     # model and inputs
-    stride = decide("conv_stride", 2 if series and padded > LONG else 1)
+    stride = decide("conv_stride", 1 if not series or padded <= LONG else
+                    2 if padded <= 3 * LONG else 4)
     conv = decide("conv_channels", CONV_CHANNELS if series else 0)
     decide("conv_skip", bool(series and conv))
     decide("bidirectional", bool(series))

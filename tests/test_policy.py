@@ -125,3 +125,4 @@ def test_series_are_batched_at_random_and_text_in_length_buckets():
     ds.lengths[::10] = 1000
     c = _plan(ds)[0]
     assert c["conv_stride"] == 2 and np.mean(ds.lengths) < policy.LONG
+    assert _plan(_series(40, 2000))[0]["conv_stride"] == 4
