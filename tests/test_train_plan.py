@@ -129,13 +129,14 @@ def test_explicit_options_reach_the_trainer(toy, tmp_path):
 
 
 def test_time_budget_shortens_the_run_after_its_second_epoch(toy, tmp_path):
-    def slow(trainer, info):                 # every step "takes" 2 more seconds
-        trainer._elapsed0 += 2.0
+    def slow(trainer, info):                 # every step "takes" 20 more seconds
+        trainer._elapsed0 += 20.0
     err = io.StringIO()
-    # 3 steps per epoch: ~6 s an epoch; 24 s allow 2 + (24 - 12 - real time) // 6 = 3 epochs
-    summary = train(_cfg(toy, time_budget=0.4), tmp_path / "t", stream=err, hooks={"step": slow})
+    # 3 steps per epoch: 60 s + real time r an epoch; 4 minutes allow
+    # 2 + (240 - 120 - r2) // (60 + r2 - r1) = 3 epochs for any real times r1 < r2 < 30 s
+    summary = train(_cfg(toy, time_budget=4), tmp_path / "t", stream=err, hooks={"step": slow})
     assert summary["epochs"] == 3
-    assert "time budget 0.4 min" in err.getvalue() and "shortened to 3" in err.getvalue()
+    assert "time budget 4 min" in err.getvalue() and "shortened to 3" in err.getvalue()
     assert json.load(open(tmp_path / "t" / "config.json"))["epochs"] == 3
     # a budget already spent stops the run after its first epoch
     err = io.StringIO()
