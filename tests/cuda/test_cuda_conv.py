@@ -7,7 +7,7 @@ from numba import cuda
 if not cuda.is_available():
     pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
-from gruengine.kernels.cuda import conv as kc  # noqa: E402
+from gruengine.kernels import cuda as kc  # noqa: E402
 from gruengine.kernels.cuda import launch  # noqa: E402
 from gruengine.reference import conv as ref  # noqa: E402
 
