@@ -64,10 +64,11 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     _register()
-    old_term = None
+    old = None
     if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         # SIGTERM outside a training loop (which saves first): a message and 143, not silence
-        old_term = signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app.main(args=argv, prog_name="gruengine", standalone_mode=False)
     except click.exceptions.Abort as e:
@@ -94,16 +95,29 @@ def main(argv=None):
         click.echo(f"error: {_one_line(e)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
+        _ignore_signals()
         click.echo("interrupted", err=True)
         sys.exit(130)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        # called from Python (argv given): leave the caller's handlers as they were; from the
+        # command line the process is exiting, and a late Ctrl-C stays ignored until it has
+        if old is not None and (argv is not None or signal.getsignal(signal.SIGTERM) is _terminate):
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
     sys.exit(0)
+
+
+def _ignore_signals():
+    # the decision to exit is taken: a further Ctrl-C must not cut the exit short (it would
+    # end the process by the signal, mid-message, instead of with the status below)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _signal_exit(cause):
     # a stop by signal: one word for the user, and the shell's 128 + signal number
+    _ignore_signals()
     signum = getattr(cause, "signum", signal.SIGINT)
     click.echo("terminated (SIGTERM)" if signum == signal.SIGTERM else "aborted", err=True)
     sys.exit(128 + signum)

@@ -33,7 +33,10 @@ def _default(key):
     if key == "data":
         return "[default: none; imdb: the download cache]"
     from gruengine.limits import fmt_bytes
+    from gruengine.policy import AUTO_KEYS
     d = DEFAULTS[key]
+    if key in AUTO_KEYS and d is None:
+        return "[default: decided from the data, see the plan line]"
     extra = [f"{t}: {v[key]}" for t, v in TASK_DEFAULTS.items() if key in v and v[key] != d]
     text = "the loader's" if d is None else fmt_bytes(d) if key.endswith("_bytes") else str(d)
     return f"[default: {text}" + (f"; {', '.join(extra)}" if extra else "") + "]"
@@ -59,6 +62,14 @@ _OPTIONS = [
     ("--embed-dim", "embed_dim", int, "token embedding size (text tasks)"),
     ("--vocab-size", "vocab_size", int, "vocabulary size, '<pad>' and '<unk>' included (text tasks)"),
     ("--max-len", "max_len", int, "truncate texts to this many tokens"),
+    ("--conv-channels", "conv_channels", click.IntRange(0),
+     "convolutional front end before the recurrent stack: channels per block (0 = none)"),
+    ("--conv-stride", "conv_stride", click.IntRange(1), "stride of the front end's first block"),
+    ("--steps", "steps", click.IntRange(1),
+     "budget of optimizer steps (rounded up to whole epochs); or give --epochs"),
+    ("--time-budget", "time_budget", click.FloatRange(0),
+     "wall-clock minutes at most: the run is shortened to fit after its second epoch "
+     "(0 = no limit)"),
     ("--epochs", "epochs", int, "passes over the training data"),
     ("--batch-size", "batch_size", int, "sequences per step"),
     ("--lr", "lr", float, "peak learning rate"),
@@ -140,6 +151,16 @@ def load_config_file(name):
 @_add_options
 @click.option("--bidirectional/--unidirectional", "bidirectional", default=None,
               help=f"read each sequence in both directions {_default('bidirectional')}")
+@click.option("--conv-skip/--no-conv-skip", "conv_skip", default=None,
+              help=f"the head also reads the front end, mean over time {_default('conv_skip')}")
+@click.option("--series-norm/--no-series-norm", "series_norm", default=None,
+              help=f"z-normalise each numeric series (its level and scale kept as channels) "
+                   f"{_default('series_norm')}")
+@click.option("--channel-norm/--no-channel-norm", "channel_norm", default=None,
+              help=f"standardise each numeric channel with training statistics "
+                   f"{_default('channel_norm')}")
+@click.option("--augment/--no-augment", "augment", default=None,
+              help=f"jitter, scale and slice numeric training series {_default('augment')}")
 @click.option("--config", "config_file", metavar="FILE",
               help="TOML configuration (a path, or a name in data/configs such as "
                    "adding_t200 or imdb), or a run's config.json; options given on the "
@@ -194,6 +215,8 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
                                                 ParameterSource.ENVIRONMENT)}
     if plot:       # before any work: a missing extra should not cost a whole training
         require_matplotlib("--plot")
+    if given.get("steps") is not None and given.get("epochs") is not None:
+        raise click.UsageError("--steps and --epochs are both budgets; give one")
     if resume:
         if config_file:
             raise click.UsageError("--config and --resume exclude each other: a resumed run "
@@ -225,10 +248,12 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
         note = busy_note()
         if note:
             click.echo(f"note: {note}", err=True)
+    elif trainer.plan and trainer.step == 0:
+        click.echo(trainer.plan, err=True)      # the plan line, even when quiet
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        if quiet and trainer.run.holds_run():     # the trainer's own notice is not shown
+        if quiet and trainer.run.holds_run() and os.path.exists(trainer.run.last):     # the trainer's own notice is not shown
             click.echo(f"interrupted: resumable checkpoint in {trainer.run.last}; continue "
                        f"with: gruengine train --resume {trainer.out_dir}", err=True)
         raise
@@ -292,18 +317,34 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet, device):
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default=None,
               help="run on this device [default: the checkpoint's, cpu when no GPU]")
-def predict_cmd(checkpoint, texts, file, as_json, device):
+@click.option("--data", "data", type=click.Path(),
+              help="numeric models: predict every series of this data's test split")
+def predict_cmd(checkpoint, texts, file, as_json, device, data):
     """Classify texts with a checkpoint trained on text; prints label and probability.
 
     TEXT arguments, lines of --file, or lines of standard input when TEXT is '-'.
+    A checkpoint trained on numeric series (ucr, npz) predicts the series of --data
+    instead, one line per series (its index, label, probability), scaled as in training.
 
     \b
     Examples:
       gruengine predict runs/imdb/best.npz "A moving, beautifully shot film."
       gruengine predict runs/imdb/best.npz --file reviews.txt --json
       cat reviews.txt | gruengine predict runs/imdb/best.npz -
+      gruengine predict runs/ucr/best.npz --data MySeries_TEST.ts
     """
-    from gruengine.inference import predict_texts
+    from gruengine.inference import predict_data, predict_texts
+    if data is not None:
+        if texts or file:
+            raise click.UsageError("--data predicts numeric series; give it without TEXT or --file")
+        for i, r in enumerate(predict_data(checkpoint, data, device=device)):
+            if as_json:
+                click.echo(json.dumps({"index": i, **r}))
+            elif "value" in r:
+                click.echo(f"{i}\t" + "\t".join(f"{v:.6g}" for v in r["value"]))
+            else:
+                click.echo(f"{i}\t{r['label']}\t{r['probability']:.4f}")
+        return
     inputs = []
     for t in texts:
         if t == "-":

@@ -13,34 +13,43 @@ from ._checks import check_dtype
 from .backend import check_device
 from .limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_fits_memory
 from .models import CELLS, POOLINGS
+from .policy import AUTO_KEYS, FIXED
 from .schedule import SCHEDULES
 
 DATASETS = ("adding", "copy", "imdb", "npz", "text", "ucr")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
-# Every key a run configuration may hold, with its default (None = the loader's default).
+# Every key a run configuration may hold, with its default (None = the loader's default, or
+# for the keys of policy.AUTO_KEYS: decided from the data by gruengine.policy).
 DEFAULTS = {
     # data
     "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
     "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
-    "val_fraction": 0.1, "test_fraction": None,
+    "val_fraction": None, "test_fraction": None,
     "max_text_bytes": MAX_TEXT_BYTES, "max_data_bytes": MAX_DATA_BYTES,
+    # input scaling of numeric data (gruengine.data.scaling), augmentation (gruengine.augment)
+    "series_norm": None, "channel_norm": None, "augment": None,
     # model
-    "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
-    "pooling": "last", "embed_dim": 128, "input_proj": 0, "reset_after": True,
-    # optimisation
-    "epochs": 10, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
-    "clip": 1.0, "schedule": "cosine", "warmup": 0, "patience": 3, "seed": 0,
-    "device": "cpu", "dtype": "float32", "bucket": 50, "eval_batch_size": 256,
+    "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": None, "dropout": 0.0,
+    "pooling": None, "embed_dim": 128, "input_proj": 0, "reset_after": True,
+    "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
+    "conv_norm": "batch",
+    # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
+    "steps": None, "epochs": None, "time_budget": None,
+    "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
+    "clip": 1.0, "schedule": "cosine", "warmup": None, "patience": None, "seed": 0,
+    "device": "cpu", "dtype": "float32", "bucket": None, "eval_batch_size": 256,
     # success criterion printed at the end: test MSE below it (regress) or accuracy above it
     "target": None,
 }
 
 # Defaults per dataset, under explicit settings: ``gruengine train`` with no options runs the
 # embedded adding problem (T=50), which reaches test MSE < 0.01 in well under two minutes.
+# The synthetic tasks keep fixed recipes (policy.FIXED: nothing is decided from the data).
 TASK_DEFAULTS = {
-    "adding": {"seq_len": 50, "n_train": 8000, "n_test": 1000, "hidden_size": 64, "epochs": 6,
-               "batch_size": 64, "lr": 5e-3, "warmup": 50, "target": 0.01},
+    "adding": dict(FIXED, seq_len=50, n_train=8000, n_test=1000, hidden_size=64, epochs=6,
+                   batch_size=64, lr=5e-3, warmup=50, target=0.01),
+    "copy": dict(FIXED),
 }
 
 # The keys a resumed run may change: none of them alters the batches, weights or schedule
@@ -70,6 +79,8 @@ def resolve_config(config):
         config["test_fraction"] = default_test_fraction(task, config.get("data"))
     out = dict(DEFAULTS)
     out.update(TASK_DEFAULTS.get(task, {}))
+    if config.get("steps") is not None and config.get("epochs") is None:
+        out["epochs"] = None        # a budget of steps replaces the task's epochs
     out.update({k: v for k, v in config.items()})
     validate_config(out)
     return out
@@ -78,7 +89,8 @@ def resolve_config(config):
 def resume_config(saved, overrides=None):
     """The saved configuration of a run with ``overrides`` applied; a key outside
     ``RESUME_OVERRIDES`` may only be given with its saved value."""
-    config = dict(saved)
+    # a run saved before the plan existed trained with the fixed defaults of its keys
+    config = dict(FIXED, **saved)
     for k, v in (overrides or {}).items():
         if k not in RESUME_OVERRIDES and config.get(k) != v:
             raise ValueError(f"resume: {k} cannot change when resuming a run "
@@ -106,36 +118,56 @@ def _choice(name, v, allowed):
         raise ValueError(f"{name}: expected one of {list(allowed)}, got {v!r}")
 
 
-def validate_config(c):
-    """Raise ValueError naming the first bad hyperparameter (before any data is loaded)."""
+def validate_config(c, complete=False):
+    """Raise ValueError naming the first bad hyperparameter (before any data is loaded).
+
+    A key of ``policy.AUTO_KEYS`` may be None (the plan decides it) unless ``complete``."""
+    if complete:
+        missing = [k for k in AUTO_KEYS if c.get(k) is None and k != "steps"]
+        if missing:
+            raise ValueError(f"config: {missing} left undecided; expected values for every key")
     _choice("task", c["task"], DATASETS)
     _choice("cell", c["cell"], tuple(CELLS))
-    _choice("pooling", c["pooling"], POOLINGS)
     _choice("optimizer", c["optimizer"], OPTIMIZERS)
     _choice("schedule", c["schedule"], SCHEDULES)
     _choice("truncate", c["truncate"], ("head", "tail"))
-    for k in ("hidden_size", "num_layers", "embed_dim", "epochs", "batch_size", "bucket",
-              "eval_batch_size", "min_count"):
+    _choice("conv_norm", c["conv_norm"], ("batch", "layer"))
+    if c["pooling"] is not None:
+        _choice("pooling", c["pooling"], POOLINGS)
+    for k in ("hidden_size", "num_layers", "embed_dim", "eval_batch_size", "min_count"):
         _num(k, c[k], 1, integer=True)
-    for k in ("seq_len", "n_train", "n_test", "max_len"):
+    for k in ("seq_len", "n_train", "n_test", "max_len", "epochs", "batch_size", "steps",
+              "conv_stride", "bucket"):
         if c[k] is not None:
             _num(k, c[k], 1, integer=True)
     for k in ("max_text_bytes", "max_data_bytes"):
         _num(k, c[k], 1, integer=True)
     _num("vocab_size", c["vocab_size"], 2, integer=True)
-    for k in ("warmup", "patience", "seed", "input_proj"):
+    for k in ("seed", "input_proj"):
         _num(k, c[k], 0, integer=True)
+    for k in ("warmup", "patience", "conv_channels"):
+        if c[k] is not None:
+            _num(k, c[k], 0, integer=True)
+    if c["time_budget"] is not None:
+        _num("time_budget", c["time_budget"], 0)
+    if not isinstance(c["conv_kernels"], (list, tuple)) or not c["conv_kernels"]:
+        raise ValueError(f"conv_kernels: expected a non-empty list of kernel sizes, "
+                         f"got {c['conv_kernels']!r}")
+    for k in c["conv_kernels"]:
+        _num("conv_kernels", k, 1, integer=True)
     _num("lr", c["lr"], 0, lo_open=True)
     _num("weight_decay", c["weight_decay"], 0)
     _num("clip", c["clip"], 0)
     _num("dropout", c["dropout"], 0, hi=1)
-    _num("val_fraction", c["val_fraction"], 0, hi=1)
+    if c["val_fraction"] is not None:
+        _num("val_fraction", c["val_fraction"], 0, hi=1)
     if c["test_fraction"] is not None:
         _num("test_fraction", c["test_fraction"], 0, lo_open=True, hi=1)
     if c["target"] is not None:
         _num("target", c["target"], 0)
-    for k in ("bidirectional", "reset_after"):
-        if not isinstance(c[k], bool):
+    for k in ("bidirectional", "reset_after", "conv_skip", "series_norm", "channel_norm",
+              "augment"):
+        if c[k] is not None and not isinstance(c[k], bool):
             raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
     if c["data"] is not None and not isinstance(c["data"], str):
         raise ValueError(f"data: expected a path string, got {c['data']!r}")
@@ -201,7 +233,9 @@ def model_config(c, train_ds, test_ds=None):
          "hidden_size": c["hidden_size"], "num_layers": c["num_layers"],
          "bidirectional": c["bidirectional"], "dropout": float(c["dropout"]),
          "reset_after": c["reset_after"], "pooling": c["pooling"], "dtype": c["dtype"],
-         "device": c["device"], "seed": c["seed"]}
+         "device": c["device"], "seed": c["seed"], "conv_channels": c["conv_channels"],
+         "conv_kernels": list(c["conv_kernels"]), "conv_stride": c["conv_stride"],
+         "conv_skip": c["conv_skip"], "conv_norm": c["conv_norm"]}
     if x.ndim == 2:
         if train_ds.vocab is not None:
             vocab_size, pad = len(train_ds.vocab), 0

@@ -70,6 +70,8 @@ def record_gates(model, inputs, lengths=None):
                 x = mods["input_proj"].forward(inputs)                # (B, T, P)
             else:
                 x = inputs                                            # (B, T, F)
+            if "frontend" in mods:                                    # (B, T', C): the cell's input
+                x, lengths = mods["frontend"].forward(x, lengths)
         out = rnn.forward(np.ascontiguousarray(x), None, lengths=lengths, return_gates=True)
     finally:
         if was_training:

@@ -4,6 +4,7 @@
     res = evaluate(model, test_ds)                         # {'loss', 'acc' | 'mse', 'n', 'tokens'}
     res = evaluate_checkpoint("runs/imdb/best.npz")        # on the run's own test split
     out = predict_texts("runs/imdb", ["A moving film."])   # [{'label', 'probability', 'probs'}]
+    out = predict_series("runs/ucr", x, lengths)           # raw numeric series, scaled here
 """
 import os
 import time
@@ -188,16 +189,30 @@ def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, 
         dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
     elif task is not None:
         dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg.get("path"))
-    ds = load_data(dcfg, vocab=vocab)["test"]
+    ds = scale_dataset(meta, load_data(dcfg, vocab=vocab)["test"])
     _check_fits(model, ds, path)
     res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")
     res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
     return res
 
 
+def scaler_from_meta(meta):
+    """The input ``Scaler`` a checkpoint's metadata stores, or None (inputs go in as they are)."""
+    if meta.get("scaling") is None:
+        return None
+    from .data.scaling import Scaler
+    return Scaler.from_json(meta["scaling"])
+
+
+def scale_dataset(meta, ds):
+    """``ds`` with the checkpoint's input scaling applied (statistics of its training split)."""
+    scaler = scaler_from_meta(meta)
+    return ds if scaler is None else scaler.transform(ds)
+
+
 def _check_fits(model, ds, path):
     c = model.config
-    if ds.task != c.task:
+    if ds.task is not None and ds.task != c.task:
         raise ValueError(f"data: the checkpoint {path} was trained for task {c.task!r}, "
                          f"the data is a {ds.task!r} task")
     if c.input == "features" and (ds.inputs.ndim != 3 or ds.inputs.shape[2] != c.num_features):
@@ -226,13 +241,18 @@ def predict_texts(path, texts, batch_size=256, device=None):
         raise ValueError("texts: expected at least one input text, got none")
     tc = meta.get("train_config") or {}
     ids, lengths = encode_texts(list(texts), vocab, tc.get("max_len"), tc.get("truncate", "head"))
+    return _predict(model, meta, ids, lengths, batch_size)
+
+
+def _predict(model, meta, inputs, lengths, batch_size):
+    """One dict per row of ``inputs`` (already scaled), in input order."""
     classes = meta.get("classes") or [str(i) for i in range(model.config.num_outputs)]
-    out = [None] * len(texts)
+    out = [None] * len(inputs)
     for idx in sorted_batches(lengths, batch_size):
         L = np.ascontiguousarray(lengths[idx])
-        x = np.ascontiguousarray(ids[idx, :int(L.max())])
+        x = np.ascontiguousarray(inputs[idx, :int(L.max())])
         p = model.predict_proba(model.forward(x, L))
-        for row, i in enumerate(idx.tolist()):   # formatting results, one dict per text
+        for row, i in enumerate(idx.tolist()):   # formatting results, one dict per row
             if model.config.task == "regress":
                 out[i] = {"value": [float(v) for v in p[row]]}
             else:
@@ -251,3 +271,58 @@ def checkpoint_to_safetensors(checkpoint, path):
     if "model_config" not in meta:
         raise CheckpointError(f"checkpoint {checkpoint}: metadata has no model_config")
     return save_checkpoint_safetensors(path, ckpt.split_arrays(arrays, "model"), meta)
+
+
+def predict_series(path, inputs, lengths=None, batch_size=256, device=None):
+    """Classify (or regress) raw numeric series with a feature checkpoint.
+
+    ``inputs`` (N, T, F) numbers as the training data were read (the checkpoint's input
+    scaling is applied here), ``lengths`` (N,) or None (all T). Returns one dict per series,
+    as ``predict_texts``: {'label', 'probability', 'probs'} or {'value'}."""
+    model, meta = load_model(path, device)
+    return _predict_features(model, meta, path, inputs, lengths, batch_size)
+
+
+def _predict_features(model, meta, path, inputs, lengths, batch_size):
+    from ._checks import check_array, check_lengths
+    if model.config.input != "features":
+        raise ValueError(f"predict: the checkpoint {path} reads token ids; use predict_texts")
+    if model.config.task == "tag":
+        raise ValueError("predict: per-step (tag) models are not supported by predict")
+    inputs = np.asarray(inputs)
+    if inputs.ndim == 2:
+        inputs = inputs[:, :, None]
+    check_array("inputs", inputs, (None, None, None))
+    lengths = check_lengths("lengths", lengths, *inputs.shape[:2])
+    scaler = scaler_from_meta(meta)
+    if scaler is not None:
+        x = scaler.transform_arrays(inputs, lengths)
+    else:
+        x = np.where(np.arange(inputs.shape[1])[None, :, None] < lengths[:, None, None],
+                     inputs, 0)
+    _check_fits(model, _Rows(x), path)
+    return _predict(model, meta, np.ascontiguousarray(x, dtype=model.dtype), lengths, batch_size)
+
+
+def predict_data(path, data, task=None, batch_size=256, device=None):
+    """``predict_series`` on the test split of ``data`` (a path the checkpoint's loader
+    reads, e.g. a UCR folder or file pair); its labels are not used."""
+    model, meta = load_model(path, device)
+    dcfg = dict(meta.get("data_config") or {})
+    from .data import default_test_fraction
+    if task is not None:
+        dcfg["name"] = check_task(task)
+    dcfg["path"] = os.fspath(data)
+    dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
+    ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
+    if ds.inputs.ndim != 3:
+        raise ValueError(f"data: {data} holds token ids; use predict_texts")
+    return _predict_features(model, meta, path, ds.inputs, ds.lengths, batch_size)
+
+
+class _Rows:
+    """What ``_check_fits`` reads of a dataset, for bare arrays."""
+    task = None
+
+    def __init__(self, x):
+        self.inputs = x

@@ -145,7 +145,11 @@ def _build_adding(model, meta, *, seed, T, source):
 
 def _build_npz(model, meta, *, path, index, source):
     from .data.numeric import read_npz
+    from .inference import scaler_from_meta
     F = _features(model, "a row of an .npz file")
+    scaler = scaler_from_meta(meta)        # the row is scaled as the training data were
+    if scaler is not None:
+        F = scaler.num_features
     a = read_npz(path)
     N = a["X"].shape[0]
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < N:
@@ -157,6 +161,8 @@ def _build_npz(model, meta, *, path, index, source):
                          f"reads {F}")
     n = int(a["lengths"][index])
     X = np.ascontiguousarray(a["X"][index:index + 1, :n]).astype(model.dtype)
+    if scaler is not None:
+        X = scaler.transform_arrays(X, np.array([n])).astype(model.dtype)
     info = _info(source)
     if (meta.get("data_config") or {}).get("name") == "adding" and F == 2:
         info["marks"] = np.nonzero(X[0, :, 1])[0].tolist()

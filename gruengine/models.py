@@ -1,4 +1,5 @@
-"""SequenceModel: (Embedding | Linear | nothing) -> recurrent stack -> pooling -> Linear head.
+"""SequenceModel: (Embedding | Linear | nothing) -> [conv front end] -> recurrent stack ->
+pooling -> Linear head.
 
     model = SequenceModel({"input": "tokens", "vocab_size": 20000, "embed_dim": 128,
                            "hidden_size": 128, "bidirectional": True, "pooling": "max",
@@ -103,6 +104,12 @@ class ModelConfig:
     dropout: float = 0.0
     reset_after: bool = True
     pooling: str = "last"
+    # convolutional front end (gruengine.conv): 0 = none, else channels of every block
+    conv_channels: int = 0
+    conv_kernels: tuple = (7, 5, 3)   # kernel sizes, one block per entry
+    conv_stride: int = 1         # stride of the first block (the recurrent stack sees T/stride)
+    conv_norm: str = "batch"     # 'batch' or 'layer' normalisation in each block
+    conv_skip: bool = False      # the head also reads the front end's output, mean over time
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -144,6 +151,8 @@ class ModelConfig:
             raise ValueError(f"dropout: expected a number in [0, 1), got {c.dropout!r}")
         c.dropout = float(c.dropout)
         c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
+        from .conv import validate_model_config
+        validate_model_config(c)
         c.dtype = check_dtype("dtype", c.dtype).name
         c.device = check_device(c.device)
         if isinstance(c.seed, bool) or not isinstance(c.seed, (int, np.integer)) or c.seed < 0:
@@ -185,14 +194,23 @@ class SequenceModel:
             cell_in = c.input_proj
         else:
             cell_in = c.num_features
+        if c.conv_channels:
+            from .conv import ConvFrontEnd
+            strides = [c.conv_stride] + [1] * (len(c.conv_kernels) - 1)
+            mods["frontend"] = ConvFrontEnd(cell_in, c.conv_channels, c.conv_kernels, strides,
+                                            norm=c.conv_norm, dtype=self.dtype, device=c.device,
+                                            seed=_sub_seed(c.seed, 5))
+            cell_in = c.conv_channels
         mods["rnn"] = CELLS[c.cell](cell_in, c)
-        mods["head"] = Linear(D * c.hidden_size, c.num_outputs, dtype=self.dtype, device=c.device,
+        head_in = D * c.hidden_size + (c.conv_channels if c.conv_skip else 0)
+        mods["head"] = Linear(head_in, c.num_outputs, dtype=self.dtype, device=c.device,
                               seed=_sub_seed(c.seed, 2))
         self.modules = mods
         # dropout on the cell's input and on the features the head reads (no parameters)
         self._drop_in = Dropout(c.dropout, seed=_sub_seed(c.seed, 3), device=c.device) if c.dropout else None
         self._drop_out = Dropout(c.dropout, seed=_sub_seed(c.seed, 4), device=c.device) if c.dropout else None
         self.pool = Pool(c.pooling, device=c.device) if c.pooling != "last" else None
+        self.skip_pool = Pool("mean", device=c.device) if c.conv_skip else None
         self.params = ParamBuffer(mods)
         self.training = True
         self._cache = None
@@ -262,9 +280,14 @@ class SequenceModel:
             x = m["embedding"].forward(x)                         # (B, T, E)
         elif "input_proj" in m:
             x = m["input_proj"].forward(x)                        # (B, T, P)
+        skip = None
+        if "frontend" in m:
+            x, lengths = m["frontend"].forward(x, lengths)        # (B, T', C), T' = T/stride
+            if c.conv_skip:
+                skip = self.skip_pool.forward(x, lengths)         # (B, C)
         if self._drop_in is not None and self.training:
             x = self._drop_in.forward(x)
-        y, h_n = m["rnn"].forward(x, lengths=lengths)             # y (B, T, D*H), h_n (L*D, B, H)
+        y, h_n = m["rnn"].forward(x, lengths=lengths)             # y (B, T', D*H), h_n (L*D, B, H)
         D = 2 if c.bidirectional else 1
         if c.task == "tag":
             feats = y                                             # (B, T, D*H)
@@ -273,6 +296,8 @@ class SequenceModel:
             feats = arrays.concat_last([h_n[h_n.shape[0] - D + d] for d in range(D)])  # (B, D*H)
         else:
             feats = self.pool.forward(y, lengths)                 # (B, D*H)
+        if skip is not None:
+            feats = arrays.concat_last([feats, skip])             # (B, D*H + C)
         if self._drop_out is not None and self.training:
             feats = self._drop_out.forward(feats)
         out = m["head"].forward(feats)
@@ -293,6 +318,10 @@ class SequenceModel:
         if self._drop_out is not None and self.training:
             dfeats = self._drop_out.backward(dfeats)
         D, H = (2 if c.bidirectional else 1), c.hidden_size
+        dskip = None
+        if c.conv_skip:
+            dskip = arrays.columns(dfeats, D * H, D * H + c.conv_channels)
+            dfeats = arrays.columns(dfeats, 0, D * H)
         if c.task == "tag":
             dy, dh_n = dfeats, None
         elif c.pooling == "last":
@@ -305,6 +334,10 @@ class SequenceModel:
         dx, _ = m["rnn"].backward(dy, dh_n)
         if self._drop_in is not None and self.training:
             dx = self._drop_in.backward(dx)
+        if "frontend" in m:
+            if dskip is not None:
+                dx = arrays.add(dx, self.skip_pool.backward(dskip))
+            dx = m["frontend"].backward(dx)
         if c.input == "tokens":
             m["embedding"].backward(dx)
         elif "input_proj" in m:
@@ -382,9 +415,12 @@ class SequenceModel:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0'."""
-        return self.params.state_dict()
+        """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0',
+        and the front end's batch-norm running statistics ('frontend.norm0.running_mean')."""
+        fe = self.modules.get("frontend")
+        return dict(self.params.state_dict(), **(fe.buffer_state("frontend.") if fe else {}))
 
     def load_state_dict(self, d):
         """Validate names, shapes and dtypes, then copy in place (views stay valid)."""
-        self.params.load_state_dict(d)
+        fe = self.modules.get("frontend")
+        self.params.load_state_dict(fe.load_buffer_state(d, "frontend.") if fe else d)

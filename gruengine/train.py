@@ -20,12 +20,16 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .batching import epoch_batches, make_batch, split_validation
-from .config import data_config, load_data, model_config, resolve_config, resume_config
+from .augment import augment_batch
+from .config import (data_config, load_data, model_config, resolve_config, resume_config,
+                     validate_config)
+from .data.scaling import Scaler
 from .early_stopping import EarlyStopping
 from .errors import CheckpointError, Interrupted, TrainingDivergedError
 from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric, vocab_from_meta
 from .interrupts import StopRequests
 from .models import SequenceModel
+from .policy import make_plan
 from .progress import Progress
 from .rundir import BEST, LAST, RUN_KIND, RunDir
 from .run_schema import check_run_meta
@@ -83,8 +87,18 @@ class Trainer:
         if datasets is None:
             self._say(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ...")
             datasets = load_data(data_config(c), vocab=vocab)
-        self.test_ds = datasets["test"]
+        self.plan = _state["meta"].get("plan") if _state is not None else None
+        if _state is None:
+            decisions, self.plan = make_plan(c, datasets["train"])
+            c.update(decisions)
+        validate_config(c, complete=True)
         self.train_ds, self.val_ds = split_validation(datasets["train"], c["val_fraction"], c["seed"])
+        self.test_ds = datasets["test"]
+        self.scaler = self._scaler(_state)
+        if self.scaler is not None:
+            self.train_ds, self.test_ds = map(self.scaler.transform, (self.train_ds, self.test_ds))
+            if self.val_ds is not None:
+                self.val_ds = self.scaler.transform(self.val_ds)
         if _state is not None:
             self.model_config = dict(_state["meta"]["model_config"], device=c["device"])
         else:
@@ -117,6 +131,21 @@ class Trainer:
     @property
     def out_dir(self):
         return self.run.path
+
+    def _scaler(self, state):
+        """The input scaling of numeric data: fitted on the training split (after the
+        validation split is carved off), or the one a resumed run saved."""
+        c = self.config
+        if state is not None:
+            saved = state["meta"].get("scaling")
+            return Scaler.from_json(saved) if saved is not None else None
+        if not (c["series_norm"] or c["channel_norm"]):
+            return None
+        if self.train_ds.inputs.ndim != 3:
+            raise ValueError(f"series_norm/channel_norm: input scaling applies to numeric "
+                             f"inputs; the {c['task']!r} data are token ids")
+        return Scaler(c["series_norm"], c["channel_norm"], keep_stats=c["series_norm"]).fit(
+            self.train_ds)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,6 +205,8 @@ class Trainer:
                     "epoch_sums": self._acc.state_dict()}
         return {
             "kind": RUN_KIND,
+            "plan": self.plan,
+            "scaling": self.scaler.to_json() if self.scaler is not None else None,
             "model_config": self.model.config.to_dict(),
             "train_config": self.config,
             "data_config": data_config(self.config),
@@ -221,13 +252,16 @@ class Trainer:
         c = self.config
         self._t_session = time.perf_counter()
         self.run.acquire()                    # a no-op unless an earlier fit released it
+        if self.plan and self.epoch == 0 and self.batch == 0:
+            self._say(self.plan)
         self.stops.install()
         try:
             try:
                 with self.stops.critical():
                     self.run.write_config(self.config)
                     self.run.trim_metrics(self.epoch)
-                while self.epoch < c["epochs"] and not self.early_stopping.should_stop:
+                while self.epoch < c["epochs"] and not self.early_stopping.should_stop \
+                        and not self._out_of_time():
                     self.stops.check()
                     self._run_epoch()
             except BaseException as e:
@@ -259,6 +293,9 @@ class Trainer:
             for b in range(self.batch, len(batches)):
                 # up to the update nothing of the run's state changes: a signal may cut here
                 x, L, y = make_batch(self.train_ds, batches[b], model.dtype)
+                if c["augment"]:
+                    x, L = augment_batch(x, L, np.random.default_rng([c["seed"], 17, self.epoch, b]))
+                    x = np.ascontiguousarray(x[:, :int(L.max())])
                 t0 = time.perf_counter()
                 self._reseed_dropout()
                 out, loss = self._forward_backward(x, L, y)
@@ -327,6 +364,7 @@ class Trainer:
             self.epoch += 1
             self.batch = 0
             self._acc = MetricSums()
+            self._fit_time_budget()
             self.schedule.epoch_end(value)
             improved = self.early_stopping.update(value, self.epoch)
             record["elapsed"] = self.elapsed
@@ -355,7 +393,8 @@ class Trainer:
         summary = {"run_dir": self.out_dir, "task": self.task, "metric": self.metric,
                    "test": res, "best_val": stop.best, "best_epoch": stop.best_epoch,
                    "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
-                   "elapsed": self.elapsed, "baseline": baseline(self.task, self.train_ds,
+                   "elapsed": self.elapsed, "plan": self.plan,
+                   "baseline": baseline(self.task, self.train_ds,
                                                                  self.test_ds)}
         target = c["target"]
         if target is not None:
@@ -363,6 +402,36 @@ class Trainer:
             summary["target"] = target
             summary["passed"] = bool(got < target if self.metric == "mse" else got >= target)
         return summary
+
+    def _fit_time_budget(self):
+        """After the second epoch of a run with a time budget (the first also compiles the
+        kernels): if the remaining epochs at the second one's speed would overrun it,
+        shorten the run (and its lr schedule) to fit."""
+        c = self.config
+        if not c["time_budget"] or self.epoch > 2 or c["epochs"] <= self.epoch:
+            return
+        if self.epoch == 1:
+            self._t_epoch1 = self.elapsed
+            return
+        t1 = getattr(self, "_t_epoch1", None)
+        if t1 is None:                       # resumed between the two: the plan stands
+            return
+        per_epoch = max(self.elapsed - t1, 1e-9)
+        fit = 2 + max(0, int((c["time_budget"] * 60 - self.elapsed) / per_epoch))
+        if fit < c["epochs"]:
+            self._say(f"time budget {c['time_budget']:g} min: {per_epoch:.1f} s per epoch, "
+                      f"{c['epochs']} epochs planned; shortened to {fit}")
+            c["epochs"] = fit
+            self.schedule.total_steps = max(fit * self.batches_per_epoch, 1)
+            self.run.write_config(c)
+
+    def _out_of_time(self):
+        c = self.config
+        if c["time_budget"] and self.epoch >= 1 and self.elapsed >= c["time_budget"] * 60:
+            self._say(f"time budget of {c['time_budget']:g} min reached after "
+                      f"{self.epoch} epochs; stopping")
+            return True
+        return False
 
     def _diverged(self, what):
         last = self.run.last

@@ -8,3 +8,5 @@ from .ops import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
 from .lstm import *  # noqa: F401,F403
 from .mingru import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .norm import *  # noqa: F401,F403

@@ -13,9 +13,9 @@ import types
 
 from numba import boolean, cuda, float32, float64, int64
 
-from . import blas, gru_kernels, gru_persistent, lstm, mingru, ops, optim
+from . import blas, conv, gru_kernels, gru_persistent, lstm, mingru, norm, ops, optim
 
-MODULES = (blas, gru_kernels, gru_persistent, ops, optim, lstm, mingru)
+MODULES = (blas, gru_kernels, gru_persistent, ops, optim, lstm, mingru, conv, norm)
 
 
 def kernels():

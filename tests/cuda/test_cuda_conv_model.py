@@ -1,0 +1,34 @@
+"""A SequenceModel with the convolutional front end (strided, read by the head too) trains
+the same on 'cuda' as on 'cpu': losses, gradient norms and weights (float32, 1e-5)."""
+import numpy as np
+import pytest
+from numba import cuda
+
+if not cuda.is_available():
+    pytest.skip("no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+
+from .helpers import assert_close  # noqa: E402
+from .test_cuda_training import _batch, _train, small_blocks  # noqa: E402,F401
+
+CASES = {
+    "conv-stride2-skip-bigru-mean": dict(task="classify", num_outputs=3, input="features",
+                                         num_features=2, hidden_size=3, bidirectional=True,
+                                         pooling="mean", conv_channels=3, conv_kernels=(3, 2),
+                                         conv_stride=2, conv_skip=True),
+    "conv-tag-gru": dict(task="tag", num_outputs=2, input="features", num_features=1,
+                         hidden_size=3, conv_channels=2, conv_kernels=(3,)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_front_end_model_trains_the_same_on_cuda_and_cpu(rng, case):
+    cfg = CASES[case]
+    batch = _batch(rng, cfg)
+    cpu = _train("cpu", cfg, "adamw", batch)
+    gpu = _train("cuda", cfg, "adamw", batch)
+    np.testing.assert_allclose(gpu[3], cpu[3], rtol=1e-5)          # losses
+    np.testing.assert_allclose(gpu[2], cpu[2], rtol=1e-5)          # gradient norms
+    w_cpu, w_gpu = cpu[0].state_dict(), gpu[0].state_dict()
+    assert any(k.startswith("frontend.conv1") or k.startswith("frontend.conv0") for k in w_cpu)
+    for k in w_cpu:
+        assert_close(w_gpu[k], w_cpu[k], np.float32, k)

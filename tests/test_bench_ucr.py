@@ -1,0 +1,50 @@
+"""benchmarks/bench_ucr.py end to end on a tiny generated UCR set (a short step budget), and
+its 1NN-DTW against a plain Python DTW."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.test_train_plan import _write_ts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dtw(a, b):
+    D = [[float("inf")] * (len(b) + 1) for _ in range(len(a) + 1)]
+    D[0][0] = 0.0
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            c = float(((a[i - 1] - b[j - 1]) ** 2).sum())
+            D[i][j] = c + min(D[i - 1][j], D[i][j - 1], D[i - 1][j - 1])
+    return D[-1][-1]
+
+
+def test_bench_ucr_runs_the_defaults_and_measures_dtw(tmp_path):
+    rng = np.random.default_rng(11)
+    data = tmp_path / "data" / "Toy"
+    data.mkdir(parents=True)
+    _write_ts(data / "Toy_TRAIN.ts", rng, 12)
+    _write_ts(data / "Toy_TEST.ts", rng, 8)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "benchmarks/bench_ucr.py", "--root", str(tmp_path / "data"),
+                        "--sets", "Toy", "--seeds", "0", "--measure-dtw", "--out",
+                        str(tmp_path / "out"), "--", "--steps", "3"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "results.jsonl")]
+    assert len(rows) == 1 and rows[0]["set"] == "Toy" and 0 <= rows[0]["acc"] <= 1
+    assert rows[0]["plan"].startswith("plan: 12 training sequences")
+    assert rows[0]["extra"] == ["--steps", "3"] and rows[0]["wall_s"] > 0
+    # the DTW column: 1-NN under a plain DTW of the same series
+    from gruengine.data import load_dataset
+    d = load_dataset("ucr", str(data))
+    tr, te = d["train"], d["test"]
+    nn = [min(range(len(tr)), key=lambda k: _dtw(tr.inputs[k, :tr.lengths[k]].astype(float),
+                                                  te.inputs[q, :te.lengths[q]].astype(float)))
+          for q in range(len(te))]
+    want = float(np.mean(tr.targets[nn] == te.targets))
+    assert f"Toy: 1NN-DTW {want:.3f} (measured here)" in r.stdout
+    assert "| Toy | " in r.stdout and " ± 0.000 | 1 |" in r.stdout
