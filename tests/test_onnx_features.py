@@ -168,7 +168,7 @@ def test_export_refuses_mismatched_scaling_and_unexported_options(ort, rng, tmp_
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_trained_checkpoint_cli_export_matches_cli_predict(ort, rng, tmp_path):
+def test_trained_checkpoint_cli_export_matches_cli_predict(ort, rng, tmp_path, monkeypatch):
     from gruengine.data import load_dataset
     from gruengine.train import train
     from tests.test_train_plan import _write_ts
@@ -181,7 +181,7 @@ def test_trained_checkpoint_cli_export_matches_cli_predict(ort, rng, tmp_path):
            "series_norm": True, "channel_norm": True, "augment": False, "val_fraction": 0.0,
            "bidirectional": True, "pooling": "mean"}, tmp_path / "run", quiet=True)
     ckpt = str(tmp_path / "run" / "best.npz")
-    out = str(tmp_path / "toy.onnx")
+    out = str(tmp_path / "ucr.onnx")
     runner = CliRunner()
     res = runner.invoke(app, ["export", ckpt, out])
     assert res.exit_code == 0, res.output
@@ -198,3 +198,14 @@ def test_trained_checkpoint_cli_export_matches_cli_predict(ort, rng, tmp_path):
     got = sess.run(None, {"features": x, "lengths": test.lengths.astype(np.int64)})[0]
     assert want.shape == got.shape == (10, 2)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # the serving page's lines, on this export, give what predict_series does
+    from gruengine.inference import predict_series
+    from tests.test_docs import python_blocks
+    block = python_blocks("serving.md")[1]
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(block, "docs/serving.md block 1", "exec"), ns)
+    lengths = np.array([len(s) for s in ns["series"]])
+    want = predict_series(ckpt, ns["x"], lengths)
+    for p, w in zip(ns["p"], want):
+        np.testing.assert_allclose(p, [w["probs"][k] for k in classes], rtol=0, atol=1e-5)
