@@ -254,7 +254,8 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
     names the outputs; ``data_config`` is kept in the metadata for ``gruengine evaluate``
     after an import; ``scaling`` (a fitted ``Scaler`` or its JSON dict, feature models) is
     computed inside the graph, whose ``features`` are then the raw, unscaled series, and kept
-    in the metadata (``gruengine.scaling``). Returns {'path', 'tokenizer' (path or None), 'opset', 'inputs', 'output'}.
+    in the metadata (``gruengine.scaling``).
+    Returns {'path', 'tokenizer' (path or None), 'opset', 'inputs', 'output'}.
     """
     onnx = _onnx()
     scaler = _check_model(model, vocab, scaling)
