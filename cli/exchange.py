@@ -21,9 +21,10 @@ def export_cmd(checkpoint, out, no_verify):
 
     CKPT is a .npz or .safetensors checkpoint, or a run folder (its best.npz).
 
-    .onnx: the whole model (input, GRU/LSTM stack, pooling, head, softmax) as one graph,
-    opset 17, checked with onnx.checker, inputs ids or features and lengths with a dynamic
-    batch and time axis; output probabilities (classify, tag) or values (regress). A text
+    .onnx: the whole model (input and its scaling, conv front end, GRU/LSTM stack, pooling,
+    head, softmax) as one graph, opset 17, checked with onnx.checker, inputs ids or raw
+    (unscaled) features and lengths with a dynamic batch and time axis; output
+    probabilities (classify, tag) or values (regress). A text
     model's tokenizer is written beside it as NAME.tokenizer.json. Unless --no-verify, the
     file is run with onnxruntime on random inputs and compared with the model.
 

@@ -10,27 +10,31 @@ The exported graph (opset ``OPSET``, IR version ``IR_VERSION``, float32, dynamic
 time axes) computes what ``gruengine predict`` reports:
 
     inputs   ids (batch, time) int64               token models
-             features (batch, time, F) float32     feature models
+             features (batch, time, F) float32     feature models: the raw series, as the
+                                                   data were read (unscaled; padding any value)
              lengths (batch,) int64, in [1, time]
     output   probabilities (batch, C)              classify: softmax of the head
              probabilities (batch, time, C)        tag: per step (padding steps as the model:
                                                    the softmax of the head's bias)
              values (batch, K)                     regress
 
-Inside, the input is made time-major, each recurrent layer is one ONNX ``GRU`` node
-(``linear_before_reset`` = reset_after) or ``LSTM`` node with ``sequence_lens`` = lengths, the
-pooling is built from elementary ops with a (time, batch) mask made from the lengths, and the
-head is a Gemm (a MatMul per step for tag). The operators' ``sequence_lens`` semantics were
-checked with onnxruntime against gruengine's packed ones: Y is zero past a length, Y_h is the
-state at the last valid step, the reverse direction starts there, and padding is never read.
-onnxruntime runs GRU and LSTM in float32 only, so a float64 model is exported in float32.
-The minGRU has no ONNX operator; exporting one raises ValueError.
+Inside, the features go through the input scaling the model was trained with (when
+``export`` is given one; ``export_checkpoint`` passes the checkpoint's), the input is made
+time-major and projected, the convolutional front end runs in eval mode with its lengths
+ceil(L / stride) (``onnx_features``), each recurrent layer is one ONNX ``GRU`` node
+(``linear_before_reset`` = reset_after) or ``LSTM`` node with ``sequence_lens`` = those
+lengths, the pooling is built from elementary ops with a (time, batch) mask made from them
+(with ``conv_skip`` the front end's mean over time joins it), and the head is a Gemm (a
+MatMul per step for tag). The operators' ``sequence_lens`` semantics were checked with
+onnxruntime against gruengine's packed ones: Y is zero past a length, Y_h is the state at the
+last valid step, the reverse direction starts there, and padding is never read. onnxruntime
+runs GRU and LSTM in float32 only, so a float64 model is exported in float32 (the scaling
+runs in float64, as the Scaler does). The minGRU has no ONNX operator; exporting one, or a
+model option the graph does not reproduce, raises ValueError naming it.
 
-Input scaling: a feature model's input goes through ``_scale_features`` before anything else.
-It is the one place where a per-channel standardisation stored with the model, (x - mean) /
-std, becomes two initializers and a Sub and a Div; named as the model's state names them,
-``onnx_import.load`` (which fills every non-recurrent state entry from the initializer of
-that name) reads them back. Models have no scaling yet, and the function passes x through.
+Initializers carry the model's state_dict names, and the metadata its configuration, classes,
+data configuration and scaling, so ``onnx_import.load`` rebuilds the model and checkpoint
+metadata from the graph alone.
 
 Text models need their tokenizer: ``export`` writes it next to the graph as
 ``<name>.tokenizer.json`` and into the graph's metadata (``gruengine.tokenizer``); see
@@ -45,6 +49,7 @@ import numpy as np
 from ._files import write_atomic
 from ._optional import require
 from .convert import to_onnx
+from .onnx_features import front_end, scale_features, valid_steps
 
 __all__ = ["OPSET", "IR_VERSION", "export", "export_checkpoint", "verify", "tokenizer_spec",
            "tokenizer_path", "load", "read_recurrent", "recurrent_module", "import_onnx"]
@@ -82,24 +87,30 @@ class _Graph:
         return outs[0] if outputs is None else outs
 
 
-def _scale_features(g, x, model):
-    """The input scaling the model was trained with, on x (time, batch, F): none yet."""
-    return x
-
-
-def _input(g, model, sd):
-    """Graph input -> x (time, batch, in) float32, and the input's value_info."""
+def _input(g, model, sd, scaler):
+    """Graph input -> (x (time, batch, in) float32, lengths (B,) int64, the input's value_info):
+    scaled, projected and through the front end as the model has them."""
     c, h, tp = model.config, g.onnx.helper, g.onnx.TensorProto
+    lengths = "lengths"
     if c.input == "tokens":
         info = h.make_tensor_value_info("ids", tp.INT64, ["batch", "time"])
         ids_tb = g.op("Transpose", "ids", perm=[1, 0])                          # (T, B)
-        return g.op("Gather", g.const("embedding.weight", sd["embedding.weight"]), ids_tb), info
-    info = h.make_tensor_value_info("features", tp.FLOAT, ["batch", "time", c.num_features])
-    x = _scale_features(g, g.op("Transpose", "features", perm=[1, 0, 2]), model)  # (T, B, F)
-    if c.input_proj:
-        w_t = g.op("Transpose", g.const("input_proj.weight", sd["input_proj.weight"]))
-        x = g.op("Add", g.op("MatMul", x, w_t), g.const("input_proj.bias", sd["input_proj.bias"]))
-    return x, info
+        x = g.op("Gather", g.const("embedding.weight", sd["embedding.weight"]), ids_tb)
+    else:
+        F = c.num_features if scaler is None else scaler.num_features
+        info = h.make_tensor_value_info("features", tp.FLOAT, ["batch", "time", F])
+        x = "features" if scaler is None else scale_features(g, "features", lengths, scaler)
+        x = g.op("Transpose", x, perm=[1, 0, 2])                                # (T, B, F)
+        if c.input_proj:
+            w_t = g.op("Transpose", g.const("input_proj.weight", sd["input_proj.weight"]))
+            x = g.op("Add", g.op("MatMul", x, w_t),
+                     g.const("input_proj.bias", sd["input_proj.bias"]))
+    skip = None
+    if "frontend" in model.modules:
+        x, lengths = front_end(g, model.modules["frontend"], sd, x, lengths)   # (T', B, C)
+        if c.conv_skip:
+            skip = _mean_over_time(g, x, lengths)                                # (B, C)
+    return x, lengths, skip, info
 
 
 def _recurrent(g, model, sd, x, seq_lens):
@@ -120,33 +131,39 @@ def _recurrent(g, model, sd, x, seq_lens):
 
 
 def _step_mask(g, x, lengths):
-    """(T, B, 1) bool: step t is valid for row b (t < lengths[b])."""
-    T = g.op("Squeeze", g.op("Shape", x, start=0, end=1))
-    steps = g.op("Range", g.const("zero", 0, np.int64), T, g.const("one", 1, np.int64))
-    mask = g.op("Less", g.op("Unsqueeze", steps, g.const("axes.1", [1], np.int64)),
-                g.op("Unsqueeze", lengths, g.const("axes.0", [0], np.int64)))       # (T, B)
+    """(T, B, 1) bool: step t of the time-major x is valid for row b (t < lengths[b])."""
+    mask = g.op("Transpose", valid_steps(g, x, lengths, 0), perm=[1, 0])        # (T, B)
     return g.op("Unsqueeze", mask, g.const("axes.2", [2], np.int64))
 
 
-def _features(g, model, y, h_n, lengths):
-    """What the head reads: (B, D*H) pooled, or (B, T, D*H) per step for tag."""
-    c = model.config
-    if c.task != "tag" and c.pooling == "last":
-        # the last layer's final states (D, B, H) -> (B, D*H), directions side by side
-        return g.op("Reshape", g.op("Transpose", h_n, perm=[1, 0, 2]),
-                    g.const("shape.b_f", [0, -1], np.int64))
-    mask = _step_mask(g, y, lengths)                                   # (T, B, 1)
-    if c.task == "tag":
-        masked = g.op("Mul", y, g.op("Cast", mask, to=g.onnx.TensorProto.FLOAT))
-        return g.op("Transpose", masked, perm=[1, 0, 2])             # (B, T, D*H)
-    if c.pooling == "max":
-        low = g.op("Where", mask, y, g.const("minus_inf", -np.inf))
-        return g.op("ReduceMax", low, axes=[0], keepdims=0)
-    total = g.op("ReduceSum", g.op("Mul", y, g.op("Cast", mask, to=g.onnx.TensorProto.FLOAT)),
-                 g.const("axes.0", [0], np.int64), keepdims=0)                 # (B, D*H)
+def _mean_over_time(g, x, lengths):
+    """x (T, B, F) -> (B, F): the mean over each row's valid steps."""
+    mask = g.op("Cast", _step_mask(g, x, lengths), to=g.onnx.TensorProto.FLOAT)
+    total = g.op("ReduceSum", g.op("Mul", x, mask), g.const("axes.0", [0], np.int64),
+                 keepdims=0)                                                    # (B, F)
     count = g.op("Unsqueeze", g.op("Cast", lengths, to=g.onnx.TensorProto.FLOAT),
                  g.const("axes.1", [1], np.int64))                              # (B, 1)
     return g.op("Div", total, count)
+
+
+def _features(g, model, y, h_n, lengths, skip):
+    """What the head reads: (B, D*H [+ C]) pooled [and the front end's mean], or
+    (B, T, D*H) per step for tag."""
+    c = model.config
+    if c.task == "tag":
+        masked = g.op("Mul", y, g.op("Cast", _step_mask(g, y, lengths),
+                                     to=g.onnx.TensorProto.FLOAT))
+        return g.op("Transpose", masked, perm=[1, 0, 2])             # (B, T, D*H)
+    if c.pooling == "last":
+        # the last layer's final states (D, B, H) -> (B, D*H), directions side by side
+        feats = g.op("Reshape", g.op("Transpose", h_n, perm=[1, 0, 2]),
+                     g.const("shape.b_f", [0, -1], np.int64))
+    elif c.pooling == "max":
+        low = g.op("Where", _step_mask(g, y, lengths), y, g.const("minus_inf", -np.inf))
+        feats = g.op("ReduceMax", low, axes=[0], keepdims=0)
+    else:
+        feats = _mean_over_time(g, y, lengths)
+    return feats if skip is None else g.op("Concat", feats, skip, axis=1)
 
 
 def _head(g, model, sd, feats):
@@ -183,13 +200,37 @@ def tokenizer_spec(vocab, max_len=None, truncate="head", classes=None):
             "tokens": list(vocab.itos)}
 
 
-def _check_model(model, vocab):
-    from .models import SequenceModel
+# every ModelConfig field the graph reproduces; any other one is refused unless at its default
+_EXPORTED = {"task", "num_outputs", "input", "vocab_size", "embed_dim", "padding_idx",
+             "num_features", "input_proj", "cell", "hidden_size", "num_layers", "bidirectional",
+             "reset_after", "pooling", "conv_channels", "conv_kernels", "conv_stride",
+             "conv_norm", "conv_skip",
+             "dropout", "dtype", "device", "seed"}      # training, numerics, placement only
+
+
+def _check_model(model, vocab, scaling):
+    """-> the model's input ``Scaler`` (from ``scaling``: one, its JSON dict, or None)."""
+    from dataclasses import fields
+    from .models import ModelConfig, SequenceModel
+    from .data.scaling import Scaler
     from .data.text import Vocab
     if not isinstance(model, SequenceModel):
         raise ValueError(f"model: expected a gruengine.models.SequenceModel, got "
                          f"{type(model).__name__}")
     c = model.config
+    for f in fields(ModelConfig):
+        if f.name not in _EXPORTED and getattr(c, f.name) != f.default:
+            raise ValueError(f"model: option {f.name}={getattr(c, f.name)!r} has no ONNX "
+                             f"export; export supports it only at {f.default!r}")
+    scaler = Scaler.from_json(scaling) if isinstance(scaling, dict) else scaling
+    if scaler is not None:
+        if not isinstance(scaler, Scaler) or scaler.num_features is None:
+            raise ValueError(f"scaling: expected a fitted gruengine.data.scaling.Scaler or "
+                             f"its to_json() dict, got {type(scaling).__name__}")
+        if c.input != "features" or scaler.out_features != c.num_features:
+            reads = "token ids" if c.input == "tokens" else f"{c.num_features} features"
+            raise ValueError(f"scaling: it writes {scaler.out_features} features per step, "
+                             f"the model reads {reads}")
     if c.cell not in ("gru", "lstm"):
         raise ValueError(f"model: cell {c.cell!r} has no ONNX operator; export supports "
                          f"'gru' and 'lstm'")
@@ -201,27 +242,31 @@ def _check_model(model, vocab):
             got = len(vocab) if isinstance(vocab, Vocab) else type(vocab).__name__
             raise ValueError(f"vocab: expected a Vocab of {c.vocab_size} tokens (the model's "
                              f"vocab_size), got {got}")
+    return scaler
 
 
 def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="head",
-           data_config=None):
+           data_config=None, scaling=None):
     """Write ``model`` (a SequenceModel) to ``path`` as one checked ONNX graph.
 
     ``vocab`` (a Vocab; token models) with ``max_len``/``truncate`` describe the tokenizer,
     written beside the file as ``<name>.tokenizer.json`` and into the metadata; ``classes``
     names the outputs; ``data_config`` is kept in the metadata for ``gruengine evaluate``
-    after an import. Returns {'path', 'tokenizer' (path or None), 'opset', 'inputs', 'output'}.
+    after an import; ``scaling`` (a fitted ``Scaler`` or its JSON dict, feature models) is
+    computed inside the graph, whose ``features`` are then the raw, unscaled series, and kept
+    in the metadata (``gruengine.scaling``).
+    Returns {'path', 'tokenizer' (path or None), 'opset', 'inputs', 'output'}.
     """
     onnx = _onnx()
-    _check_model(model, vocab)
+    scaler = _check_model(model, vocab, scaling)
     c = model.config
     sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
     g = _Graph(onnx)
     h, tp = onnx.helper, onnx.TensorProto
-    x, x_info = _input(g, model, sd)
-    seq_lens = g.op("Cast", "lengths", to=tp.INT32)       # the operators' sequence_lens type
+    x, lengths, skip, x_info = _input(g, model, sd, scaler)
+    seq_lens = g.op("Cast", lengths, to=tp.INT32)         # the operators' sequence_lens type
     y, h_n = _recurrent(g, model, sd, x, seq_lens)
-    out, out_name = _head(g, model, sd, _features(g, model, y, h_n, "lengths"))
+    out, out_name = _head(g, model, sd, _features(g, model, y, h_n, lengths, skip))
     g.nodes.append(h.make_node("Identity", [out], [out_name], name="output"))
     out_shape = ["batch", "time", c.num_outputs] if c.task == "tag" else ["batch", c.num_outputs]
     graph = h.make_graph(
@@ -239,7 +284,8 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
              "gruengine.model_config": json.dumps(mcfg, sort_keys=True),
              "gruengine.classes": json.dumps(None if classes is None else list(classes)),
              "gruengine.data_config": json.dumps(data_config, sort_keys=True),
-             "gruengine.tokenizer": json.dumps(spec)}
+             "gruengine.tokenizer": json.dumps(spec),
+             "gruengine.scaling": json.dumps(None if scaler is None else scaler.to_json())}
     h.set_model_props(m, props)
     onnx.checker.check_model(m, full_check=True)
     path = os.fspath(path)
@@ -249,8 +295,8 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
         tok_path = tokenizer_path(path)
         write_atomic(tok_path, json.dumps(spec, ensure_ascii=False).encode("utf-8"))
     return {"path": path, "tokenizer": tok_path, "opset": OPSET,
-            "inputs": {x_info.name: ["batch", "time"] + ([c.num_features]
-                                                         if c.input == "features" else []),
+            "inputs": {x_info.name: [d.dim_param or d.dim_value
+                                     for d in x_info.type.tensor_type.shape.dim],
                        "lengths": ["batch"]},
             "output": {out_name: out_shape}}
 
@@ -268,20 +314,28 @@ def _version():
 
 def export_checkpoint(checkpoint, path):
     """``gruengine export CKPT model.onnx``: the checkpoint's model, vocabulary, classes,
-    max_len/truncate and data_config -> ``export``'s result."""
+    max_len/truncate, data_config and input scaling -> ``export``'s result."""
     from .inference import load_model, vocab_from_meta
     model, meta = load_model(checkpoint, device="cpu")
     tc = meta.get("train_config") or {}
     return export(model, path, vocab=vocab_from_meta(meta), classes=meta.get("classes"),
                   max_len=tc.get("max_len"), truncate=tc.get("truncate") or "head",
-                  data_config=meta.get("data_config"))
+                  data_config=meta.get("data_config"), scaling=meta.get("scaling"))
 
 
-def verify(path, model, n=8, max_time=12, seed=0):
+def verify(path, model, n=8, max_time=12, seed=0, scaling="file"):
     """Run the graph at ``path`` with onnxruntime on ``n`` random inputs of random lengths
-    (up to ``max_time`` steps) and return the largest |difference| from ``model``'s own
-    ``predict_proba(forward(...))`` (float: 0 when they agree exactly)."""
+    (up to ``max_time`` steps, padding filled with noise) and return the largest |difference|
+    from ``model``'s own ``predict_proba(forward(...))`` (float: 0 when they agree exactly).
+
+    ``scaling``: the input ``Scaler`` (or its JSON dict) applied to the raw inputs before
+    ``model``, None for none, or 'file' for the one the graph's metadata records."""
     ort = require("onnxruntime", "verifying an ONNX export")
+    from .data.scaling import Scaler
+    if isinstance(scaling, str) and scaling == "file":
+        props = {p.key: p.value for p in _onnx().load(os.fspath(path)).metadata_props}
+        scaling = json.loads(props.get("gruengine.scaling", "null"))
+    scaler = Scaler.from_json(scaling) if isinstance(scaling, dict) else scaling
     c = model.config
     rng = np.random.default_rng(seed)
     T = int(max_time)
@@ -291,14 +345,17 @@ def verify(path, model, n=8, max_time=12, seed=0):
         x = rng.integers(0, c.vocab_size, size=(n, T)).astype(np.int64)
         feed_name = "ids"
     else:
-        x = rng.standard_normal((n, T, c.num_features)).astype(model.dtype)
+        F = c.num_features if scaler is None else scaler.num_features
+        x = (rng.standard_normal((n, T, F)) * rng.uniform(0.1, 10, size=(n, 1, F))
+             + rng.uniform(-5, 5, size=(n, 1, F))).astype(np.float32)
         feed_name = "features"
     sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {feed_name: x.astype(np.float32) if x.dtype.kind == "f" else x,
-                          "lengths": lengths})[0]
+    got = sess.run(None, {feed_name: x, "lengths": lengths})[0]
+    model_x = x if scaler is None else scaler.transform_arrays(x, lengths)
     was_training = model.training
     model.eval()
-    want = model.predict_proba(model.forward(x, lengths))
+    want = model.predict_proba(model.forward(model_x.astype(model.dtype, copy=False)
+                                             if c.input == "features" else model_x, lengths))
     if was_training:
         model.train()
     return float(np.abs(got.astype(np.float64) - want).max())

@@ -307,8 +307,8 @@ def _props(model):
 
 def load(src, device=None):
     """A graph written by ``gruengine.onnx.export`` -> ``(SequenceModel in eval mode, meta)``;
-    meta holds model_config, vocab, classes, train_config (max_len, truncate), data_config,
-    as a checkpoint's does. ValueError (one line) for any other graph."""
+    meta holds model_config, vocab, classes, train_config (max_len, truncate), data_config
+    and scaling (the input Scaler's JSON, or None), as a checkpoint's does. ValueError (one line) for any other graph."""
     from .models import SequenceModel
     model, where = _load_proto(src)
     props = _props(model)
@@ -318,7 +318,7 @@ def load(src, device=None):
     try:
         mcfg = json.loads(props["gruengine.model_config"])
         extra = {k: json.loads(props.get(f"gruengine.{k}", "null"))
-                 for k in ("classes", "data_config", "tokenizer")}
+                 for k in ("classes", "data_config", "tokenizer", "scaling")}
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: gruengine metadata is not valid JSON ({e})") from None
     if device is not None:
@@ -343,6 +343,7 @@ def load(src, device=None):
     tok = extra["tokenizer"]
     meta = {"kind": "gruengine-import", "source": where, "model_config": c.to_dict(),
             "classes": extra["classes"], "data_config": extra["data_config"],
+            "scaling": extra["scaling"],
             "vocab": None if tok is None else {"format": "gruengine.vocab", "version": 1,
                                                "tokens": tok["tokens"]},
             "train_config": {} if tok is None else {"max_len": tok["max_len"],

@@ -80,6 +80,13 @@ SHAPES = {
     "bigru2_last": dict(task="classify", num_outputs=2, input="tokens", vocab_size=25,
                         embed_dim=4, hidden_size=5, num_layers=2, bidirectional=True,
                         pooling="last", padding_idx=None),
+    "token_conv_layernorm_stride2_skip_max": dict(
+        task="classify", num_outputs=2, input="tokens", vocab_size=30, embed_dim=5,
+        hidden_size=6, conv_channels=4, conv_kernels=(3, 2), conv_stride=2, conv_norm="layer",
+        conv_skip=True, pooling="max"),
+    "token_tagger_conv_batchnorm": dict(
+        task="tag", num_outputs=3, input="tokens", vocab_size=20, embed_dim=4, hidden_size=5,
+        cell="lstm", conv_channels=3, conv_kernels=(4, 3), conv_norm="batch"),
 }
 
 
