@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 # explicit setting wins.
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+    # one of several MPI ranks: threads from this rank's share of the machine's cores
+    from ._launch import set_thread_defaults as _set_thread_defaults
+    _set_thread_defaults(_os.environ)
 
 from .errors import GruengineError, DataError, CheckpointError, TrainingDivergedError  # noqa: F401
 from .gru import GRU  # noqa: F401

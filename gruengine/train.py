@@ -21,10 +21,10 @@ import numpy as np
 from . import checkpoint as ckpt
 from .batching import epoch_batches, make_batch, split_validation
 from .config import data_config, load_data, model_config, resolve_config, resume_config
+from .distributed import LOCAL
 from .early_stopping import EarlyStopping
 from .errors import CheckpointError, Interrupted, TrainingDivergedError
 from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric, vocab_from_meta
-from .interrupts import StopRequests
 from .models import SequenceModel
 from .progress import Progress
 from .rundir import BEST, LAST, RUN_KIND, RunDir
@@ -47,23 +47,26 @@ class Trainer:
 
     The run folder is locked from construction to the end of ``fit`` (one writer per
     folder); a folder holding a run is refused unless ``overwrite`` (its run files are then
-    deleted first).
+    deleted first). ``world``: the MPI ranks to train with (only rank 0 prints and writes).
     """
 
     def __init__(self, config, out_dir, *, quiet=False, hooks=None, datasets=None, stream=None,
-                 overwrite=False, _state=None):
+                 overwrite=False, world=None, _state=None):
         self.run = _state["run"] if _state is not None else None
+        self.world = world if world is not None else LOCAL
         try:
-            self.config = resolve_config(config)
-            self.quiet = quiet
-            self.stream = stream if stream is not None else sys.stderr
-            self.hooks = dict(hooks or {})
-            bad = sorted(set(self.hooks) - set(HOOKS))
-            if bad:
-                raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
-            if self.run is None:        # after the checks: a bad configuration makes no folder
-                self.run = RunDir(out_dir).acquire()
-            self._setup(datasets, overwrite, _state)
+            with self.world.agreed():      # an error on one rank stops all, one message
+                self.config = resolve_config(config)
+                self.quiet = quiet or self.world.rank != 0
+                self.stream = stream if stream is not None else sys.stderr
+                self.hooks = dict(hooks or {})
+                bad = sorted(set(self.hooks) - set(HOOKS))
+                if bad:
+                    raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
+                if self.run is None:    # after the checks: a bad configuration makes no folder
+                    self.run = self.world.run_dir(out_dir)
+                self._setup(datasets, overwrite, _state)
+            self.world.start(self)
         except BaseException:
             if self.run is not None:
                 self.run.release()
@@ -96,7 +99,7 @@ class Trainer:
         self.opt = _make_optimizer(c, self.model.params)
         total = c["epochs"] * self.batches_per_epoch
         self.warmup = clipped_warmup(c["warmup"], total)
-        if self.warmup != c["warmup"]:
+        if self.warmup != c["warmup"] and self.world.rank == 0:
             # a warm-up as long as the run would train at a fraction of --lr throughout
             print(f"notice: warm-up of {c['warmup']} steps is not shorter than the run "
                   f"({total} steps); clipped to {self.warmup}", file=self.stream, flush=True)
@@ -110,7 +113,7 @@ class Trainer:
         self._elapsed0 = 0.0      # wall seconds of earlier sessions of this run
         self._t_session = time.perf_counter()
         self._acc = MetricSums()  # the current epoch's
-        self.stops = StopRequests(self._say)
+        self.stops = self.world.stop_requests(self._say)
         if _state is not None:
             self._restore(_state)
 
@@ -120,23 +123,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def resume(cls, run_dir, overrides=None, **kw):
+    def resume(cls, run_dir, overrides=None, world=None, **kw):
         """Continue the run in ``run_dir`` from its last.npz. ``overrides`` may change only
-        'epochs', 'patience', 'device' and 'eval_batch_size'."""
-        run_dir = os.fspath(run_dir)
-        if not os.path.isdir(run_dir):
-            raise ValueError(f"resume: {run_dir} is not a run folder")
-        run = RunDir(run_dir).acquire("resume")    # before reading: no writer is half-way
-        try:
-            arrays, meta = run.load_last()
-            check_run_meta(meta, run.last)
-            config = resume_config(meta["train_config"], overrides)
-        except BaseException:
-            run.release()
-            raise
-        state = {"arrays": arrays, "meta": meta, "vocab": vocab_from_meta(meta), "path": run.last,
-                 "run": run}
-        return cls(config, run_dir, _state=state, **kw)
+        'epochs', 'patience', 'device' and 'eval_batch_size'. Under MPI rank 0 reads it."""
+        run_dir, world, state = os.fspath(run_dir), world or LOCAL, None
+        with world.agreed():
+            if world.rank == 0:
+                state = _resume_state(run_dir, overrides)
+        state = world.share_resume(state, run_dir)
+        return cls(state["config"], run_dir, _state=state, world=world, **kw)
 
     def _restore(self, state):
         arrays, meta, path = state["arrays"], state["meta"], state["path"]
@@ -204,13 +199,20 @@ class Trainer:
         with self.stops.critical():
             if "save" in self.hooks:
                 self.hooks["save"](self, path)
-            arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
-                      else self._arrays())
-            return ckpt.save_checkpoint(path, arrays, self._meta())
+            self.world.sync_replicas(self.model, self.opt)
+            if self.world.rank == 0:
+                arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
+                          else self._arrays())
+                path = ckpt.save_checkpoint(path, arrays, self._meta())
+            self.world.barrier()
+            return path
 
-    def _reseed_dropout(self):
+    def _reseed_dropout(self, window=None):
+        # window (distributed.RowWindow): draw only this rank's rows of the batch's masks
         seed, epoch, batch = self.config["seed"], self.epoch, self.batch
-        self.model.set_dropout_rngs(lambda k: np.random.default_rng([seed, 13, epoch, batch, k]))
+        wrap = window or (lambda g: g)
+        self.model.set_dropout_rngs(lambda k: wrap(np.random.default_rng([seed, 13, epoch, batch,
+                                                                          k])))
 
     # ------------------------------------------------------------------ the loop
     def fit(self):
@@ -258,11 +260,7 @@ class Trainer:
         try:
             for b in range(self.batch, len(batches)):
                 # up to the update nothing of the run's state changes: a signal may cut here
-                x, L, y = make_batch(self.train_ds, batches[b], model.dtype)
-                t0 = time.perf_counter()
-                self._reseed_dropout()
-                out, loss = self._forward_backward(x, L, y)
-                s = model.score(out, y, L)
+                t0, loss, s, tokens = self._gradient(batches[b])
                 with self.stops.critical():     # the update and the counters that count it
                     self.opt.lr = self.schedule.lr(self.step)
                     norm = self.opt.step(max_norm=c["clip"] or None)
@@ -270,22 +268,32 @@ class Trainer:
                         self._diverged(f"gradient norm became {norm}")
                     if "update" in self.hooks:
                         self.hooks["update"](self, {"epoch": self.epoch, "batch": b,
-                                                    "step": self.step + 1, "loss": float(loss)})
+                                                    "step": self.step + 1, "loss": loss})
                     dt = time.perf_counter() - t0
-                    self._acc.add(float(loss), s, int(L.sum()), dt)
+                    self._acc.add(loss, s, tokens, dt)
                     self.step += 1
                     self.batch = b + 1
                 bar.update(1, **metric_stats(self.task, self._acc.loss(), self._acc.sums()),
                            lr=self.opt.lr, tok_s=self._acc.tok_s())
                 if "step" in self.hooks:
                     self.hooks["step"](self, {"epoch": self.epoch, "batch": self.batch,
-                                              "step": self.step, "loss": float(loss)})
+                                              "step": self.step, "loss": loss})
                 self.stops.check()
         finally:
             bar.close()
         record = self._end_epoch()
         if "epoch" in self.hooks:
             self.hooks["epoch"](self, record)
+
+    def _gradient(self, idx):
+        """Batch ``idx``'s gradient in the flat buffer -> (t0, loss, score, tokens)."""
+        if self.world.size > 1:
+            return self.world.gradient(self, idx)
+        x, L, y = make_batch(self.train_ds, idx, self.model.dtype)
+        t0 = time.perf_counter()
+        self._reseed_dropout()
+        out, loss = self._forward_backward(x, L, y)
+        return t0, float(loss), self.model.score(out, y, L), int(L.sum())
 
     def _forward_backward(self, x, L, y):
         """One forward and backward pass; a NaN/Inf anywhere is a divergence, not a bug."""
@@ -320,7 +328,7 @@ class Trainer:
         value = None
         if self.val_ds is not None:
             v = evaluate(self.model, self.val_ds, c["eval_batch_size"], quiet=self.quiet,
-                         desc="  validation", stream=self.stream)
+                         desc="  validation", stream=self.stream, world=self.world)
             record.update({f"val_{k}": v[k] for k in ("loss", self.metric)})
             value = v[self.metric]
         with self.stops.critical():     # counters, schedule, early stopping and files move together
@@ -344,11 +352,12 @@ class Trainer:
 
     def _finish(self):
         c, stop = self.config, self.early_stopping
-        if os.path.exists(self.run.best):
+        if self.world.rank == 0 and os.path.exists(self.run.best):
             arrays, _ = ckpt.load_checkpoint(self.run.best)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
+        self.world.share_weights(self.model)
         res = evaluate(self.model, self.test_ds, c["eval_batch_size"], quiet=self.quiet,
-                       desc="test", stream=self.stream)
+                       desc="test", stream=self.stream, world=self.world)
         self.run.append_metrics({"event": "test", "epoch": stop.best_epoch, "step": self.step,
                                  "test_loss": res["loss"], f"test_{self.metric}": res[self.metric],
                                  "n": res["n"], "elapsed": self.elapsed})
@@ -368,9 +377,11 @@ class Trainer:
         last = self.run.last
         kept = (f"last good checkpoint kept at {last}" if os.path.exists(last)
                 else "no checkpoint was written yet")
-        raise TrainingDivergedError(
+        err = TrainingDivergedError(
             f"training diverged: {what} at epoch {self.epoch + 1}, step {self.step + 1} "
             f"(lr {self.schedule.lr(self.step):.3g}); {kept}; try a lower --lr or --clip")
+        err.all_ranks = self.world.size > 1     # the summed gradient's norm: the same on all
+        raise err
 
     # ------------------------------------------------------------------ output
     def _say(self, msg):
@@ -384,6 +395,21 @@ def clipped_warmup(warmup, total_steps):
     if warmup < total_steps:
         return warmup
     return max(total_steps // 10, 1)
+
+
+def _resume_state(run_dir, overrides):
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"resume: {run_dir} is not a run folder")
+    run = RunDir(run_dir).acquire("resume")    # before reading: no writer is half-way
+    try:
+        arrays, meta = run.load_last()
+        check_run_meta(meta, run.last)
+        config = resume_config(meta["train_config"], overrides)
+    except BaseException:
+        run.release()
+        raise
+    return {"arrays": arrays, "meta": meta, "vocab": vocab_from_meta(meta), "path": run.last,
+            "run": run, "config": config}
 
 
 def _make_optimizer(c, params):
@@ -401,22 +427,23 @@ def _fmt(v):
 
 
 def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=None,
-          overrides=None, stream=None, overwrite=False):
+          overrides=None, stream=None, overwrite=False, world=None):
     """Train a model as ``config`` says, in ``out_dir``; return the summary of ``Trainer.fit``.
 
     With ``resume=True`` the run in ``out_dir`` continues from its last.npz (``config`` is
     ignored; ``overrides`` may extend 'epochs'). A folder that already holds a run is
-    refused unless ``overwrite``.
+    refused unless ``overwrite``. ``world``: ``gruengine.distributed.world()`` trains on
+    the MPI ranks this process was launched with.
     """
     if resume:
         if overwrite:
             raise ValueError("overwrite: a resumed run continues its folder; it cannot also "
                              "overwrite it")
         t = Trainer.resume(out_dir, overrides=overrides, quiet=quiet, hooks=hooks,
-                           datasets=datasets, stream=stream)
+                           datasets=datasets, stream=stream, world=world)
     else:
         t = Trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets, stream=stream,
-                    overwrite=overwrite)
+                    overwrite=overwrite, world=world)
     return t.fit()
 
 
