@@ -232,7 +232,9 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
                    f"{n:,} parameters, device {trainer.model.config.device}{ranks}", err=True)
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if world.rank != 0 and getattr(e, "all_ranks", False):
+            sys.exit(128 + e.signum)              # a stop every rank made: rank 0 says it
         if quiet and trainer.run.holds_run():     # the trainer's own notice is not shown
             click.echo(f"interrupted: resumable checkpoint in {trainer.run.last}; continue "
                        f"with: gruengine train --resume {trainer.out_dir}", err=True)

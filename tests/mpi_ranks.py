@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the repository instead of tests/ (whose cuda/ folder would shadow the package 'cuda')
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import gruengine  # noqa: E402,F401  (first: the thread settings of a rank)
 import numpy as np  # noqa: E402
 

@@ -142,6 +142,30 @@ def test_other_ranks_write_nothing_in_the_run_folder(tmp_path):
                                                                             [0, 1, 2], (0, 5))
 
 
+def test_without_a_launcher_nothing_imports_mpi4py(tmp_path):
+    code = ("import sys; import gruengine_cli.main, gruengine.train; "
+            "from gruengine.distributed import world, LOCAL; assert world() is LOCAL; "
+            "print('mpi4py' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for k in list(env):
+        if k.startswith(("OMPI_", "PMI", "SLURM_")) or k == _launch.FORCE:
+            env.pop(k)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
+    # launched (as the environment says) without the extra: one line naming it
+    fake = tmp_path / "mpi4py"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no mpi4py here')\n")
+    env.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", OMPI_COMM_WORLD_SIZE="2")
+    p = subprocess.run([sys.executable, "-m", "gruengine_cli.main", "train", "--out",
+                        str(tmp_path / "r")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr == (
+        "error: running as one of 2 MPI ranks needs the package 'mpi4py', which is not "
+        "installed: pip install 'gruengine[mpi]'\n"), p.stderr
+
+
 # ---------------------------------------------------------------------- under mpiexec
 
 def _mpiexec():
@@ -378,6 +402,36 @@ def test_sigkill_of_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     assert meta["progress"]["epoch"] >= 1
     t = Trainer.resume(out, quiet=True)      # the lock died with rank 0: resumable here
     t.run.release()
+
+
+def test_sigusr1_to_mpiexec_stops_every_rank_with_a_checkpoint(tmp_path):
+    # mpiexec forwards SIGUSR1 to every rank and lets the job go on; SIGTERM it turns into
+    # SIGTERM then SIGKILL 0.25 s later (Open MPI's fixed sequence)
+    out = tmp_path / "u"
+    p = subprocess.Popen(_launch_cmd(*_gruengine(), "train", "--task", "adding", "--seq-len",
+                                     "10", "--n-train", "3000", "--n-test", "40",
+                                     "--hidden-size", "8", "--batch-size", "16", "--epochs",
+                                     "200", "--out", str(out)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "last.npz").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.2)
+        p.send_signal(signal.SIGUSR1)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 128 + signal.SIGUSR1, err
+    saved = [ln for ln in err.splitlines() if ln.startswith("interrupted: resumable checkpoint")]
+    assert len(saved) == 1 and err.count("stopped (SIGUSR1)") == 1, err
+    assert not [ln for ln in err.splitlines() if ln.startswith("error:")], err
+    _, meta = ckpt.load_checkpoint(out / "last.npz")
+    check_run_meta(meta, str(out / "last.npz"))
+    p_ = meta["progress"]
+    assert p_["step"] == p_["epoch"] * p_["batches_per_epoch"] + p_["batch"] > 0
 
 
 def test_a_rank_that_raises_ends_every_rank_with_one_error_line(tmp_path):
