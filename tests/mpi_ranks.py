@@ -5,6 +5,7 @@
                         weights and optimizer state to <out>.ranks/rank<r>.npz; "stop_at": k
                         sends SIGTERM to rank 1 itself after step k (a real signal, one rank)
     fail ARGS...        ``gruengine ARGS`` in which rank 1 raises RuntimeError at step 3
+    nan ARGS...         ``gruengine ARGS`` in which rank 1's loss is NaN at step 3 (only there)
     infer OUT ARGS [:: ARGS]...   each ``gruengine ARGS`` in turn, in-process; rank 0's
                         standard output of the i-th goes to OUT.i
 """
@@ -79,6 +80,19 @@ def fail(args):
     main(args)
 
 
+def nan(args):
+    from gruengine.train import Trainer
+    from gruengine_cli.main import main
+    forward_backward = Trainer._forward_backward
+
+    def poisoned(self, x, L, y):
+        if self.world.rank == 1 and self.step == 2:
+            self.hooks["loss"] = lambda trainer, loss: float("nan")
+        return forward_backward(self, x, L, y)
+    Trainer._forward_backward = poisoned
+    main(args)
+
+
 def infer(out, args):
     from gruengine_cli.main import main
     w = world()
@@ -105,6 +119,8 @@ if __name__ == "__main__":
         train(rest[0])
     elif what == "fail":
         fail(rest)
+    elif what == "nan":
+        nan(rest)
     elif what == "infer":
         infer(rest[0], rest[1:])
     else:

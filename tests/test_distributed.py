@@ -395,6 +395,7 @@ def test_sigkill_of_one_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+    print(f"every rank ended {ended:.2f} s after SIGKILL of rank 1")
     assert p.returncode != 0 and ended < 10, (p.returncode, ended, err)
     assert not [r for r in ranks if _alive(r)]
     arrays, meta = ckpt.load_checkpoint(out / "last.npz")
@@ -441,10 +442,24 @@ def test_a_rank_that_raises_ends_every_rank_with_one_error_line(tmp_path):
                          "--hidden-size", "6", "--batch-size", "16", "--epochs", "3",
                          "--out", str(tmp_path / "f")))
     took = time.perf_counter() - t0
+    print(f"launch, 3 steps, failure and abort: {took:.1f} s")
     assert p.returncode != 0, p.stderr
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("error:")]
     assert lines == ["error: rank 1: RuntimeError: injected failure at step 3"], p.stderr
     assert "test MSE" not in p.stdout and took < 120
+
+
+def test_a_nan_on_one_rank_stops_every_rank_with_one_message(tmp_path):
+    p = _run(_launch_cmd(sys.executable, HELPER, "nan", "train", "--task", "adding",
+                         "--seq-len", "10", "--n-train", "400", "--n-test", "40",
+                         "--hidden-size", "6", "--batch-size", "16", "--epochs", "3",
+                         "--out", str(tmp_path / "n")))
+    assert p.returncode == 1, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith("error: training diverged: loss became nan at epoch 1, step 3 "
+                               "(lr "), lines[0]
+    assert not (tmp_path / "n" / "last.npz").exists()
 
 
 def test_ranks_with_different_data_are_refused(tmp_path, rng):
