@@ -12,11 +12,12 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import click
 
-from gruengine._launch import launch_rank
+from gruengine._launch import launch_rank, launch_size
 from gruengine.distributed import current_world, describe
 from gruengine.errors import GruengineError, Interrupted, TrainingDivergedError
 
@@ -45,15 +46,24 @@ class ByteSize(click.ParamType):
         return n
 
 
+# the commands that run on several MPI ranks (docs/distributed.md)
+DISTRIBUTED = ("train", "evaluate", "predict")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gruengine")
-def app():
+@click.pass_context
+def app(ctx):
     """gruengine: train and inspect GRU/LSTM sequence models on the CPU or an NVIDIA GPU.
 
     \b
     Example:
       gruengine train                  # the embedded adding-problem task, no download
     """
+    if ctx.invoked_subcommand not in DISTRIBUTED and launch_size() > 1:
+        raise click.UsageError(f"gruengine {ctx.invoked_subcommand} runs in one process: start "
+                               f"it without mpiexec (only {', '.join(DISTRIBUTED)} run on "
+                               f"several ranks)")
 
 
 def _register():
@@ -134,7 +144,10 @@ def _fail(line, code, e=None):
                    f"rank {w.rank}: {line}", err=True)
         w.abort(code)
     if isinstance(e, click.UsageError) and launch_rank() != 0:
-        sys.exit(code)      # launched ranks parse the same command line: rank 0 says it
+        # launched ranks parse the same command line: rank 0 says it, before mpiexec ends the
+        # job on the first non-zero exit
+        time.sleep(2)
+        sys.exit(code)
     click.echo(line, err=True)
     sys.exit(code)
 

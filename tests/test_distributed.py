@@ -462,6 +462,14 @@ def test_a_nan_on_one_rank_stops_every_rank_with_one_message(tmp_path):
     assert not (tmp_path / "n" / "last.npz").exists()
 
 
+def test_usage_errors_and_one_process_commands_print_once():
+    for args, needle in ((["train", "--bogus"], "No such option '--bogus'"),
+                         (["data", "info"], "gruengine data runs in one process")):
+        p = _run(_launch_cmd(*_gruengine(), *args), timeout=120)
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+
+
 def test_ranks_with_different_data_are_refused(tmp_path, rng):
     for name in ("a", "b"):
         X = rng.standard_normal((40, 6, 2)).astype(np.float32)
