@@ -2,14 +2,15 @@
 2 ranks x 1 thread, the gradient allreduce over shared memory and over TCP only, and a
 projection of the throughput on 2, 4, 8 and 16 machines.
 
-    python benchmarks/bench_mpi.py                 # everything; prints the table (~2 minutes)
+    python benchmarks/bench_mpi.py                 # everything; prints the tables (~2 minutes, quiet 2 cores)
     python benchmarks/bench_mpi.py --json out.json # and keeps the measurements
 
 The step is what ``gruengine train --config imdb`` runs per batch (``Trainer`` with the
 model of data/configs/imdb.toml: Embedding 25,000 x 128 -> bidirectional GRU 128 -> max
 pooling -> Linear 2, dropout 0.3, AdamW, clipping), on random token ids: global batch 64,
 every review 200 tokens. Times are medians over the timed steps, after warm-up steps (JIT
-compilation excluded); under MPI they are rank 0's, from the end of one step to the end of
+compilation excluded), then the median over ``--rounds`` alternating repetitions of every
+run; under MPI they are rank 0's, from the end of one step to the end of
 the next (the allreduce and any wait for the slower rank included). The allreduce alone is
 the median of ``--reps`` in-place float32 SUM Allreduces of the flat gradient, each after a
 barrier. ``--mca btl self,tcp`` keeps Open MPI off shared memory: the stand-in for two
@@ -119,21 +120,30 @@ def measure(a):
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
     me = [sys.executable, os.path.abspath(__file__), "--steps", str(a.steps), "--warmup",
           str(a.warmup), "--reps", str(a.reps)]
+    two_threads = dict(env, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    runs = [("1 rank x 2 threads", b, [], two_threads) for b in BATCHES]
+    runs += [("2 ranks x 1 thread, shared memory", 64, [mpiexec, "-n", "2"], env),
+             ("2 ranks x 1 thread, TCP only", 64,
+              [mpiexec, "-n", "2", "--mca", "btl", "self,tcp"], env)]
     tmp = tempfile.mkdtemp(prefix="bench_mpi_")
-    rows = []
+    got = {}
     try:
-        two_threads = dict(env, NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
-        for b in BATCHES:
-            f = os.path.join(tmp, f"one{b}.json")
-            _run(me + ["--batch", str(b), "--worker", f], two_threads, f"1 rank x 2 threads, B={b}")
-            rows.append(dict(json.load(open(f)), mode="1 rank x 2 threads"))
-        for mode, mca in (("2 ranks x 1 thread, shared memory", []),
-                          ("2 ranks x 1 thread, TCP only", ["--mca", "btl", "self,tcp"])):
-            f = os.path.join(tmp, f"two{len(mca)}.json")
-            _run([mpiexec, "-n", "2", *mca] + me + ["--batch", "64", "--worker", f], env, mode)
-            rows.append(dict(json.load(open(f)), mode=mode))
+        for r in range(a.rounds):          # the runs alternate: a busy minute hits all of them
+            for mode, b, launcher, e in runs:
+                f = os.path.join(tmp, "out.json")
+                _run(launcher + me + ["--batch", str(b), "--worker", f], e,
+                     f"round {r + 1}/{a.rounds}: {mode}, batch {b}")
+                got.setdefault((mode, b), []).append(json.load(open(f)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for (mode, b), results in got.items():     # the median of the rounds' medians
+        row = dict(results[0], mode=mode, rounds=len(results))
+        for k in ("step_s", "step_reduce_s", "allreduce_s"):
+            vals = [x[k] for x in results if x[k] is not None]
+            row[k] = statistics.median(vals) if vals else None
+            row[k + "_rounds"] = vals
+        rows.append(row)
     return rows
 
 
@@ -184,9 +194,10 @@ def report(rows, proj, load):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=12, help="timed steps per run")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--reps", type=int, default=20, help="allreduces timed alone")
+    p.add_argument("--rounds", type=int, default=5, help="times every run is repeated, alternating")
     p.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="write the measurements and projection here")
