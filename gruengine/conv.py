@@ -125,13 +125,14 @@ class ConvFrontEnd(Module):
         """(mean, rstd) of block k's batch norm, on the module's device: the batch's own in
         training (the running averages move towards them), the running averages in eval."""
         rm, rv = self.buffers[f"norm{k}.running_mean"], self.buffers[f"norm{k}.running_var"]
-        if self.training and self.sync is not None:
-            mean, var = self.sync.stats(k, z, L)
-            n = self.sync.n[k]
-        elif self.training:
-            mean, var = (arrays.to_host(a).astype(np.float64)
-                         for a in self._k.batch_norm_stats(z, L))
-            n = int(L.sum())
+        if self.training:
+            if self.sync is not None:       # the global batch's, over every rank's rows
+                mean, var = self.sync.stats(k, z, L)
+                n = self.sync.n[k]
+            else:
+                mean, var = (arrays.to_host(a).astype(np.float64)
+                             for a in self._k.batch_norm_stats(z, L))
+                n = int(L.sum())
             rm[...] = (1 - MOMENTUM) * rm + MOMENTUM * mean
             rv[...] = (1 - MOMENTUM) * rv + MOMENTUM * var * (n / max(n - 1, 1))
         else:

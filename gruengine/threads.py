@@ -107,7 +107,7 @@ def configure(environ=None):
         wanted["OPENBLAS_NUM_THREADS"] = str(per_rank)
     if "numpy" not in sys.modules:      # OpenBLAS reads it when NumPy loads it
         wanted["OPENBLAS_THREAD_TIMEOUT"] = "20"
-    if "numba" in sys.modules:          # too late for the pool size: set_num_threads below
+    if "numba" in sys.modules and environ is None:   # too late for the pool size
         wanted.pop("NUMBA_NUM_THREADS")
     if environ is None:
         _user_threads = "NUMBA_NUM_THREADS" in env

@@ -1,9 +1,11 @@
 """One rank of the distributed tests: run under ``mpiexec -n 2 python tests/mpi_ranks.py ...``.
 
     train SPEC.json     train the runs SPEC lists ({"cases": [{"out", "config", "stop_at",
-                        "resume"}], "report": path}); after every epoch each rank saves its
-                        weights and optimizer state to <out>.ranks/rank<r>.npz; "stop_at": k
-                        sends SIGTERM to rank 1 itself after step k (a real signal, one rank)
+                        "resume", "clock_skew"}], "report": path}); after every epoch each rank
+                        saves its weights and optimizer state to <out>.ranks/rank<r>.npz;
+                        "stop_at": k sends SIGTERM to rank 1 itself after step k (a real
+                        signal, one rank); "clock_skew": s sets rank 1's run clock s seconds
+                        behind; the report has every rank's final step of each case
     fail ARGS...        ``gruengine ARGS`` in which rank 1 raises RuntimeError at step 3
     nan ARGS...         ``gruengine ARGS`` in which rank 1's loss is NaN at step 3 (only there)
     infer OUT ARGS [:: ARGS]...   each ``gruengine ARGS`` in turn, in-process; rank 0's
@@ -44,7 +46,7 @@ def train(spec_path):
     import numba
     w = world()
     spec = json.load(open(spec_path))
-    stopped = {}
+    stopped, steps = {}, {}
     for case in spec["cases"]:
         hooks = {"epoch": _dump_state}
         if case.get("stop_at"):
@@ -54,17 +56,20 @@ def train(spec_path):
                 t = Trainer.resume(case["out"], world=w, quiet=True, hooks=hooks)
             else:
                 t = Trainer(case["config"], case["out"], world=w, quiet=True, hooks=hooks)
+            if case.get("clock_skew") and w.rank == 1:
+                t._elapsed0 = -case["clock_skew"]        # this rank's clock lags rank 0's
             t.fit()
             stopped[case["out"]] = None
         except KeyboardInterrupt as e:
             stopped[case["out"]] = [int(getattr(e, "signum", 0)), t.step]
+        steps[case["out"]] = w.gather(t.step)
     threads = w.gather({"numba": numba.get_num_threads(), "world": w.threads,
                         "openblas": os.environ.get("OPENBLAS_NUM_THREADS"),
                         "allowed": len(os.sched_getaffinity(0)), "ranks_here": w.ranks_here})
     if w.rank == 0:
         with open(spec["report"], "w") as f:
             json.dump({"size": w.size, "threads": threads, "resyncs": w.resyncs,
-                       "stopped": stopped}, f)
+                       "stopped": stopped, "steps": steps}, f)
 
 
 def fail(args):

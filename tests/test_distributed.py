@@ -225,6 +225,12 @@ CASES = {
     "text": dict(task="text", test_fraction=0.25, cell="mingru", embed_dim=6, hidden_size=6,
                  pooling="max", dropout=0.1, vocab_size=50, batch_size=6, epochs=2, lr=1e-2,
                  eval_batch_size=8, seed=7),
+    # UCR-like series: input scaling fitted on the training split, augmentation, a
+    # batch-normalised front end with stride 2 (dropout masks drawn after it) and its skip
+    "conv": dict(task="npz", test_fraction=0.2, conv_channels=6, conv_kernels=[5, 3],
+                 conv_stride=2, conv_skip=True, series_norm=True, channel_norm=True,
+                 augment=True, bidirectional=True, pooling="mean", hidden_size=5, dropout=0.2,
+                 batch_size=7, epochs=2, lr=1e-2, eval_batch_size=8, seed=11),
 }
 TOL = {"float32": 1e-6, "float64": 1e-12}
 STOP_1RANK, STOP_2RANK = 10, 11     # steps after which the stopped runs were signalled
@@ -240,6 +246,11 @@ def _write_data(d, rng):
     with open(d / "texts.txt", "w") as f:      # more than one 256-text batch: 3 batches
         for i in range(600):
             f.write(" ".join(rng.choice(words + ["unseen"], int(rng.integers(1, 15)))) + "\n")
+    X = rng.standard_normal((52, 24, 2)).astype(np.float32) * 3 + 1
+    lengths = rng.integers(8, 25, 52)
+    y = (X[:, :8, 0].mean(axis=1) > 1).astype(np.int64) + (X[:, :8, 1].mean(axis=1) > 1)
+    np.savez(d / "series.npz", X=X, y=y, lengths=lengths)
+    CASES["conv"]["data"] = str(d / "series.npz")
     CASES["tag"]["data"] = str(d / "tag.npz")
     CASES["text"]["data"] = str(d / "reviews.tsv")
 
@@ -265,7 +276,10 @@ def runs(tmp_path_factory):
     spec = {"report": str(d / "report.json"), "cases": [
         *({"out": str(d / f"{name}.2"), "config": cfg} for name, cfg in CASES.items()),
         {"out": str(d / "stop.2"), "config": CASES["regress"], "stop_at": STOP_2RANK},
-        {"out": str(d / "stop.1"), "resume": True}]}
+        {"out": str(d / "stop.1"), "resume": True},
+        # a 0.03 s budget, rank 1's clock 1e6 s behind: rank 0's clock decides for both
+        {"out": str(d / "budget.2"), "config": dict(CASES["regress"], epochs=5,
+                                                    time_budget=0.0005), "clock_skew": 1e6}]}
     (d / "spec.json").write_text(json.dumps(spec))
     t0 = time.perf_counter()
     p = _run(_launch_cmd(sys.executable, HELPER, "train", str(d / "spec.json")))
@@ -315,6 +329,19 @@ def test_two_ranks_train_like_one_rank(runs, name):
         for k in r1:
             if k.endswith(("loss", "mse", "acc")):
                 assert r2[k] == pytest.approx(r1[k], rel=1e-5, abs=1e-7), (name, k)
+
+
+def test_time_budget_stops_every_rank_after_the_same_step(runs):
+    # rank 1's clock says no time has passed; without rank 0 deciding, rank 0 would stop
+    # after epoch 1 and rank 1 wait in the next step's allreduce (the launch would hang)
+    d = runs["dir"]
+    steps = runs["report"]["steps"][str(d / "budget.2")]
+    _, meta = ckpt.load_checkpoint(d / "budget.2" / "last.npz")
+    p = meta["progress"]
+    assert steps[0] == steps[1] == p["step"] == p["batches_per_epoch"] and p["epoch"] == 1
+    assert meta["train_config"]["epochs"] == 5      # stopped by the clock, not the plan
+    events = [json.loads(x)["event"] for x in open(d / "budget.2" / "metrics.jsonl")]
+    assert events == ["epoch", "test"]
 
 
 def test_threads_per_rank_follow_the_cores(runs):
