@@ -250,6 +250,9 @@ def _write_data(d, rng):
     lengths = rng.integers(8, 25, 52)
     y = (X[:, :8, 0].mean(axis=1) > 1).astype(np.int64) + (X[:, :8, 1].mean(axis=1) > 1)
     np.savez(d / "series.npz", X=X, y=y, lengths=lengths)
+    X = rng.standard_normal((1400, 24, 2)).astype(np.float32) * 3 + 1     # test split: 280
+    np.savez(d / "series_more.npz", X=X, y=rng.integers(0, 3, 1400),
+             lengths=rng.integers(8, 25, 1400))
     CASES["conv"]["data"] = str(d / "series.npz")
     CASES["tag"]["data"] = str(d / "tag.npz")
     CASES["text"]["data"] = str(d / "reviews.tsv")
@@ -525,8 +528,10 @@ def test_sharded_predict_and_evaluate_equal_one_rank(runs):
     from gruengine_cli.main import app, _register
     _register()
     d, ckpt_path = runs["dir"], str(runs["dir"] / "text.1" / "best.npz")
+    series = [str(d / "conv.1" / "best.npz"), "--data", str(d / "series_more.npz")]
     commands = [["predict", ckpt_path, "--file", str(d / "texts.txt")],
                 ["predict", ckpt_path, "--file", str(d / "texts.txt"), "--json"],
+                ["predict", *series],      # scaled series, front end: 2 batches of 256
                 ["evaluate", ckpt_path, "--batch-size", "4", "--json", "--quiet"]]
     args = [a for c in commands for a in c + ["::"]][:-1]
     p = _run(_launch_cmd(sys.executable, HELPER, "infer", str(d / "infer"), *args))
@@ -538,3 +543,4 @@ def test_sharded_predict_and_evaluate_equal_one_rank(runs):
         assert two.splitlines() == one.output.splitlines(), c
     assert len(two.splitlines()) == 1 and len(one.output.splitlines()) == 1
     assert len((d / "infer.0").read_text().splitlines()) == 600
+    assert len((d / "infer.2").read_text().splitlines()) > 256      # both ranks had a batch
