@@ -3,14 +3,22 @@
 Every command module registers itself on ``app``. ``main`` turns usage errors and the engine's
 errors into one line on stderr (``error: ...``) and exit status 2 (bad input) or 1 (a run that
 failed), never a traceback or click's three-line usage block.
+
+Under MPI (``mpiexec -n N gruengine ...``) an error every rank raised is printed once, by rank
+0, and every rank exits with its status; an error of one rank is printed with its rank
+(``error: rank 1: ...``) and ends every rank of the job (MPI_Abort).
 """
 import re
 import signal
 import sys
 import threading
+import time
+import traceback
 
 import click
 
+from gruengine._launch import launch_rank, launch_size
+from gruengine.distributed import current_world, describe
 from gruengine.errors import GruengineError, Interrupted, TrainingDivergedError
 
 # the options that set how much memory a command asks for (named when an allocation fails)
@@ -38,15 +46,24 @@ class ByteSize(click.ParamType):
         return n
 
 
+# the commands that run on several MPI ranks (docs/distributed.md)
+DISTRIBUTED = ("train", "evaluate", "predict")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gruengine")
-def app():
+@click.pass_context
+def app(ctx):
     """gruengine: train and inspect GRU/LSTM sequence models on the CPU or an NVIDIA GPU.
 
     \b
     Example:
       gruengine train                  # the embedded adding-problem task, no download
     """
+    if ctx.invoked_subcommand not in DISTRIBUTED and launch_size() > 1:
+        raise click.UsageError(f"gruengine {ctx.invoked_subcommand} runs in one process: start "
+                               f"it without mpiexec (only {', '.join(DISTRIBUTED)} run on "
+                               f"several ranks)")
 
 
 def _register():
@@ -74,30 +91,29 @@ def main(argv=None):
     except click.exceptions.Abort as e:
         _signal_exit(e.__cause__)
     except click.UsageError as e:
-        click.echo(f"error: {usage_line(e)}", err=True)
-        sys.exit(2)
+        _fail(f"error: {usage_line(e)}", 2, e)
     except MemoryError as e:
-        click.echo(f"error: {_memory_message(e, argv)}", err=True)
-        sys.exit(2)
+        _fail(f"error: {_memory_message(e, argv)}", 2, e)
     except SystemError as e:
         # Ctrl-C inside a call into compiled code (a Numba dispatcher): the KeyboardInterrupt
         # comes back as the cause of a SystemError
         if not isinstance(e.__cause__, KeyboardInterrupt):
-            raise
+            _crash(e)
         _signal_exit(e.__cause__)
     except click.ClickException as e:
+        if _ranks() > 1:
+            _fail(f"error: {_one_line(e.format_message())}", e.exit_code, e)
         e.show()
         sys.exit(e.exit_code)
     except TrainingDivergedError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        _fail(f"error: {e}", 1, e)
     except (GruengineError, ValueError, OSError) as e:
-        click.echo(f"error: {_one_line(e)}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(f"error: {_one_line(e)}", 2, e)
+    except KeyboardInterrupt as e:
         _ignore_signals()
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, e)
+    except Exception as e:
+        _crash(e)
     finally:
         # called from Python (argv given): leave the caller's handlers as they were; from the
         # command line the process is exiting, and a late Ctrl-C stays ignored until it has
@@ -119,8 +135,43 @@ def _signal_exit(cause):
     # a stop by signal: one word for the user, and the shell's 128 + signal number
     _ignore_signals()
     signum = getattr(cause, "signum", signal.SIGINT)
-    click.echo("terminated (SIGTERM)" if signum == signal.SIGTERM else "aborted", err=True)
-    sys.exit(128 + signum)
+    word = ("terminated (SIGTERM)" if signum == signal.SIGTERM else "aborted"
+            if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})")
+    _fail(word, 128 + signum, cause)
+
+
+def _ranks():
+    w = current_world()
+    return 1 if w is None else w.size
+
+
+def _fail(line, code, e=None):
+    """Print ``line`` on stderr and exit with ``code`` (under MPI: see the module docstring)."""
+    w = current_world()
+    if w is not None and w.size > 1:
+        if getattr(e, "all_ranks", False):
+            if w.rank == 0:
+                click.echo(line, err=True)
+            sys.exit(code)
+        head, sep, rest = line.partition("error: ")
+        click.echo(f"error: rank {w.rank}: {rest}" if sep and not head else
+                   f"rank {w.rank}: {line}", err=True)
+        w.abort(code)
+    if isinstance(e, click.UsageError) and launch_rank() != 0:
+        # launched ranks parse the same command line: rank 0 says it, before mpiexec ends the
+        # job on the first non-zero exit
+        time.sleep(2)
+        sys.exit(code)
+    click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _crash(e):
+    # an error the command does not expect: its traceback; under MPI the job ends with it
+    if _ranks() == 1:
+        raise e
+    traceback.print_exception(e)
+    _fail(f"error: {describe(e, typed=True)}", 1, e)
 
 
 def usage_line(e):

@@ -1,6 +1,8 @@
 """``gruengine train``, ``gruengine evaluate`` and ``gruengine predict``: parse and print only.
 
-Everything numeric happens in ``gruengine.train`` and ``gruengine.inference``.
+Everything numeric happens in ``gruengine.train`` and ``gruengine.inference``. Under an MPI
+launcher (``mpiexec -n N gruengine ...``) the commands run on ``gruengine.distributed``'s
+world: every rank computes, rank 0 prints (docs/distributed.md).
 """
 import json
 import os
@@ -210,57 +212,75 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
       gruengine train --resume runs/adding200 --epochs 20
     """
     from gruengine.train import Trainer
+    world = _world()
     given = {k: v for k, v in flags.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                 ParameterSource.ENVIRONMENT)}
-    if plot:       # before any work: a missing extra should not cost a whole training
-        require_matplotlib("--plot")
-    if given.get("steps") is not None and given.get("epochs") is not None:
-        raise click.UsageError("--steps and --epochs are both budgets; give one")
+    config = None
+    with world.agreed():
+        if plot:   # before any work: a missing extra should not cost a whole training
+            require_matplotlib("--plot")
+        if given.get("steps") is not None and given.get("epochs") is not None:
+            raise click.UsageError("--steps and --epochs are both budgets; give one")
+        if resume:
+            if config_file:
+                raise click.UsageError("--config and --resume exclude each other: a resumed "
+                                       "run keeps its saved configuration")
+            if out and os.path.abspath(out) != os.path.abspath(resume):
+                raise click.UsageError("--out and --resume name different folders; a resumed "
+                                       "run stays in its folder")
+            if overwrite:
+                raise click.UsageError("--overwrite and --resume exclude each other: a resumed "
+                                       "run continues its folder")
+        else:
+            config = load_config_file(config_file) if config_file else {}
+            config.update(given)
+            if out is None:
+                task = config.get("task") or (guess_name(config["data"]) if config.get("data")
+                                              else "adding")
+                out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
-        if config_file:
-            raise click.UsageError("--config and --resume exclude each other: a resumed run "
-                                   "keeps its saved configuration")
-        if out and os.path.abspath(out) != os.path.abspath(resume):
-            raise click.UsageError("--out and --resume name different folders; a resumed run "
-                                   "stays in its folder")
-        if overwrite:
-            raise click.UsageError("--overwrite and --resume exclude each other: a resumed run "
-                                   "continues its folder")
-        trainer = Trainer.resume(resume, overrides=given, quiet=quiet)
+        trainer = Trainer.resume(resume, overrides=given, quiet=quiet, world=world)
     else:
-        config = load_config_file(config_file) if config_file else {}
-        config.update(given)
-        if out is None:
-            task = config.get("task") or (guess_name(config["data"]) if config.get("data")
-                                          else "adding")
-            out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = Trainer(config, out, quiet=quiet, overwrite=overwrite)
-    if not quiet:
+        trainer = Trainer(config, world.bcast(out), quiet=quiet, overwrite=overwrite, world=world)
+    if not quiet and world.rank == 0:
         c = trainer.config
         n = trainer.model.params.size
+        ranks = (f", {world.size} ranks x {world.threads} thread"
+                 f"{'s' if world.threads != 1 else ''}" if world.size > 1 else "")
         click.echo(f"run folder {trainer.out_dir}: task {c['task']}, {len(trainer.train_ds)} "
                    f"train / {0 if trainer.val_ds is None else len(trainer.val_ds)} val / "
                    f"{len(trainer.test_ds)} test, {c['cell']} {c['num_layers']}x"
                    f"{c['hidden_size']}{' bidirectional' if c['bidirectional'] else ''}, "
-                   f"{n:,} parameters, device {trainer.model.config.device}", err=True)
+                   f"{n:,} parameters, device {trainer.model.config.device}{ranks}", err=True)
         from gruengine.threads import busy_note
         note = busy_note()
         if note:
             click.echo(f"note: {note}", err=True)
-    elif trainer.plan and trainer.step == 0:
+    elif trainer.plan and trainer.step == 0 and world.rank == 0:
         click.echo(trainer.plan, err=True)      # the plan line, even when quiet
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
-        if quiet and trainer.run.holds_run() and os.path.exists(trainer.run.last):     # the trainer's own notice is not shown
+    except KeyboardInterrupt as e:
+        if world.rank != 0 and getattr(e, "all_ranks", False):
+            sys.exit(128 + e.signum)              # a stop every rank made: rank 0 says it
+        # the trainer's own notice is not shown
+        if quiet and trainer.run.holds_run() and os.path.exists(trainer.run.last):
             click.echo(f"interrupted: resumable checkpoint in {trainer.run.last}; continue "
                        f"with: gruengine train --resume {trainer.out_dir}", err=True)
         raise
+    if world.rank != 0:
+        return
     _print_summary(summary)
     if plot:
         from .plot import write_plot
         click.echo(f"learning curves: {write_plot(summary['run_dir'])}")
+
+
+def _world():
+    # the MPI ranks under a launcher, else this process alone (mpi4py is not imported then)
+    from gruengine.distributed import world
+    return world()
 
 
 def _print_summary(s):
@@ -301,8 +321,11 @@ def evaluate_cmd(checkpoint, data, task, batch_size, as_json, quiet, device):
       gruengine evaluate runs/imdb/best.npz --data aclImdb_labeled.tar.gz
     """
     from gruengine.inference import evaluate_checkpoint
+    world = _world()
     res = evaluate_checkpoint(checkpoint, data=data, task=task, batch_size=batch_size,
-                              quiet=quiet, device=device)
+                              quiet=quiet, device=device, world=world)
+    if world.rank != 0:
+        return
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -334,10 +357,16 @@ def predict_cmd(checkpoint, texts, file, as_json, device, data):
       gruengine predict runs/ucr/best.npz --data MySeries_TEST.ts
     """
     from gruengine.inference import predict_data, predict_texts
+    world = _world()
     if data is not None:
-        if texts or file:
-            raise click.UsageError("--data predicts numeric series; give it without TEXT or --file")
-        for i, r in enumerate(predict_data(checkpoint, data, device=device)):
+        with world.agreed():
+            if texts or file:
+                raise click.UsageError("--data predicts numeric series; give it without TEXT "
+                                       "or --file")
+        results = predict_data(checkpoint, data, device=device, world=world)
+        if world.rank != 0:
+            return
+        for i, r in enumerate(results):
             if as_json:
                 click.echo(json.dumps({"index": i, **r}))
             elif "value" in r:
@@ -345,6 +374,23 @@ def predict_cmd(checkpoint, texts, file, as_json, device, data):
             else:
                 click.echo(f"{i}\t{r['label']}\t{r['probability']:.4f}")
         return
+    inputs = None
+    with world.agreed():
+        if world.rank == 0:     # under MPI rank 0 reads the inputs (and has standard input)
+            inputs = _read_inputs(texts, file)
+    results = predict_texts(checkpoint, inputs, device=device, world=world)
+    if world.rank != 0:
+        return
+    for text, r in zip(inputs, results):
+        if as_json:
+            click.echo(json.dumps({"text": text, **r}))
+        elif "value" in r:
+            click.echo("\t".join(f"{v:.6g}" for v in r["value"]) + f"\t{_clip(text)}")
+        else:
+            click.echo(f"{r['label']}\t{r['probability']:.4f}\t{_clip(text)}")
+
+
+def _read_inputs(texts, file):
     inputs = []
     for t in texts:
         if t == "-":
@@ -359,13 +405,7 @@ def predict_cmd(checkpoint, texts, file, as_json, device, data):
             raise ValueError(f"--file {file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not inputs:
         raise click.UsageError("give at least one TEXT, --file F, or '-' to read standard input")
-    for text, r in zip(inputs, predict_texts(checkpoint, inputs, device=device)):
-        if as_json:
-            click.echo(json.dumps({"text": text, **r}))
-        elif "value" in r:
-            click.echo("\t".join(f"{v:.6g}" for v in r["value"]) + f"\t{_clip(text)}")
-        else:
-            click.echo(f"{r['label']}\t{r['probability']:.4f}\t{_clip(text)}")
+    return inputs
 
 
 def _clip(text, k=60):

@@ -114,6 +114,7 @@ class ConvFrontEnd(Module):
                 self.buffers[f"norm{k}.running_var"] = np.ones(c, dtype=self.dtype)
         self.training = True
         self._saved = None
+        self.sync = None    # shards.BatchStatsSync: batch statistics over every MPI rank's rows
         self._place_params()
 
     @property
@@ -125,9 +126,13 @@ class ConvFrontEnd(Module):
         training (the running averages move towards them), the running averages in eval."""
         rm, rv = self.buffers[f"norm{k}.running_mean"], self.buffers[f"norm{k}.running_var"]
         if self.training:
-            mean, var = (arrays.to_host(a).astype(np.float64)
-                         for a in self._k.batch_norm_stats(z, L))
-            n = int(L.sum())
+            if self.sync is not None:       # the global batch's, over every rank's rows
+                mean, var = self.sync.stats(k, z, L)
+                n = self.sync.n[k]
+            else:
+                mean, var = (arrays.to_host(a).astype(np.float64)
+                             for a in self._k.batch_norm_stats(z, L))
+                n = int(L.sum())
             rm[...] = (1 - MOMENTUM) * rm + MOMENTUM * mean
             rv[...] = (1 - MOMENTUM) * rv + MOMENTUM * var * (n / max(n - 1, 1))
         else:
@@ -192,6 +197,10 @@ class ConvFrontEnd(Module):
             if self.norm == "layer":
                 g, dgamma, dbeta = self._k.layer_norm_backward(g, z, p[f"norm{k}.weight"],
                                                                mean, rstd, L)
+            elif self._batch_mode and self.sync is not None:
+                g, dgamma, dbeta = self.sync.backward(k, g, z, p[f"norm{k}.weight"], mean,
+                                                      rstd, L)
+                g = arrays.on_device_of(g, self.device)
             else:
                 g, dgamma, dbeta = self._k.batch_norm_backward(g, z, p[f"norm{k}.weight"],
                                                                mean, rstd, L, self._batch_mode)

@@ -5,6 +5,9 @@
     res = evaluate_checkpoint("runs/imdb/best.npz")        # on the run's own test split
     out = predict_texts("runs/imdb", ["A moving film."])   # [{'label', 'probability', 'probs'}]
     out = predict_series("runs/ucr", x, lengths)           # raw numeric series, scaled here
+
+``world`` (``gruengine.distributed``): the MPI ranks split the batches; rank 0 reads the
+checkpoint and gets the results, the same as one process computes.
 """
 import os
 import time
@@ -14,6 +17,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .batching import make_batch, sorted_batches
 from .config import check_task, load_data
+from .distributed import LOCAL, data_digest
 from .errors import CheckpointError
 from .models import ModelConfig, SequenceModel
 from .progress import Progress
@@ -76,30 +80,42 @@ def metric_stats(task, loss, sums):
     return out
 
 
-def evaluate(model, ds, batch_size=256, quiet=True, desc="eval", stream=None):
+def evaluate(model, ds, batch_size=256, quiet=True, desc="eval", stream=None, world=None):
     """Loss and accuracy (classify/tag) or MSE (regress) of ``model`` on ``ds``.
 
     Returns {'loss': , 'acc': } or {'loss': , 'mse': }, plus 'n' (examples) and 'tokens'.
+    ``world``: each rank computes every N-th batch; the per-batch sums are added in batch
+    order on every rank, so the result has the same bits for any number of ranks.
     """
+    world = world or LOCAL
     was_training = model.training
     model.eval()
     task = model.config.task
-    acc = MetricSums()
+    mine = MetricSums()
     batches = sorted_batches(ds.lengths, batch_size)
+    rows = np.zeros((len(batches), 5))      # per batch: loss, count, correct, sq_err, tokens
     t0 = time.perf_counter()
-    bar = Progress(len(batches), desc=desc, enabled=not quiet, stream=stream)
+    share = world.share(len(batches))
+    bar = Progress(len(share), desc=desc, enabled=not quiet, stream=stream)
     try:
-        for idx in batches:
-            x, L, y = make_batch(ds, idx, model.dtype)
+        for b in share:
+            x, L, y = make_batch(ds, batches[b], model.dtype)
             out = model.forward(x, L)
             loss, _ = model.loss_and_grad(out, y, L)
-            acc.add(float(loss), model.score(out, y, L), int(L.sum()))
-            bar.update(1, **metric_stats(task, acc.loss_sum / max(acc.weight, 1), acc.sums()),
-                       tok_s=acc.tokens / max(time.perf_counter() - t0, 1e-9))
+            s = model.score(out, y, L)
+            rows[b] = float(loss), s["count"], s.get("correct", 0), s.get("sq_err", 0.0), L.sum()
+            mine.add(float(loss), s, int(L.sum()))
+            bar.update(1, **metric_stats(task, mine.loss_sum / max(mine.weight, 1), mine.sums()),
+                       tok_s=mine.tokens / max(time.perf_counter() - t0, 1e-9))
     finally:
         bar.close()
         if was_training:
             model.train()
+    world.allreduce(rows)                   # each row comes from one rank; the others add 0
+    acc = MetricSums()
+    for loss, count, correct, sq_err, tokens in rows.tolist():
+        acc.add(loss, {"count": int(count), "correct": int(correct), "sq_err": sq_err},
+                int(tokens))
     res = {"loss": acc.loss_sum / max(acc.weight, 1), "n": len(ds), "tokens": acc.tokens}
     res.update(metric_stats(task, None, acc.sums()))
     return res
@@ -128,17 +144,27 @@ def _checkpoint_path(path):
     return path
 
 
-def load_model(path, device=None):
+def load_model(path, device=None, world=None):
     """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
     from a run folder (its best.npz).
 
     ``device``: 'cpu', 'cuda' or 'auto' places the model there; None keeps the device the
     checkpoint was trained on, or 'cpu' when that was 'cuda' and no GPU is usable here, so a
-    checkpoint written on one device loads on the other with the same weights."""
+    checkpoint written on one device loads on the other with the same weights.
+    ``world``: rank 0 reads the file and sends it to the others."""
+    world, loaded = world or LOCAL, None
+    with world.agreed():
+        if world.rank == 0:
+            path = _checkpoint_path(path)
+            loaded = ckpt.load_checkpoint(path)
+            check_model_meta(loaded[1], path)
+    arrays, meta = world.bcast(loaded)
+    with world.agreed():
+        return _build_model(path, arrays, meta, device)
+
+
+def _build_model(path, arrays, meta, device):
     from .backend import check_device, cuda_available
-    path = _checkpoint_path(path)
-    arrays, meta = ckpt.load_checkpoint(path)
-    check_model_meta(meta, path)
     mcfg = dict(meta["model_config"])
     if device is not None:
         mcfg["device"] = check_device(device)
@@ -163,11 +189,25 @@ def vocab_from_meta(meta):
     return Vocab.from_json(meta["vocab"])
 
 
-def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, device=None):
+def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, device=None,
+                        world=None):
     """Evaluate a checkpoint on the test split of its own data configuration, or of
     ``data`` (a path) / ``task`` (a dataset name) when given. Returns ``evaluate``'s dict
-    plus 'metric' and 'task'. ``device``: see ``load_model``."""
-    model, meta = load_model(path, device)
+    plus 'metric' and 'task'. ``device``: see ``load_model``. ``world``: every rank loads
+    the data (refused unless all loaded the same) and evaluates its share of it."""
+    world = world or LOCAL
+    model, meta = load_model(path, device, world)
+    with world.agreed():
+        ds = _test_split(model, meta, path, data, task)
+    if world.size > 1:
+        world.check_same({"test data": data_digest(ds)})
+    res = evaluate(model, ds, batch_size, quiet=quiet or world.rank != 0, desc="test",
+                   world=world)
+    res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
+    return res
+
+
+def _test_split(model, meta, path, data, task):
     dcfg = dict(meta.get("data_config") or {})
     if not dcfg:
         raise CheckpointError(f"checkpoint {path}: metadata has no data_config")
@@ -191,9 +231,7 @@ def evaluate_checkpoint(path, data=None, task=None, batch_size=256, quiet=True, 
         dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg.get("path"))
     ds = scale_dataset(meta, load_data(dcfg, vocab=vocab)["test"])
     _check_fits(model, ds, path)
-    res = evaluate(model, ds, batch_size, quiet=quiet, desc="test")
-    res["metric"], res["task"] = val_metric(model.config.task)[0], model.config.task
-    return res
+    return ds
 
 
 def scaler_from_meta(meta):
@@ -223,42 +261,57 @@ def _check_fits(model, ds, path):
                          f"{ds.inputs.shape}")
 
 
-def predict_texts(path, texts, batch_size=256, device=None):
+def predict_texts(path, texts, batch_size=256, device=None, world=None):
     """Classify ``texts`` (list of str) with a text checkpoint.
 
     Returns one dict per text: {'label', 'probability', 'probs'} (classify) or
-    {'value'} (regress), in input order.
+    {'value'} (regress), in input order. ``world``: the texts of rank 0 (the others pass
+    None) are split by batches over the ranks; rank 0 returns every result, the others None.
     """
     from .data.text import encode_texts
-    model, meta = load_model(path, device)
-    vocab = vocab_from_meta(meta)
-    if vocab is None or model.config.input != "tokens":
-        raise ValueError(f"predict: the checkpoint {path} was not trained on text (task "
-                         f"{meta.get('data_config', {}).get('name')!r}); use gruengine evaluate")
-    if model.config.task == "tag":
-        raise ValueError("predict: per-step (tag) models are not supported by predict")
-    if not texts:
-        raise ValueError("texts: expected at least one input text, got none")
+    world = world or LOCAL
+    model, meta = load_model(path, device, world)
+    texts = world.bcast(texts)
+    with world.agreed():
+        vocab = vocab_from_meta(meta)
+        if vocab is None or model.config.input != "tokens":
+            raise ValueError(f"predict: the checkpoint {path} was not trained on text (task "
+                             f"{meta.get('data_config', {}).get('name')!r}); use gruengine "
+                             f"evaluate")
+        if model.config.task == "tag":
+            raise ValueError("predict: per-step (tag) models are not supported by predict")
+        if not texts:
+            raise ValueError("texts: expected at least one input text, got none")
     tc = meta.get("train_config") or {}
     ids, lengths = encode_texts(list(texts), vocab, tc.get("max_len"), tc.get("truncate", "head"))
-    return _predict(model, meta, ids, lengths, batch_size)
+    return _predict(model, meta, ids, lengths, batch_size, world)
 
 
-def _predict(model, meta, inputs, lengths, batch_size):
-    """One dict per row of ``inputs`` (already scaled), in input order."""
+def _predict(model, meta, inputs, lengths, batch_size, world):
+    """One dict per row of ``inputs`` (already scaled), in input order, on rank 0 (the
+    others compute their share of the batches and get None)."""
     classes = meta.get("classes") or [str(i) for i in range(model.config.num_outputs)]
-    out = [None] * len(inputs)
-    for idx in sorted_batches(lengths, batch_size):
+    mine = {}
+    batches = sorted_batches(lengths, batch_size)
+    for b in world.share(len(batches)):
+        idx = batches[b]
         L = np.ascontiguousarray(lengths[idx])
         x = np.ascontiguousarray(inputs[idx, :int(L.max())])
         p = model.predict_proba(model.forward(x, L))
         for row, i in enumerate(idx.tolist()):   # formatting results, one dict per row
             if model.config.task == "regress":
-                out[i] = {"value": [float(v) for v in p[row]]}
+                mine[i] = {"value": [float(v) for v in p[row]]}
             else:
                 k = int(p[row].argmax())
-                out[i] = {"label": str(classes[k]), "probability": float(p[row, k]),
-                          "probs": {str(classes[j]): float(p[row, j]) for j in range(p.shape[1])}}
+                mine[i] = {"label": str(classes[k]), "probability": float(p[row, k]),
+                           "probs": {str(classes[j]): float(p[row, j]) for j in range(p.shape[1])}}
+    parts = world.gather(mine)
+    if parts is None:
+        return None
+    out = [None] * len(inputs)
+    for part in parts:
+        for i, r in part.items():
+            out[i] = r
     return out
 
 
@@ -273,51 +326,62 @@ def checkpoint_to_safetensors(checkpoint, path):
     return save_checkpoint_safetensors(path, ckpt.split_arrays(arrays, "model"), meta)
 
 
-def predict_series(path, inputs, lengths=None, batch_size=256, device=None):
+def predict_series(path, inputs, lengths=None, batch_size=256, device=None, world=None):
     """Classify (or regress) raw numeric series with a feature checkpoint.
 
     ``inputs`` (N, T, F) numbers as the training data were read (the checkpoint's input
     scaling is applied here), ``lengths`` (N,) or None (all T). Returns one dict per series,
-    as ``predict_texts``: {'label', 'probability', 'probs'} or {'value'}."""
-    model, meta = load_model(path, device)
-    return _predict_features(model, meta, path, inputs, lengths, batch_size)
+    as ``predict_texts``: {'label', 'probability', 'probs'} or {'value'}. ``world``: as
+    ``predict_texts`` (rank 0's inputs; rank 0 gets every result, the others None)."""
+    world = world or LOCAL
+    model, meta = load_model(path, device, world)
+    inputs, lengths = world.bcast((inputs, lengths))
+    return _predict_features(model, meta, path, inputs, lengths, batch_size, world)
 
 
-def _predict_features(model, meta, path, inputs, lengths, batch_size):
+def _predict_features(model, meta, path, inputs, lengths, batch_size, world):
     from ._checks import check_array, check_lengths
-    if model.config.input != "features":
-        raise ValueError(f"predict: the checkpoint {path} reads token ids; use predict_texts")
-    if model.config.task == "tag":
-        raise ValueError("predict: per-step (tag) models are not supported by predict")
-    inputs = np.asarray(inputs)
-    if inputs.ndim == 2:
-        inputs = inputs[:, :, None]
-    check_array("inputs", inputs, (None, None, None))
-    lengths = check_lengths("lengths", lengths, *inputs.shape[:2])
-    scaler = scaler_from_meta(meta)
-    if scaler is not None:
-        x = scaler.transform_arrays(inputs, lengths)
-    else:
-        x = np.where(np.arange(inputs.shape[1])[None, :, None] < lengths[:, None, None],
-                     inputs, 0)
-    _check_fits(model, _Rows(x), path)
-    return _predict(model, meta, np.ascontiguousarray(x, dtype=model.dtype), lengths, batch_size)
+    with world.agreed():
+        if model.config.input != "features":
+            raise ValueError(f"predict: the checkpoint {path} reads token ids; use "
+                             f"predict_texts")
+        if model.config.task == "tag":
+            raise ValueError("predict: per-step (tag) models are not supported by predict")
+        inputs = np.asarray(inputs)
+        if inputs.ndim == 2:
+            inputs = inputs[:, :, None]
+        check_array("inputs", inputs, (None, None, None))
+        lengths = check_lengths("lengths", lengths, *inputs.shape[:2])
+        scaler = scaler_from_meta(meta)
+        if scaler is not None:
+            x = scaler.transform_arrays(inputs, lengths)
+        else:
+            x = np.where(np.arange(inputs.shape[1])[None, :, None] < lengths[:, None, None],
+                         inputs, 0)
+        _check_fits(model, _Rows(x), path)
+    return _predict(model, meta, np.ascontiguousarray(x, dtype=model.dtype), lengths, batch_size,
+                    world)
 
 
-def predict_data(path, data, task=None, batch_size=256, device=None):
+def predict_data(path, data, task=None, batch_size=256, device=None, world=None):
     """``predict_series`` on the test split of ``data`` (a path the checkpoint's loader
-    reads, e.g. a UCR folder or file pair); its labels are not used."""
-    model, meta = load_model(path, device)
-    dcfg = dict(meta.get("data_config") or {})
-    from .data import default_test_fraction
-    if task is not None:
-        dcfg["name"] = check_task(task)
-    dcfg["path"] = os.fspath(data)
-    dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
-    ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
-    if ds.inputs.ndim != 3:
-        raise ValueError(f"data: {data} holds token ids; use predict_texts")
-    return _predict_features(model, meta, path, ds.inputs, ds.lengths, batch_size)
+    reads, e.g. a UCR folder or file pair); its labels are not used. ``world``: every rank
+    loads the data (refused unless all loaded the same); rank 0 gets the results."""
+    world = world or LOCAL
+    model, meta = load_model(path, device, world)
+    with world.agreed():
+        dcfg = dict(meta.get("data_config") or {})
+        from .data import default_test_fraction
+        if task is not None:
+            dcfg["name"] = check_task(task)
+        dcfg["path"] = os.fspath(data)
+        dcfg["test_fraction"] = default_test_fraction(dcfg["name"], dcfg["path"])
+        ds = load_data(dcfg, vocab=vocab_from_meta(meta))["test"]
+        if ds.inputs.ndim != 3:
+            raise ValueError(f"data: {data} holds token ids; use predict_texts")
+    if world.size > 1:
+        world.check_same({"data": data_digest(ds)})
+    return _predict_features(model, meta, path, ds.inputs, ds.lengths, batch_size, world)
 
 
 class _Rows:

@@ -207,10 +207,14 @@ def dropout_mask(shape, p, rng, dtype):
     # one draw from rng seeds a counter-based hash of every element's index
     # (kernels.cpu.ops.dropout_keep_mask): parallel, ~20x faster than rng.random(shape)
     from .kernels.cpu.ops import dropout_keep_mask
-    mask = np.empty(int(np.prod(shape)), dtype=dtype)
     seed = np.uint64(rng.integers(0, 2**63))
     threshold = np.uint64(float(p) * 2.0**53)
-    dropout_keep_mask(seed, threshold, mask.dtype.type(1.0 / (1.0 - p)), mask)
+    scale = np.dtype(dtype).type(1.0 / (1.0 - p))
+    window = getattr(rng, "window", None)
+    if window is not None:      # shards.RowWindow: these rows of a larger batch's mask
+        return window.keep_mask(shape, seed, threshold, scale, dtype)
+    mask = np.empty(int(np.prod(shape)), dtype=dtype)
+    dropout_keep_mask(seed, threshold, scale, mask)
     return mask.reshape(shape)
 
 

@@ -29,17 +29,28 @@ The freed arrays then stay in the process's heap for the next step. Skipped when
 The variables are read when the pools load, so ``configure()`` runs when ``gruengine`` is
 imported: it sets them, starts the pools, and restores the environment (a later library or a
 child process sees the user's). ``set_num_threads`` changes the count later.
+
+One of several MPI ranks (``gruengine._launch`` reads the launcher's environment and computes
+the count): each rank gets its share of the machine's cores, ``NUMBA_NUM_THREADS`` and
+``OPENBLAS_NUM_THREADS`` both, unless the user set ``NUMBA_NUM_THREADS``. These two stay in
+the environment, so that a library or child process of a rank keeps to the rank's share
+instead of taking every core once per rank. When the launcher does not say how many ranks
+share the machine, ``gruengine.distributed`` asks MPI and calls ``set_rank_threads``.
 """
 import ctypes
 import math
 import os
 import sys
 
-__all__ = ["usable_cores", "configure", "set_num_threads", "get_num_threads", "describe",
-           "busy_note"]
+from . import _launch
+
+__all__ = ["usable_cores", "configure", "set_num_threads", "set_rank_threads", "get_num_threads",
+           "describe", "busy_note"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters
 _HEAP_KEEP = 1 << 30
+_RANK_VARS = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_user_threads = False      # whether the user set NUMBA_NUM_THREADS (configure records it)
 
 
 def _cgroup_cpus():
@@ -75,23 +86,37 @@ def usable_cores():
     return max(1, n)
 
 
+def _machine_cores():
+    # the machine's cores as ranks on it share them: capped by a cgroup CPU quota
+    n = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(n, math.ceil(quota))) if quota is not None else n
+
+
 def configure(environ=None):
     """Set the thread-pool defaults above where the user has not set them; returns the names
     it set. With ``environ`` (a dict) it only fills that dict. Without, it sets them in
     ``os.environ``, loads NumPy's BLAS and starts Numba's pool so that they read them, then
     puts ``os.environ`` back as it was: the settings hold for the engine's pools, and a library
     loaded later (PyTorch's OpenMP, say) or a child process sees the user's environment."""
+    global _user_threads
     env = os.environ if environ is None else environ
-    wanted = {"NUMBA_NUM_THREADS": str(usable_cores()), "OMP_WAIT_POLICY": "PASSIVE"}
+    per_rank = _launch.rank_threads(env, usable_cores(), _machine_cores())
+    wanted = {"NUMBA_NUM_THREADS": str(per_rank or usable_cores()), "OMP_WAIT_POLICY": "PASSIVE"}
+    if per_rank is not None:
+        wanted["OPENBLAS_NUM_THREADS"] = str(per_rank)
     if "numpy" not in sys.modules:      # OpenBLAS reads it when NumPy loads it
         wanted["OPENBLAS_THREAD_TIMEOUT"] = "20"
-    if "numba" in sys.modules:          # too late for the pool size: set_num_threads below
+    if "numba" in sys.modules and environ is None:   # too late for the pool size
         wanted.pop("NUMBA_NUM_THREADS")
+    if environ is None:
+        _user_threads = "NUMBA_NUM_THREADS" in env
     done = [k for k in wanted if k not in env]
     for k in done:
         env[k] = wanted[k]
     if environ is not None:
         return done
+    kept = _RANK_VARS if per_rank is not None else ()     # a rank's share (docstring)
     try:
         import numpy  # noqa: F401  (OpenBLAS reads its variables as it loads)
         from numba.np.ufunc import parallel
@@ -100,7 +125,8 @@ def configure(environ=None):
         pass
     finally:
         for k in done:
-            del env[k]
+            if k not in kept:
+                del env[k]
     if _keep_large_arrays_in_heap(env):
         done.append("mallopt")
     return done
@@ -126,6 +152,17 @@ def set_num_threads(n):
         raise ValueError(f"n: expected an integer in [1, {numba.config.NUMBA_NUM_THREADS}], "
                          f"got {n!r}")
     numba.set_num_threads(n)
+
+
+def set_rank_threads(ranks_here):
+    """Threads of one of ``ranks_here`` MPI ranks on this machine: its share of the cores
+    (``_launch.threads_per_rank``), unless the user set NUMBA_NUM_THREADS. Returns the count."""
+    import numba
+    if not _user_threads:
+        numba.set_num_threads(min(_launch.threads_per_rank(ranks_here, usable_cores(),
+                                                           _machine_cores()),
+                                  numba.config.NUMBA_NUM_THREADS))
+    return numba.get_num_threads()
 
 
 def get_num_threads():

@@ -21,19 +21,19 @@ import numpy as np
 from . import checkpoint as ckpt
 from .batching import epoch_batches, make_batch, split_validation
 from .augment import augment_batch
-from .config import (data_config, load_data, model_config, resolve_config, resume_config,
-                     validate_config)
+from .config import data_config, load_data, model_config, resolve_config, validate_config
 from .data.scaling import Scaler
+from .distributed import LOCAL
 from .early_stopping import EarlyStopping
-from .errors import CheckpointError, Interrupted, TrainingDivergedError
-from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric, vocab_from_meta
-from .interrupts import StopRequests
+from .errors import Interrupted, TrainingDivergedError
+from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric
 from .models import SequenceModel
 from .policy import make_plan
 from .progress import Progress
-from .rundir import BEST, LAST, RUN_KIND, RunDir
-from .run_schema import check_run_meta
+from .rundir import BEST, LAST
+from .run_state import checkpoint_arrays, checkpoint_meta, restore, resume_state
 from .schedule import Schedule
+from .time_budget import fit_to_budget, out_of_time
 
 HOOKS = ("loss", "update", "step", "save", "epoch")
 
@@ -51,23 +51,26 @@ class Trainer:
 
     The run folder is locked from construction to the end of ``fit`` (one writer per
     folder); a folder holding a run is refused unless ``overwrite`` (its run files are then
-    deleted first).
+    deleted first). ``world``: the MPI ranks to train with (only rank 0 prints and writes).
     """
 
     def __init__(self, config, out_dir, *, quiet=False, hooks=None, datasets=None, stream=None,
-                 overwrite=False, _state=None):
+                 overwrite=False, world=None, _state=None):
         self.run = _state["run"] if _state is not None else None
+        self.world = world if world is not None else LOCAL
         try:
-            self.config = resolve_config(config)
-            self.quiet = quiet
-            self.stream = stream if stream is not None else sys.stderr
-            self.hooks = dict(hooks or {})
-            bad = sorted(set(self.hooks) - set(HOOKS))
-            if bad:
-                raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
-            if self.run is None:        # after the checks: a bad configuration makes no folder
-                self.run = RunDir(out_dir).acquire()
-            self._setup(datasets, overwrite, _state)
+            with self.world.agreed():      # an error on one rank stops all, one message
+                self.config = resolve_config(config)
+                self.quiet = quiet or self.world.rank != 0
+                self.stream = stream if stream is not None else sys.stderr
+                self.hooks = dict(hooks or {})
+                bad = sorted(set(self.hooks) - set(HOOKS))
+                if bad:
+                    raise ValueError(f"hooks: unknown names {bad}; expected some of {list(HOOKS)}")
+                if self.run is None:    # after the checks: a bad configuration makes no folder
+                    self.run = self.world.run_dir(out_dir)
+                self._setup(datasets, overwrite, _state)
+            self.world.start(self)
         except BaseException:
             if self.run is not None:
                 self.run.release()
@@ -110,7 +113,7 @@ class Trainer:
         self.opt = _make_optimizer(c, self.model.params)
         total = c["epochs"] * self.batches_per_epoch
         self.warmup = clipped_warmup(c["warmup"], total)
-        if self.warmup != c["warmup"]:
+        if self.warmup != c["warmup"] and self.world.rank == 0:
             # a warm-up as long as the run would train at a fraction of --lr throughout
             print(f"notice: warm-up of {c['warmup']} steps is not shorter than the run "
                   f"({total} steps); clipped to {self.warmup}", file=self.stream, flush=True)
@@ -124,9 +127,9 @@ class Trainer:
         self._elapsed0 = 0.0      # wall seconds of earlier sessions of this run
         self._t_session = time.perf_counter()
         self._acc = MetricSums()  # the current epoch's
-        self.stops = StopRequests(self._say)
+        self.stops = self.world.stop_requests(self._say)
         if _state is not None:
-            self._restore(_state)
+            restore(self, _state)
 
     @property
     def out_dir(self):
@@ -149,45 +152,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def resume(cls, run_dir, overrides=None, **kw):
+    def resume(cls, run_dir, overrides=None, world=None, **kw):
         """Continue the run in ``run_dir`` from its last.npz. ``overrides`` may change only
-        'epochs', 'patience', 'device' and 'eval_batch_size'."""
-        run_dir = os.fspath(run_dir)
-        if not os.path.isdir(run_dir):
-            raise ValueError(f"resume: {run_dir} is not a run folder")
-        run = RunDir(run_dir).acquire("resume")    # before reading: no writer is half-way
-        try:
-            arrays, meta = run.load_last()
-            check_run_meta(meta, run.last)
-            config = resume_config(meta["train_config"], overrides)
-        except BaseException:
-            run.release()
-            raise
-        state = {"arrays": arrays, "meta": meta, "vocab": vocab_from_meta(meta), "path": run.last,
-                 "run": run}
-        return cls(config, run_dir, _state=state, **kw)
-
-    def _restore(self, state):
-        arrays, meta, path = state["arrays"], state["meta"], state["path"]
-        try:
-            self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
-            self.opt.load_state_dict({"arrays": ckpt.split_arrays(arrays, "optim"),
-                                      "meta": meta["optimizer"]})
-        except CheckpointError:
-            raise
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {path}: does not fit the model: "
-                                  f"{' '.join(str(e).split())}") from None
-        p = meta["progress"]
-        self.epoch, self.batch, self.step = p["epoch"], p["batch"], p["step"]
-        self.early_stopping.load_state_dict(p)
-        self._elapsed0 = p["elapsed"]
-        self._acc = MetricSums(**p["epoch_sums"])
-        self.schedule.load_state_dict(meta["schedule"])
-        if self.batches_per_epoch != p["batches_per_epoch"]:
-            raise CheckpointError(f"checkpoint {path}: the training data changed "
-                                  f"({p['batches_per_epoch']} batches per epoch saved, "
-                                  f"{self.batches_per_epoch} now)")
+        'epochs', 'patience', 'device' and 'eval_batch_size'. Under MPI rank 0 reads it."""
+        run_dir, world, state = os.fspath(run_dir), world or LOCAL, None
+        with world.agreed():
+            if world.rank == 0:
+                state = resume_state(run_dir, overrides)
+        state = world.share_resume(state, run_dir)
+        return cls(state["config"], run_dir, _state=state, world=world, **kw)
 
     @property
     def elapsed(self):
@@ -195,38 +168,6 @@ class Trainer:
         return self._elapsed0 + time.perf_counter() - self._t_session
 
     # ------------------------------------------------------------------ checkpoints
-    def _meta(self):
-        vocab = self.train_ds.vocab
-        # progress keys: epoch, batch, step, best, best_epoch, bad_epochs, stopped_early,
-        # elapsed, batches_per_epoch, epoch_sums (what _restore reads back)
-        progress = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                    **self.early_stopping.state_dict(), "elapsed": self.elapsed,
-                    "batches_per_epoch": self.batches_per_epoch,
-                    "epoch_sums": self._acc.state_dict()}
-        return {
-            "kind": RUN_KIND,
-            "plan": self.plan,
-            "scaling": self.scaler.to_json() if self.scaler is not None else None,
-            "model_config": self.model.config.to_dict(),
-            "train_config": self.config,
-            "data_config": data_config(self.config),
-            "vocab": vocab.to_json() if vocab is not None else None,
-            "classes": self.train_ds.classes,
-            "optimizer": self.opt.state_dict()["meta"],
-            "schedule": self.schedule.state_dict(),
-            "progress": progress,
-            "metric": {"name": self.metric, "mode": self.mode},
-            "rng": {"bit_generator": "PCG64",
-                    "note": "shuffle: default_rng([seed, 11, epoch]); dropout: reseeded from "
-                            "[seed, 13, epoch, batch, k] before each step"},
-        }
-
-    def _arrays(self):
-        opt = self.opt.state_dict()
-        rngs = {f"dropout{k}": ckpt.rng_to_array(g)
-                for k, g in enumerate(self.model.dropout_rngs())}
-        return ckpt.join_arrays(model=self.model.state_dict(), optim=opt["arrays"], rng=rngs)
-
     def save(self, name=LAST):
         """Write ``name`` (last.npz or best.npz); a signal waits until the file is complete.
         best.npz is for using the model: its weights only; the optimizer moments (twice the
@@ -235,13 +176,20 @@ class Trainer:
         with self.stops.critical():
             if "save" in self.hooks:
                 self.hooks["save"](self, path)
-            arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
-                      else self._arrays())
-            return ckpt.save_checkpoint(path, arrays, self._meta())
+            self.world.sync_replicas(self.model, self.opt)
+            if self.world.rank == 0:
+                arrays = (ckpt.join_arrays(model=self.model.state_dict()) if name == BEST
+                          else checkpoint_arrays(self))
+                path = ckpt.save_checkpoint(path, arrays, checkpoint_meta(self))
+            self.world.barrier()
+            return path
 
-    def _reseed_dropout(self):
+    def _reseed_dropout(self, window=None):
+        # window (distributed.RowWindow): draw only this rank's rows of the batch's masks
         seed, epoch, batch = self.config["seed"], self.epoch, self.batch
-        self.model.set_dropout_rngs(lambda k: np.random.default_rng([seed, 13, epoch, batch, k]))
+        wrap = window or (lambda g: g)
+        self.model.set_dropout_rngs(lambda k: wrap(np.random.default_rng([seed, 13, epoch, batch,
+                                                                          k])))
 
     # ------------------------------------------------------------------ the loop
     def fit(self):
@@ -261,7 +209,7 @@ class Trainer:
                     self.run.write_config(self.config)
                     self.run.trim_metrics(self.epoch)
                 while self.epoch < c["epochs"] and not self.early_stopping.should_stop \
-                        and not self._out_of_time():
+                        and not out_of_time(self):
                     self.stops.check()
                     self._run_epoch()
             except BaseException as e:
@@ -292,14 +240,7 @@ class Trainer:
         try:
             for b in range(self.batch, len(batches)):
                 # up to the update nothing of the run's state changes: a signal may cut here
-                x, L, y = make_batch(self.train_ds, batches[b], model.dtype)
-                if c["augment"]:
-                    x, L = augment_batch(x, L, np.random.default_rng([c["seed"], 17, self.epoch, b]))
-                    x = np.ascontiguousarray(x[:, :int(L.max())])
-                t0 = time.perf_counter()
-                self._reseed_dropout()
-                out, loss = self._forward_backward(x, L, y)
-                s = model.score(out, y, L)
+                t0, loss, s, tokens = self._gradient(batches[b])
                 with self.stops.critical():     # the update and the counters that count it
                     self.opt.lr = self.schedule.lr(self.step)
                     norm = self.opt.step(max_norm=c["clip"] or None)
@@ -307,22 +248,43 @@ class Trainer:
                         self._diverged(f"gradient norm became {norm}")
                     if "update" in self.hooks:
                         self.hooks["update"](self, {"epoch": self.epoch, "batch": b,
-                                                    "step": self.step + 1, "loss": float(loss)})
+                                                    "step": self.step + 1, "loss": loss})
                     dt = time.perf_counter() - t0
-                    self._acc.add(float(loss), s, int(L.sum()), dt)
+                    self._acc.add(loss, s, tokens, dt)
                     self.step += 1
                     self.batch = b + 1
                 bar.update(1, **metric_stats(self.task, self._acc.loss(), self._acc.sums()),
                            lr=self.opt.lr, tok_s=self._acc.tok_s())
                 if "step" in self.hooks:
                     self.hooks["step"](self, {"epoch": self.epoch, "batch": self.batch,
-                                              "step": self.step, "loss": float(loss)})
+                                              "step": self.step, "loss": loss})
                 self.stops.check()
         finally:
             bar.close()
         record = self._end_epoch()
         if "epoch" in self.hooks:
             self.hooks["epoch"](self, record)
+
+    def _gradient(self, idx):
+        """Batch ``idx``'s gradient in the flat buffer -> (t0, loss, score, tokens)."""
+        if self.world.size > 1:
+            return self.world.gradient(self, idx)
+        x, L, y = self.batch_inputs(idx)
+        t0 = time.perf_counter()
+        self._reseed_dropout()
+        out, loss = self._forward_backward(x, L, y)
+        return t0, float(loss), self.model.score(out, y, L), int(L.sum())
+
+    def batch_inputs(self, idx):
+        """(x, lengths, y) of the global batch ``idx`` of the current step, augmented as
+        configured (the draws are a function of (seed, epoch, batch))."""
+        c = self.config
+        x, L, y = make_batch(self.train_ds, idx, self.model.dtype)
+        if c["augment"]:
+            x, L = augment_batch(x, L, np.random.default_rng([c["seed"], 17, self.epoch,
+                                                              self.batch]))
+            x = np.ascontiguousarray(x[:, :int(L.max())])
+        return x, L, y
 
     def _forward_backward(self, x, L, y):
         """One forward and backward pass; a NaN/Inf anywhere is a divergence, not a bug."""
@@ -357,14 +319,14 @@ class Trainer:
         value = None
         if self.val_ds is not None:
             v = evaluate(self.model, self.val_ds, c["eval_batch_size"], quiet=self.quiet,
-                         desc="  validation", stream=self.stream)
+                         desc="  validation", stream=self.stream, world=self.world)
             record.update({f"val_{k}": v[k] for k in ("loss", self.metric)})
             value = v[self.metric]
         with self.stops.critical():     # counters, schedule, early stopping and files move together
             self.epoch += 1
             self.batch = 0
             self._acc = MetricSums()
-            self._fit_time_budget()
+            fit_to_budget(self)
             self.schedule.epoch_end(value)
             improved = self.early_stopping.update(value, self.epoch)
             record["elapsed"] = self.elapsed
@@ -382,11 +344,12 @@ class Trainer:
 
     def _finish(self):
         c, stop = self.config, self.early_stopping
-        if os.path.exists(self.run.best):
+        if self.world.rank == 0 and os.path.exists(self.run.best):
             arrays, _ = ckpt.load_checkpoint(self.run.best)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
+        self.world.share_weights(self.model)
         res = evaluate(self.model, self.test_ds, c["eval_batch_size"], quiet=self.quiet,
-                       desc="test", stream=self.stream)
+                       desc="test", stream=self.stream, world=self.world)
         self.run.append_metrics({"event": "test", "epoch": stop.best_epoch, "step": self.step,
                                  "test_loss": res["loss"], f"test_{self.metric}": res[self.metric],
                                  "n": res["n"], "elapsed": self.elapsed})
@@ -403,43 +366,15 @@ class Trainer:
             summary["passed"] = bool(got < target if self.metric == "mse" else got >= target)
         return summary
 
-    def _fit_time_budget(self):
-        """After the second epoch of a run with a time budget (the first also compiles the
-        kernels): if the remaining epochs at the second one's speed would overrun it,
-        shorten the run (and its lr schedule) to fit."""
-        c = self.config
-        if not c["time_budget"] or self.epoch > 2 or c["epochs"] <= self.epoch:
-            return
-        if self.epoch == 1:
-            self._t_epoch1 = self.elapsed
-            return
-        t1 = getattr(self, "_t_epoch1", None)
-        if t1 is None:                       # resumed between the two: the plan stands
-            return
-        per_epoch = max(self.elapsed - t1, 1e-9)
-        fit = 2 + max(0, int((c["time_budget"] * 60 - self.elapsed) / per_epoch))
-        if fit < c["epochs"]:
-            self._say(f"time budget {c['time_budget']:g} min: {per_epoch:.1f} s per epoch, "
-                      f"{c['epochs']} epochs planned; shortened to {fit}")
-            c["epochs"] = fit
-            self.schedule.total_steps = max(fit * self.batches_per_epoch, 1)
-            self.run.write_config(c)
-
-    def _out_of_time(self):
-        c = self.config
-        if c["time_budget"] and self.epoch >= 1 and self.elapsed >= c["time_budget"] * 60:
-            self._say(f"time budget of {c['time_budget']:g} min reached after "
-                      f"{self.epoch} epochs; stopping")
-            return True
-        return False
-
     def _diverged(self, what):
         last = self.run.last
         kept = (f"last good checkpoint kept at {last}" if os.path.exists(last)
                 else "no checkpoint was written yet")
-        raise TrainingDivergedError(
+        err = TrainingDivergedError(
             f"training diverged: {what} at epoch {self.epoch + 1}, step {self.step + 1} "
             f"(lr {self.schedule.lr(self.step):.3g}); {kept}; try a lower --lr or --clip")
+        err.all_ranks = self.world.size > 1     # the summed gradient's norm: the same on all
+        raise err
 
     # ------------------------------------------------------------------ output
     def _say(self, msg):
@@ -470,22 +405,23 @@ def _fmt(v):
 
 
 def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=None,
-          overrides=None, stream=None, overwrite=False):
+          overrides=None, stream=None, overwrite=False, world=None):
     """Train a model as ``config`` says, in ``out_dir``; return the summary of ``Trainer.fit``.
 
     With ``resume=True`` the run in ``out_dir`` continues from its last.npz (``config`` is
     ignored; ``overrides`` may extend 'epochs'). A folder that already holds a run is
-    refused unless ``overwrite``.
+    refused unless ``overwrite``. ``world``: ``gruengine.distributed.world()`` trains on
+    the MPI ranks this process was launched with.
     """
     if resume:
         if overwrite:
             raise ValueError("overwrite: a resumed run continues its folder; it cannot also "
                              "overwrite it")
         t = Trainer.resume(out_dir, overrides=overrides, quiet=quiet, hooks=hooks,
-                           datasets=datasets, stream=stream)
+                           datasets=datasets, stream=stream, world=world)
     else:
         t = Trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets, stream=stream,
-                    overwrite=overwrite)
+                    overwrite=overwrite, world=world)
     return t.fit()
 
 
