@@ -2,9 +2,10 @@
 
 The protocol (docs/study.md):
 
-1. **sweep**: every cell at three log-spaced learning rates on the adding problem at
-   T = ``--sweep-T`` with a short budget (``--sweep-steps``); the lr with the lowest
-   validation MSE is that cell's lr for everything after.
+1. **sweep**: every cell at six half-decade learning rates (1e-3 ... 0.3) on the adding
+   problem at T = ``sweep_T`` with the budget of the main runs; the lr that first reaches
+   validation MSE < ``SOLVED`` (ties: the lowest validation MSE) is that cell's lr for
+   everything after.
 2. **adding**: every cell at its lr, T in ``--adding-T``, seeds ``--seeds``, one budget of
    ``--steps`` optimizer steps for all; a run stops early once its validation MSE is below
    ``SOLVED`` (checked at the end of each epoch, the same rule for every cell).
@@ -50,7 +51,8 @@ SOLVED = 0.01           # test / validation MSE below which the adding problem c
 MINGRU_SCAN = "linear"
 DEFAULT_IMDB = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
                                              "aclImdb_labeled.tar.gz"))
-FULL = {"hidden": 32, "batch": 32, "lrs": [1e-3, 3e-3, 1e-2, 3e-2], "sweep_T": 100,
+FULL = {"hidden": 32, "batch": 32, "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+        "sweep_T": 100,
         "sweep_steps": 3000, "steps": 3000, "adding_T": [100, 200, 400], "long_T": [1000],
         "long_cells": list(CELLS), "seeds": [0, 1], "fit": 6400, "val": 800,
         "test": 1000, "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200,
@@ -194,7 +196,9 @@ def phase_runs(p, phase, lrs=None, imdb_dir=None):
 
 
 def best_lrs(p, out):
-    """{cell: lr} from the sweep's result files: the lowest best validation MSE."""
+    """{cell: lr} from the sweep's result files: the lr whose run first reached validation MSE
+    below ``SOLVED`` (fewest steps), ties and runs that never did by the lowest validation
+    MSE. A cell of ``LR_FROM`` gets the lr of the cell it names."""
     best = {}
     for cell in (c for c in p["cells"] if c not in LR_FROM):
         found = []
@@ -203,9 +207,11 @@ def best_lrs(p, out):
             if os.path.exists(path):
                 with open(path) as f:
                     r = json.load(f)
-                found.append((r["best_val"], lr))
+                first = next((s for s, v, _ in r["curve"] if v is not None and v < SOLVED),
+                             float("inf"))
+                found.append((first, r["best_val"], lr))
         if found:
-            best[cell] = min(found)[1]
+            best[cell] = min(found)[2]
     for cell, other in LR_FROM.items():
         if other in best:
             best[cell] = best[other]
@@ -221,6 +227,8 @@ def main(argv=None):
                     help="comma-separated: sweep, adding, long, imdb, report [all]")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells [all]")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds [0,1]")
+    ap.add_argument("--lrs", default=None,
+                    help="comma-separated learning rates of the sweep [0.001,...,0.3]")
     ap.add_argument("--adding-T", default=None, help="comma-separated lengths [100,200,400]")
     ap.add_argument("--long-T", default=None, help="comma-separated lengths [1000]")
     ap.add_argument("--long-cells", default=None, help="cells of the long phase [gru,lstm-fb1]")
@@ -253,10 +261,11 @@ def main(argv=None):
         bad = sorted(set(cells) - set(CELLS))
         if bad:
             ap.error(f"{flag}: expected some of {','.join(CELLS)}, got {','.join(bad)}")
-    for key, flag in (("seeds", "--seeds"), ("adding_T", "--adding-T"), ("long_T", "--long-T")):
-        v = getattr(a, key.replace("-", "_"), None)
+    for key, flag, conv in (("seeds", "--seeds", int), ("adding_T", "--adding-T", int),
+                            ("long_T", "--long-T", int), ("lrs", "--lrs", float)):
+        v = getattr(a, key)
         if v is not None:
-            p[key] = csv(v, int, flag)
+            p[key] = csv(v, conv, flag)
     for key in ("steps", "sweep_steps", "hidden"):
         v = getattr(a, key)
         if v is not None:

@@ -469,16 +469,23 @@ def test_study_lr_choice_and_solved_step(tmp_path):
     import json
     study = _study()
     import study_report                                  # next to study_cells.py
-    p = dict(study.QUICK, cells=["gru", "lstm", "gru-h37"])
+    p = dict(study.QUICK, cells=["gru", "lstm", "gru-h37"], lrs=[1e-3, 1e-2, 1e-1])
     rng = np.random.default_rng()
-    vals = {(c, lr): float(rng.uniform(0.01, 0.2)) for c in ("gru", "lstm") for lr in p["lrs"]}
-    for (c, lr), v in vals.items():
+    # gru: two lrs solve, the later-solving one with the lower final MSE; lstm: none solves
+    first = {("gru", 1e-3): None, ("gru", 1e-2): 400, ("gru", 1e-1): 200,
+             ("lstm", 1e-3): None, ("lstm", 1e-2): None, ("lstm", 1e-1): None}
+    vals = {}
+    for (c, lr), step in first.items():
+        v = float(rng.uniform(1e-5, 1e-3)) if step else float(rng.uniform(0.02, 0.2))
+        curve = [[s, v if step is None or s >= step else 0.5, 0.0] for s in (200, 400, 600)]
+        vals[(c, lr)] = v
         d = tmp_path / "runs" / f"sweep-{c}-lr{lr:g}"
         d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"best_val": v}))
+        (d / "result.json").write_text(json.dumps({"best_val": min(x for _, x, _ in curve),
+                                                   "curve": curve}))
     got = study.best_lrs(p, str(tmp_path))
-    for c in ("gru", "lstm"):
-        assert got[c] == min(p["lrs"], key=lambda lr: vals[(c, lr)])
+    assert got["gru"] == 1e-1                            # fewest steps to solve wins
+    assert got["lstm"] == min(p["lrs"], key=lambda lr: vals[("lstm", lr)])
     assert got["gru-h37"] == got["gru"]                  # trained at the GRU's lr
     curve = [[200, 0.2, 0.3], [400, 0.009, 0.1], [600, 0.002, 0.01]]
     assert study_report.solved_step({"curve": curve}, 0.01) == 400
