@@ -10,7 +10,8 @@ The protocol (docs/study.md):
    ``--steps`` optimizer steps for all; a run stops early once its validation MSE is below
    ``SOLVED`` (checked at the end of each epoch, the same rule for every cell).
 3. **long**: T in ``--long-T`` for the cells ``--long-cells`` (the same budget and rule).
-4. **imdb**: the cells on a small IMDB subset, each at its lr from the sweep.
+4. **imdb**: the cells on a small IMDB subset, each at its lr from the adding sweep and at the
+   lrs of ``imdb_lrs``; the best validation accuracy picks a cell's IMDB result.
 
 Cells: ``gru``, ``lstm`` (PyTorch's initialisation), ``lstm-fb1`` (forget-gate bias 1,
 Jozefowicz et al. 2015), ``mingru``. Each run is one subprocess (its own memory and
@@ -56,10 +57,12 @@ FULL = {"hidden": 32, "batch": 32, "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
         "sweep_steps": 3000, "steps": 3000, "adding_T": [100, 200, 400], "long_T": [1000],
         "long_cells": list(CELLS), "seeds": [0, 1], "fit": 6400, "val": 800,
         "test": 1000, "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200,
+        "imdb_lrs": [3e-3, 1e-2, 3e-2, 1e-1],
         "embed": 64}
 QUICK = dict(FULL, hidden=8, lrs=[3e-3, 1e-2], sweep_T=20, sweep_steps=60, steps=120,
              adding_T=[20, 40], long_T=[60], long_cells=["gru", "lstm-fb1"], seeds=[0], fit=640,
-             val=160, test=200, imdb_train=300, imdb_test=300, imdb_epochs=1, max_len=40, embed=16)
+             val=160, test=200, imdb_train=300, imdb_test=300, imdb_epochs=1, max_len=40, embed=16,
+             imdb_lrs=[1e-2])
 
 
 def adding_config(p, cell, T, lr, seed, steps):
@@ -178,7 +181,7 @@ def run_all(jobs, out, a, threads, stop_below=0.0):
 def phase_runs(p, phase, lrs=None, imdb_dir=None):
     """[(name, train config)] of one phase: 'sweep' (every swept cell at every lr), 'adding'
     and 'long' (every cell at its lr in ``lrs``, every seed and T), 'imdb' (the swept cells
-    on the subset folder ``imdb_dir``)."""
+    on the subset folder ``imdb_dir``, at their adding lr and every lr of ``imdb_lrs``)."""
     swept = [c for c in p["cells"] if c not in LR_FROM]
     if phase == "sweep":
         return [(f"sweep-{cell}-lr{lr:g}", adding_config(p, cell, p["sweep_T"], lr, 0,
@@ -191,7 +194,8 @@ def phase_runs(p, phase, lrs=None, imdb_dir=None):
                                                              p["steps"]))
                 for seed in p["seeds"] for T in Ts for cell in cells]
     if phase == "imdb":
-        return [(f"imdb-{cell}", imdb_config(p, cell, lrs[cell], imdb_dir)) for cell in swept]
+        return [(f"imdb-{cell}-lr{lr:g}", imdb_config(p, cell, lr, imdb_dir)) for cell in swept
+                for lr in sorted(set(p["imdb_lrs"]) | {lrs[cell]})]
     raise ValueError(f"phase: expected sweep, adding, long or imdb, got {phase!r}")
 
 

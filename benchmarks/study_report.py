@@ -29,7 +29,7 @@ def _cell(r):
         return name[len("sweep-"):name.rindex("-lr")]
     if name.startswith("adding-"):
         return name.split("-", 2)[2].rsplit("-s", 1)[0]
-    return name[len("imdb-"):]
+    return name[len("imdb-"):name.rindex("-lr")]
 
 
 def solved_step(r, below):
@@ -54,6 +54,17 @@ def adding_table(results, below):
             e["solved"] += 1
             e["steps"].append(solved_step(r, below) or r["steps"])
     return t
+
+
+def best_imdb(results):
+    """Per cell, the IMDB run with the best validation accuracy, in ORDER."""
+    best = {}
+    for r in results:
+        if r["name"].startswith("imdb-") and "error" not in r:
+            c = _cell(r)
+            if c not in best or r["best_val"] > best[c]["best_val"]:
+                best[c] = r
+    return [best[c] for c in ORDER if c in best]
 
 
 def _mean_std(v):
@@ -105,20 +116,44 @@ def markdown(results, meta):
     if base:
         lines.append(f"\nPredicting the training mean scores test MSE "
                      f"{min(base):.3f}–{max(base):.3f}.")
-    walls = {}
-    for cell, d in t.items():
-        for T, e in d.items():
-            walls[(cell, T)] = sum(e["wall"]) / len(e["wall"])
-    imdb = [r for r in results if r["name"].startswith("imdb-") and "error" not in r]
+    speed = {}
+    for r in results:
+        if r["name"].startswith("adding-") and "error" not in r and r.get("tokens_per_s"):
+            speed.setdefault(_cell(r), {}).setdefault(r["config"]["seq_len"], []).append(
+                r["tokens_per_s"])
+    if speed:
+        lines.append("\n**Training throughput** (tokens/s, median over the runs; one Numba thread "
+                     "per run on a shared machine, so a rough ratio between cells only):\n")
+        lines.append("| cell | " + " | ".join(f"T = {T}" for T in Ts) + " |")
+        lines.append("|---|" + "---:|" * len(Ts))
+        for cell in (c for c in ORDER if c in speed):
+            lines.append(f"| {LABEL[cell]} | " + " | ".join(
+                f"{sorted(speed[cell][T])[len(speed[cell][T]) // 2]:,.0f}"
+                if T in speed[cell] else "" for T in Ts) + " |")
+    imdb = best_imdb(results)
     if imdb:
         lines.append(f"\n**IMDB** ({p['imdb_train']} training / {p['imdb_test']} test reviews, "
                      f"last {p['max_len']} tokens, {p['imdb_epochs']} epochs, H = {p['hidden']}, "
-                     f"embeddings {p['embed']}):\n")
-        lines.append("| cell | lr | params | test accuracy | run time (s) | train tokens/s |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for r in sorted(imdb, key=lambda r: ORDER.index(_cell(r))):
-            lines.append(f"| {LABEL[_cell(r)]} | {r['config']['lr']:g} | {r['params']} "
-                         f"| {r['test']:.4f} | {r['wall_s']:.0f} | {r['tokens_per_s']:.0f} |")
+                     f"embeddings {p['embed']}): test accuracy at each lr; bold: the lr with the "
+                     "best validation accuracy, the cell's result; * the lr of its adding sweep.\n")
+        grid = {}
+        for r in results:
+            if r["name"].startswith("imdb-") and "error" not in r:
+                grid.setdefault(_cell(r), {})[r["config"]["lr"]] = r
+        ilrs = sorted({lr for d in grid.values() for lr in d})
+        lines.append("| cell | params | " + " | ".join(f"lr {lr:g}" for lr in ilrs)
+                     + " | run time (s) | train tokens/s |")
+        lines.append("|---|---:|" + "---:|" * len(ilrs) + "---:|---:|")
+        for r in imdb:
+            cell = _cell(r)
+            row = []
+            for lr in ilrs:
+                q = grid[cell].get(lr)
+                txt = "" if q is None else f"{q['test']:.4f}"
+                txt = f"**{txt}**" if q is r else txt
+                row.append(txt + ("*" if q is not None and lr == meta["lrs"].get(cell) else ""))
+            lines.append(f"| {LABEL[cell]} | {r['params']} | " + " | ".join(row)
+                         + f" | {r['wall_s']:.0f} | {r['tokens_per_s']:.0f} |")
     loads = [r.get("load_avg_start") for r in results if r.get("load_avg_start") is not None]
     if loads:
         par = sorted({(r.get("jobs", 1), r.get("threads")) for r in results})
@@ -224,15 +259,15 @@ def plots(results, meta, folder):
         fig.tight_layout()
         written.append(_save(fig, folder, "study_curves.png", plt))
 
-    imdb = sorted((r for r in results if r["name"].startswith("imdb-") and "error" not in r),
-                  key=lambda r: ORDER.index(_cell(r)))
+    imdb = best_imdb(results)
     if imdb:
         fig, ax = plt.subplots(figsize=(4.5, 3.4))
         bars = ax.bar([LABEL[_cell(r)] for r in imdb], [r["test"] for r in imdb],
                       color=[COLOR[_cell(r)] for r in imdb])
         for b, r in zip(bars, imdb):
             ax.text(b.get_x() + b.get_width() / 2, b.get_height(),
-                    f"{r['test']:.3f}\n{r['wall_s']:.0f} s", ha="center", va="bottom", fontsize=8)
+                    f"{r['test']:.3f}\nlr {r['config']['lr']:g}", ha="center", va="bottom",
+                    fontsize=8)
         ax.axhline(imdb[0]["baseline"], color="gray", ls="--")
         ax.set(ylabel="test accuracy", ylim=(0.4, 1.0),
                title=f"IMDB, {p['imdb_train']} reviews, {p['imdb_epochs']} epochs")

@@ -442,7 +442,7 @@ def test_study_configs_are_valid_and_matched(tmp_path):
         assert len({name for name, _ in runs}) == len(runs)
         assert len(runs) == len(sweep) + len(p["seeds"]) * (
             len(p["adding_T"]) * len(study.CELLS) + len(p["long_T"]) * len(p["long_cells"])) \
-            + len(swept)
+            + sum(len(set(p["imdb_lrs"]) | {lrs[c]}) for c in swept)
         for name, cfg in runs:
             resolve_config(cfg)                        # the trainer accepts every run
         # per phase, task, length and seed the models differ only in their own keys and lr:
