@@ -76,20 +76,27 @@ def markdown(results, meta):
     below = meta["solved_below"]
     p = meta["params"]
     lines = [f"**Learning-rate sweep** (adding problem, T = {p['sweep_T']}, {p['sweep_steps']} "
-             "steps, seed 0): best validation MSE; the lowest (bold) is the cell's lr.\n"]
+             "steps, seed 0, no early exit): best validation MSE and, in brackets, the step at "
+             f"which validation MSE first fell below {below}; bold: the lr chosen (the first to "
+             "solve; ties: the lowest MSE).\n"]
     sweep = {}
     for r in results:
         if r["name"].startswith("sweep-") and "error" not in r:
-            sweep.setdefault(_cell(r), {})[r["config"]["lr"]] = r["best_val"]
+            sweep.setdefault(_cell(r), {})[r["config"]["lr"]] = r
     lrs = sorted({lr for d in sweep.values() for lr in d})
     lines.append("| cell | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
     lines.append("|---|" + "---:|" * len(lrs))
     for cell in (c for c in ORDER if c in sweep):
-        best = min(sweep[cell].values())
-        lines.append(f"| {LABEL[cell]} | " + " | ".join(
-            "" if lr not in sweep[cell] else (f"**{sweep[cell][lr]:.4f}**"
-                                              if sweep[cell][lr] == best
-                                              else f"{sweep[cell][lr]:.4f}") for lr in lrs) + " |")
+        row = []
+        for lr in lrs:
+            r = sweep[cell].get(lr)
+            if r is None:
+                row.append("")
+                continue
+            step = solved_step(r, below)
+            txt = f"{r['best_val']:.1e}" + (f" ({step})" if step else "")
+            row.append(f"**{txt}**" if lr == meta["lrs"].get(cell) else txt)
+        lines.append(f"| {LABEL[cell]} | " + " | ".join(row) + " |")
     t = adding_table(results, below)
     Ts = sorted({T for d in t.values() for T in d})
     lines.append(f"\n**Adding problem**: solved runs / runs (test MSE < {below}), test MSE "
@@ -118,12 +125,15 @@ def markdown(results, meta):
                      f"{min(base):.3f}–{max(base):.3f}.")
     speed = {}
     for r in results:
-        if r["name"].startswith("adding-") and "error" not in r and r.get("tokens_per_s"):
+        # runs of 3 epochs or more: the first epoch also loads the compiled kernels
+        if r["name"].startswith(("adding-", "sweep-")) and "error" not in r \
+                and r.get("tokens_per_s") and r["epochs"] >= 3:
             speed.setdefault(_cell(r), {}).setdefault(r["config"]["seq_len"], []).append(
                 r["tokens_per_s"])
     if speed:
-        lines.append("\n**Training throughput** (tokens/s, median over the runs; one Numba thread "
-                     "per run on a shared machine, so a rough ratio between cells only):\n")
+        lines.append("\n**Training throughput** (tokens/s, median over the runs of 3 epochs or "
+                     "more, the sweep's included, epochs after the first; one Numba thread per run on a shared, busy "
+                     "machine, so a rough ratio between cells only):\n")
         lines.append("| cell | " + " | ".join(f"T = {T}" for T in Ts) + " |")
         lines.append("|---|" + "---:|" * len(Ts))
         for cell in (c for c in ORDER if c in speed):
