@@ -55,7 +55,7 @@ DEFAULT_IMDB = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 FULL = {"hidden": 32, "batch": 32, "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
         "sweep_T": 100,
         "sweep_steps": 3000, "steps": 3000, "adding_T": [100, 200, 400], "long_T": [1000],
-        "long_cells": list(CELLS), "seeds": [0, 1], "fit": 6400, "val": 800,
+        "long_cells": list(CELLS), "seeds": [0, 1, 2], "fit": 6400, "val": 800,
         "test": 1000, "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200,
         "imdb_lrs": [3e-3, 1e-2, 3e-2, 1e-1],
         "embed": 64}
@@ -230,7 +230,7 @@ def main(argv=None):
     ap.add_argument("--phases", default="sweep,adding,long,imdb,report",
                     help="comma-separated: sweep, adding, long, imdb, report [all]")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells [all]")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds [0,1]")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds [0,1,2]")
     ap.add_argument("--lrs", default=None,
                     help="comma-separated learning rates of the sweep [0.001,...,0.3]")
     ap.add_argument("--adding-T", default=None, help="comma-separated lengths [100,200,400]")

@@ -261,15 +261,15 @@ def plots(results, meta, folder):
                     seed = r["config"]["seed"]
                     pts = [(s, v) for s, v, _ in r["curve"] if v is not None]
                     a.plot([0] + [s for s, _ in pts], [r["baseline"]] + [v for _, v in pts],
-                           color=COLOR[cell], ls=("-", "--", ":")[seed % 3], lw=1.2,
+                           color=COLOR[cell], ls=("-", "--", ":", "-.")[seed % 4], lw=1.2,
                            label=LABEL[cell] if seed == 0 else None)
             a.axhline(below, color="gray", ls=":")
             a.set(yscale="log", xlabel="optimizer step", title=f"T = {T}")
             a.grid(alpha=0.3)
         axes[0][0].set_ylabel("validation MSE")
         axes[0][0].legend(fontsize=7)
-        fig.suptitle("validation MSE every 200 steps (solid: seed 0, dashed: seed 1, dotted: "
-                     "seed 2; a run ends once solved)",
+        fig.suptitle("validation MSE at the end of every epoch, one line per run (line style: "
+                     "seed); a run ends once solved",
                      fontsize=9)
         fig.tight_layout()
         written.append(_save(fig, folder, "study_curves.png", plt))
