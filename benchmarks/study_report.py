@@ -133,8 +133,8 @@ def markdown(results, meta):
                 r["tokens_per_s"])
     if speed:
         lines.append("\n**Training throughput** (tokens/s, median over the runs of 3 epochs or "
-                     "more, the sweep's included, epochs after the first; one Numba thread per run on a shared, busy "
-                     "machine, so a rough ratio between cells only):\n")
+                     "more, the sweep's included, epochs after the first; one Numba thread per "
+                     "run on a shared, busy machine, so a rough ratio between cells only):\n")
         lines.append("| cell | " + " | ".join(f"T = {T}" for T in Ts) + " |")
         lines.append("|---|" + "---:|" * len(Ts))
         for cell in (c for c in ORDER if c in speed):

@@ -234,7 +234,8 @@ def model_config(c, train_ds, test_ds=None):
     m = {"task": train_ds.task, "num_outputs": num_outputs, "cell": c["cell"],
          "hidden_size": c["hidden_size"], "num_layers": c["num_layers"],
          "bidirectional": c["bidirectional"], "dropout": float(c["dropout"]),
-         "reset_after": c["reset_after"], "forget_bias": c["forget_bias"], "pooling": c["pooling"], "dtype": c["dtype"],
+         "reset_after": c["reset_after"], "forget_bias": c["forget_bias"],
+         "pooling": c["pooling"], "dtype": c["dtype"],
          "device": c["device"], "seed": c["seed"], "conv_channels": c["conv_channels"],
          "conv_kernels": list(c["conv_kernels"]), "conv_stride": c["conv_stride"],
          "conv_skip": c["conv_skip"], "conv_norm": c["conv_norm"]}
