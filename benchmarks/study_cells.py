@@ -1,75 +1,94 @@
-"""GRU vs LSTM vs minGRU at a matched hidden size and a matched training budget.
+"""GRU vs LSTM vs minGRU on the adding problem (and IMDB), each cell at its own learning rate.
 
-Each cell is trained with the library's trainer (``gruengine.train.train``) on the adding
-problem at several lengths T and on IMDB sentiment, one run per subprocess so that the peak
-memory of a run is its own. Recorded per run: the test metric (MSE or accuracy), training
-wall time, training throughput (tokens/s), parameter count, peak resident memory (maxrss of
-the run's process) and the peak of NumPy/Python allocations during training (tracemalloc).
+The protocol (docs/study.md):
 
-    python benchmarks/study_cells.py --quick                      # ~1 minute: proves it works
-    NUMBA_NUM_THREADS=2 python benchmarks/study_cells.py           # the full study, ~10-15 min
-    python benchmarks/study_cells.py --imdb-train 2000 --adding-T 50,100 --out runs/study_small
+1. **sweep**: every cell at six half-decade learning rates (1e-3 ... 0.3) on the adding
+   problem at T = ``sweep_T`` with the budget of the main runs; the lr that first reaches
+   validation MSE < ``SOLVED`` (ties: the lowest validation MSE) is that cell's lr for
+   everything after.
+2. **adding**: every cell at its lr, T in ``--adding-T``, seeds ``--seeds``, one budget of
+   ``--steps`` optimizer steps for all; a run stops early once its validation MSE is below
+   ``SOLVED`` (checked at the end of each epoch, the same rule for every cell).
+3. **long**: T in ``--long-T`` for the cells ``--long-cells`` (the same budget and rule).
+4. **imdb**: the cells on a small IMDB subset, each at its lr from the adding sweep and at the
+   lrs of ``imdb_lrs``; the best validation accuracy picks a cell's IMDB result.
 
-Writes OUT/results.json (every run and the machine), OUT/results.md (a markdown table) and
-OUT/study_cells.png (needs matplotlib). A finished run (OUT/runs/<name>/result.json with the
-same configuration) is reused when the study is run again; --force retrains everything.
+Cells: ``gru``, ``lstm`` (PyTorch's initialisation), ``lstm-fb1`` (forget-gate bias 1,
+Jozefowicz et al. 2015), ``mingru``. Each run is one subprocess (its own memory and
+threads); ``--jobs`` runs that many at once. A finished run (OUT/runs/<name>/result.json with
+the same configuration) is reused, so the study can be stopped and started again.
+
+    python benchmarks/study_cells.py --quick                   # about a minute: proves it works
+    python benchmarks/study_cells.py --jobs 2 --phases sweep,adding
+    python benchmarks/study_cells.py --jobs 2 --phases long,imdb --long-T 1000
+    python benchmarks/study_cells.py --phases report --img docs/img   # tables and plots only
+
+Writes OUT/results.json (every run and the machine), OUT/results.md and the plots.
 """
 import argparse
+import concurrent.futures as cf
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
 
-CELLS = ("gru", "lstm", "mingru")
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import study_report  # noqa: E402  (tables and plots)
+
+# the compared models: configuration keys over the common ones
+CELLS = {"gru": {"cell": "gru"}, "lstm": {"cell": "lstm"},
+         "lstm-fb1": {"cell": "lstm", "forget_bias": 1.0}, "mingru": {"cell": "mingru"},
+         "gru-h37": {"cell": "gru", "hidden_size": 37}}
+# a model trained at another one's lr instead of sweeping its own: the GRU with the LSTM's
+# parameter count (H=37 against the LSTM's H=32 on the adding problem's 2 inputs: 4,589 vs 4,641)
+LR_FROM = {"gru-h37": "gru"}
+SOLVED = 0.01           # test / validation MSE below which the adding problem counts as solved
+# minGRU's forward scan: the same recurrence as the default "log", ~7x cheaper per element on
+# one core, equal to float32 rounding (gruengine/kernels/cpu/mingru.py)
+MINGRU_SCAN = "linear"
 DEFAULT_IMDB = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
                                              "aclImdb_labeled.tar.gz"))
-
-# the full study: an estimated ~10 minutes on 2 idle cores (docs/study.md explains the estimate)
-FULL = {"adding_T": [50, 100, 200], "adding_train": 6000, "adding_test": 1000, "adding_epochs": 8,
-        "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200, "hidden": 64,
+FULL = {"hidden": 32, "batch": 32, "lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+        "sweep_T": 100,
+        "sweep_steps": 3000, "steps": 3000, "adding_T": [100, 200, 400], "long_T": [1000],
+        "long_cells": list(CELLS), "seeds": [0, 1, 2], "fit": 6400, "val": 800,
+        "test": 1000, "imdb_train": 5000, "imdb_test": 5000, "imdb_epochs": 2, "max_len": 200,
+        "imdb_lrs": [3e-3, 1e-2, 3e-2, 1e-1],
         "embed": 64}
-QUICK = {"adding_T": [25], "adding_train": 1000, "adding_test": 200, "adding_epochs": 3,
-         "imdb_train": 400, "imdb_test": 400, "imdb_epochs": 1, "max_len": 40, "hidden": 16,
-         "embed": 16}
+QUICK = dict(FULL, hidden=8, lrs=[3e-3, 1e-2], sweep_T=20, sweep_steps=60, steps=120,
+             adding_T=[20, 40], long_T=[60], long_cells=["gru", "lstm-fb1"], seeds=[0], fit=640,
+             val=160, test=200, imdb_train=300, imdb_test=300, imdb_epochs=1, max_len=40, embed=16,
+             imdb_lrs=[1e-2])
 
 
-def _warmup(n_train, epochs, batch=64, val_fraction=0.1):
-    # 50 warm-up steps, or a tenth of a short run
-    steps = -(-int(n_train * (1 - val_fraction)) // batch) * epochs
-    return min(50, steps // 10)
+def adding_config(p, cell, T, lr, seed, steps):
+    """One adding-problem run: ``fit`` training and ``val`` validation sequences, so that an
+    epoch is fit / batch steps; ``steps`` is rounded up to whole epochs."""
+    per_epoch = -(-p["fit"] // p["batch"])
+    c = dict(task="adding", seq_len=T, n_train=p["fit"] + p["val"], n_test=p["test"],
+             val_fraction=p["val"] / (p["fit"] + p["val"]), hidden_size=p["hidden"],
+             num_layers=1, batch_size=p["batch"], lr=lr, epochs=-(-steps // per_epoch),
+             warmup=min(100, steps // 10), patience=0, seed=seed, dtype="float32",
+             device="cpu", pooling="last", bucket=50)
+    return dict(c, **CELLS[cell])
 
 
-def run_configs(p, imdb_dir=None):
-    """(name, train config) for every run of the study, cells innermost. ``imdb_dir``: the
-    IMDB subset as a folder of train.tsv / test.tsv (see ``imdb_subset``)."""
-    out = []
-    common = {"hidden_size": p["hidden"], "num_layers": 1, "seed": p["seed"], "patience": 0,
-              "dtype": "float32", "device": "cpu", "batch_size": 64, "pooling": "last",
-              "val_fraction": 0.1}
-    for T in p["adding_T"]:
-        for cell in p["cells"]:
-            out.append((f"adding-T{T}-{cell}", dict(
-                common, task="adding", cell=cell, seq_len=T, n_train=p["adding_train"],
-                n_test=p["adding_test"], epochs=p["adding_epochs"], lr=3e-3, batch_size=32,
-                warmup=_warmup(p["adding_train"], p["adding_epochs"]))))
-    if imdb_dir:
-        for cell in p["cells"]:
-            out.append((f"imdb-{cell}", dict(
-                common, task="text", data=imdb_dir, cell=cell, epochs=p["imdb_epochs"],
-                max_len=p["max_len"], truncate="tail", vocab_size=20000, min_count=2,
-                embed_dim=p["embed"], lr=3e-3, warmup=_warmup(p["imdb_train"], p["imdb_epochs"]))))
-    return out
+def imdb_config(p, cell, lr, data):
+    c = dict(task="text", data=data, hidden_size=p["hidden"], num_layers=1,
+             epochs=p["imdb_epochs"], max_len=p["max_len"], truncate="tail",
+             vocab_size=20000, min_count=2, embed_dim=p["embed"], lr=lr, batch_size=64,
+             val_fraction=0.1, patience=0, warmup=50, seed=0, dtype="float32",
+             device="cpu", pooling="last")
+    return dict(c, **CELLS[cell])
 
 
 def imdb_subset(path, n_train, n_test, out):
-    """Read ``n_train`` / ``n_test`` IMDB reviews once (half per class) and write them as
-    OUT/data/imdb-<n_train>-<n_test>/{train,test}.tsv, so that each run reads a small file
-    instead of streaming the archive again. Returns the folder."""
+    """Read ``n_train`` / ``n_test`` IMDB reviews once (half per class) into
+    OUT/data/imdb-<n_train>-<n_test>/{train,test}.tsv; returns the folder."""
     folder = os.path.join(out, "data", f"imdb-{n_train}-{n_test}")
     if all(os.path.exists(os.path.join(folder, f"{s}.tsv")) for s in ("train", "test")):
         return folder
@@ -86,199 +105,226 @@ def imdb_subset(path, n_train, n_test, out):
 
 
 # ---------------------------------------------------------------------------------- one run
-def child(config_json, run_dir):
-    """Train one configuration in this process and print one JSON line of measurements."""
-    import tracemalloc
+def child(config_json, run_dir, stop_below):
+    """Train one configuration in this process; print one JSON line of measurements."""
+    from gruengine.inference import load_model
+    from gruengine.kernels.cpu import mingru
     from gruengine.rundir import read_metrics
     from gruengine.train import train
+    mingru.SCAN = MINGRU_SCAN
     config = json.loads(config_json)
-    tracemalloc.start()
+    stop_below = float(stop_below)
+
+    def solved(trainer, record):
+        # the budget check of the trainer's loop: epochs == epoch ends the run after this epoch
+        if record.get("val_mse", float("inf")) < stop_below:
+            trainer.config["epochs"] = trainer.epoch
+
     t0 = time.perf_counter()
-    summary = train(config, run_dir, quiet=True)
+    summary = train(config, run_dir, quiet=True,
+                    hooks={"epoch": solved} if stop_below > 0 else None)
     wall = time.perf_counter() - t0
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    epochs = [r for r in read_metrics(run_dir) if r.get("event") == "epoch"]
-    tok_s = [r["tokens_per_s"] for r in epochs if r.get("tokens_per_s")]
-    # the first epoch also loads/compiles the kernels: report the later epochs when there are
-    steady = tok_s[1:] or tok_s
-    from gruengine.inference import load_model
+    records = read_metrics(run_dir)
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    tok_s = sorted(r["tokens_per_s"] for r in epochs[1:] or epochs if r.get("tokens_per_s"))
+    metric = summary["metric"]
+    curve = [[r["step"], r.get(f"val_{metric}"), r.get("train_loss")] for r in epochs]
     model, _ = load_model(os.path.join(run_dir, "best.npz"))
-    n_params = int(model.params.size)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss       # KiB on Linux
-    res = {"metric": summary["metric"], "test": summary["test"][summary["metric"]],
-           "test_loss": summary["test"]["loss"], "baseline": summary["baseline"],
+    res = {"metric": metric, "test": summary["test"][metric], "test_loss": summary["test"]["loss"],
+           "baseline": summary["baseline"][metric], "best_val": summary["best_val"],
            "epochs": summary["epochs"], "steps": summary["steps"], "wall_s": wall,
-           "train_elapsed_s": summary["elapsed"], "tokens_per_s": sorted(steady)[len(steady) // 2],
-           "params": n_params, "peak_rss_mb": rss / 1024, "peak_traced_mb": traced_peak / 2**20}
+           "tokens_per_s": tok_s[len(tok_s) // 2] if tok_s else None,
+           "params": int(model.params.size), "curve": curve,
+           "load_avg": os.getloadavg()[0], "mingru_scan": mingru.SCAN}
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def run_one(name, config, out, force):
+def run_one(name, config, out, force, threads, stop_below=0.0, jobs=1):
     run_dir = os.path.join(out, "runs", name)
     done = os.path.join(run_dir, "result.json")
     if not force and os.path.exists(done):
         with open(done) as f:
             prev = json.load(f)
         if prev.get("config") == config:
-            print(f"{name}: reused {done}", flush=True)
             return prev
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
-    t0 = time.perf_counter()
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
-                           json.dumps(config), run_dir], capture_output=True, text=True)
+                           json.dumps(config), run_dir, str(stop_below)],
+                          capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         print(f"{name}: FAILED ({tail[0]})", flush=True)
         return {"name": name, "config": config, "error": tail[0]}
     res = dict(json.loads(lines[-1][len("RESULT "):]), name=name, config=config,
-               process_s=time.perf_counter() - t0)
+               process_s=time.perf_counter() - t0, load_avg_start=load0, threads=threads,
+               jobs=jobs)
     with open(done, "w") as f:
         json.dump(res, f, indent=1)
-    print(f"{name}: test {res['metric']} {res['test']:.4g}, train {res['wall_s']:.0f} s, "
-          f"{res['tokens_per_s']:.0f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} {name}: test {res['metric']} {res['test']:.4g} after "
+          f"{res['steps']} steps, {res['wall_s']:.0f} s, load {load0:.1f}", flush=True)
     return res
 
 
-# ---------------------------------------------------------------------------------- reports
-def markdown(results, meta):
-    head = ("| task | T / max_len | cell | params | test metric | predict-mean / majority "
-            "| run time (s) | train tokens/s | peak RSS (MB) | peak traced (MB) |\n"
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
-    rows = []
-    for r in results:
-        c = r["config"]
-        length = c.get("seq_len") or c.get("max_len")
-        task = "imdb" if c["task"] == "text" else c["task"]
-        if "error" in r:
-            rows.append(f"| {task} | {length} | {c['cell']} | | failed: {r['error']} "
-                        f"| | | | | |")
-            continue
-        base = r["baseline"].get(r["metric"])
-        rows.append(f"| {task} | {length} | {c['cell']} | {r['params']} "
-                    f"| {r['metric']} {r['test']:.4f} | {base:.4f} | {r['wall_s']:.1f} "
-                    f"| {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} "
-                    f"| {r['peak_traced_mb']:.1f} |")
-    note = (f"\n{meta['mode']} run, {meta['date']}, {meta['machine']}, "
-            f"NUMBA_NUM_THREADS={meta['numba_threads']}, hidden size {meta['params']['hidden']}; "
-            f"command: `{meta['command']}`\n")
-    return head + "\n".join(rows) + "\n" + note
+def run_all(jobs, out, a, threads, stop_below=0.0):
+    """[(name, config)] -> results in the same order, ``a.jobs`` at a time."""
+    with cf.ThreadPoolExecutor(max_workers=a.jobs) as ex:
+        futs = [ex.submit(run_one, n, c, out, a.force, threads, stop_below, a.jobs)
+                for n, c in jobs]
+        return [f.result() for f in futs]
 
 
-def plot(results, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is missing: no plot (pip install 'gruengine[plot]')")
-        return None
-    ok = [r for r in results if "error" not in r]
-    adding = [r for r in ok if r["config"]["task"] == "adding"]
-    imdb = [r for r in ok if r["config"]["task"] == "text"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for cell in CELLS:
-        rs = sorted((r for r in adding if r["config"]["cell"] == cell),
-                    key=lambda r: r["config"]["seq_len"])
-        if rs:
-            Ts = [r["config"]["seq_len"] for r in rs]
-            axes[0].plot(Ts, [r["test"] for r in rs], "-o", label=cell)
-            axes[1].plot(Ts, [r["tokens_per_s"] for r in rs], "-o", label=cell)
-    if adding:
-        axes[0].axhline(adding[0]["baseline"]["mse"], color="gray", ls="--", label="predict mean")
-    axes[0].set(xlabel="T", ylabel="test MSE", title="adding problem", yscale="log")
-    axes[1].set(xlabel="T", ylabel="training tokens/s", title="adding: throughput")
-    for ax in axes[:2]:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if imdb:
-        names = [r["config"]["cell"] for r in imdb]
-        bars = axes[2].bar(names, [r["test"] for r in imdb], color=["C0", "C1", "C2"][:len(imdb)])
-        for b, r in zip(bars, imdb):
-            axes[2].text(b.get_x() + b.get_width() / 2, b.get_height(),
-                         f"{r['test']:.3f}\n{r['wall_s']:.0f} s", ha="center", va="bottom",
-                         fontsize=8)
-        axes[2].set(ylabel="test accuracy", title="IMDB", ylim=(0.4, 1.0))
-        axes[2].axhline(imdb[0]["baseline"]["acc"], color="gray", ls="--")
-    else:
-        axes[2].set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+def phase_runs(p, phase, lrs=None, imdb_dir=None):
+    """[(name, train config)] of one phase: 'sweep' (every swept cell at every lr), 'adding'
+    and 'long' (every cell at its lr in ``lrs``, every seed and T), 'imdb' (the swept cells
+    on the subset folder ``imdb_dir``, at their adding lr and every lr of ``imdb_lrs``)."""
+    swept = [c for c in p["cells"] if c not in LR_FROM]
+    if phase == "sweep":
+        return [(f"sweep-{cell}-lr{lr:g}", adding_config(p, cell, p["sweep_T"], lr, 0,
+                                                         p["sweep_steps"]))
+                for lr in p["lrs"] for cell in swept]
+    if phase in ("adding", "long"):
+        Ts, cells = ((p["adding_T"], p["cells"]) if phase == "adding"
+                     else (p["long_T"], [c for c in p["long_cells"] if c in p["cells"]]))
+        return [(f"adding-T{T}-{cell}-s{seed}", adding_config(p, cell, T, lrs[cell], seed,
+                                                             p["steps"]))
+                for seed in p["seeds"] for T in Ts for cell in cells]
+    if phase == "imdb":
+        return [(f"imdb-{cell}-lr{lr:g}", imdb_config(p, cell, lr, imdb_dir)) for cell in swept
+                for lr in sorted(set(p["imdb_lrs"]) | {lrs[cell]})]
+    raise ValueError(f"phase: expected sweep, adding, long or imdb, got {phase!r}")
+
+
+def best_lrs(p, out):
+    """{cell: lr} from the sweep's result files: the lr whose run first reached validation MSE
+    below ``SOLVED`` (fewest steps), ties and runs that never did by the lowest validation
+    MSE. A cell of ``LR_FROM`` gets the lr of the cell it names."""
+    best = {}
+    for cell in (c for c in p["cells"] if c not in LR_FROM):
+        found = []
+        for lr in p["lrs"]:
+            path = os.path.join(out, "runs", f"sweep-{cell}-lr{lr:g}", "result.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    r = json.load(f)
+                first = next((s for s, v, _ in r["curve"] if v is not None and v < SOLVED),
+                             float("inf"))
+                found.append((first, r["best_val"], lr))
+        if found:
+            best[cell] = min(found)[2]
+    for cell, other in LR_FROM.items():
+        if other in best:
+            best[cell] = best[other]
+    return best
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: about one minute")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: about a minute")
     ap.add_argument("--out", default=None, help="output folder [runs/study_cells(_quick)]")
-    ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells")
-    ap.add_argument("--adding-T", default=None, help="comma-separated lengths [50,100,200]")
-    ap.add_argument("--adding-train", type=int, default=None, help="adding training examples")
-    ap.add_argument("--adding-epochs", type=int, default=None)
+    ap.add_argument("--phases", default="sweep,adding,long,imdb,report",
+                    help="comma-separated: sweep, adding, long, imdb, report [all]")
+    ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells [all]")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds [0,1,2]")
+    ap.add_argument("--lrs", default=None,
+                    help="comma-separated learning rates of the sweep [0.001,...,0.3]")
+    ap.add_argument("--adding-T", default=None, help="comma-separated lengths [100,200,400]")
+    ap.add_argument("--long-T", default=None, help="comma-separated lengths [1000]")
+    ap.add_argument("--long-cells", default=None, help="cells of the long phase [gru,lstm-fb1]")
+    ap.add_argument("--steps", type=int, default=None, help="budget of every adding run [2000]")
+    ap.add_argument("--sweep-steps", type=int, default=None, help="budget of a sweep run [800]")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden size of every cell [32]")
     ap.add_argument("--imdb", default=DEFAULT_IMDB,
                     help="IMDB archive or folder; 'none' skips IMDB [%(default)s]")
-    ap.add_argument("--imdb-train", type=int, default=None, help="training reviews [5000]")
-    ap.add_argument("--imdb-test", type=int, default=None, help="test reviews [5000]")
-    ap.add_argument("--imdb-epochs", type=int, default=None)
-    ap.add_argument("--max-len", type=int, default=None, help="IMDB tokens kept (the last ones)")
-    ap.add_argument("--hidden", type=int, default=None, help="hidden size of every cell [64]")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once [1]")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Numba threads per run [cores / jobs]")
+    ap.add_argument("--img", default=None, help="also write the plots into this folder")
     ap.add_argument("--force", action="store_true", help="retrain runs that are already done")
-    ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._child:
         return child(*a._child)
     p = dict(QUICK if a.quick else FULL)
-    p["cells"] = [c.strip() for c in a.cells.split(",") if c.strip()]
-    bad = sorted(set(p["cells"]) - set(CELLS))
-    if bad or not p["cells"]:
-        ap.error(f"--cells: expected some of {','.join(CELLS)}, got {a.cells!r}")
-    if a.adding_T is not None:
+
+    def csv(text, conv, flag):
         try:
-            p["adding_T"] = [int(t) for t in a.adding_T.split(",") if t.strip()]
+            return [conv(t.strip()) for t in text.split(",") if t.strip()]
         except ValueError:
-            ap.error(f"--adding-T: expected comma-separated integers, got {a.adding_T!r}")
-    for key in ("adding_train", "adding_epochs", "imdb_train", "imdb_test", "imdb_epochs",
-                "max_len", "hidden"):
+            ap.error(f"{flag}: expected comma-separated values, got {text!r}")
+
+    p["cells"] = csv(a.cells, str, "--cells")
+    if a.long_cells is not None:
+        p["long_cells"] = csv(a.long_cells, str, "--long-cells")
+    for cells, flag in ((p["cells"], "--cells"), (p["long_cells"], "--long-cells")):
+        bad = sorted(set(cells) - set(CELLS))
+        if bad:
+            ap.error(f"{flag}: expected some of {','.join(CELLS)}, got {','.join(bad)}")
+    for key, flag, conv in (("seeds", "--seeds", int), ("adding_T", "--adding-T", int),
+                            ("long_T", "--long-T", int), ("lrs", "--lrs", float)):
+        v = getattr(a, key)
+        if v is not None:
+            p[key] = csv(v, conv, flag)
+    for key in ("steps", "sweep_steps", "hidden"):
         v = getattr(a, key)
         if v is not None:
             if v < 1:
                 ap.error(f"--{key.replace('_', '-')}: expected an integer >= 1, got {v}")
             p[key] = v
-    p["seed"] = a.seed
-    p["imdb"] = None if a.imdb.lower() == "none" else a.imdb
-    if p["imdb"] and not os.path.exists(p["imdb"]):
-        print(f"IMDB not found at {p['imdb']}: skipping it (pass --imdb PATH)", flush=True)
-        p["imdb"] = None
+    phases = csv(a.phases, str, "--phases")
+    bad = sorted(set(phases) - {"sweep", "adding", "long", "imdb", "report"})
+    if bad:
+        ap.error(f"--phases: expected some of sweep,adding,long,imdb,report, got {','.join(bad)}")
+    if a.jobs < 1:
+        ap.error(f"--jobs: expected an integer >= 1, got {a.jobs}")
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
     out = a.out or os.path.join("runs", "study_cells_quick" if a.quick else "study_cells")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    imdb_dir = None
-    if p["imdb"]:
-        print(f"reading {p['imdb_train']} + {p['imdb_test']} IMDB reviews from {p['imdb']} ...",
-              flush=True)
-        imdb_dir = imdb_subset(p["imdb"], p["imdb_train"], p["imdb_test"], out)
-    results = [run_one(name, cfg, out, a.force) for name, cfg in run_configs(p, imdb_dir)]
-    meta = {"mode": "quick" if a.quick else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                          time.gmtime()),
+
+    lrs = best_lrs(p, out) if "sweep" not in phases else {}
+    for phase in ("sweep", "adding", "long", "imdb"):
+        if phase not in phases:
+            continue
+        if phase == "sweep":
+            run_all(phase_runs(p, phase), out, a, threads)
+            lrs = best_lrs(p, out)
+            print("lr per cell: " + ", ".join(f"{c} {lr:g}" for c, lr in lrs.items()), flush=True)
+            continue
+        missing = [c for c in p["cells"] if c not in lrs]
+        if missing:
+            sys.exit(f"{phase}: no sweep result for {missing}; run the sweep phase first")
+        data = None
+        if phase == "imdb":
+            path = None if a.imdb.lower() == "none" else a.imdb
+            if not (path and os.path.exists(path)):
+                print(f"IMDB not found at {path}: skipped (pass --imdb PATH)", flush=True)
+                continue
+            data = imdb_subset(path, p["imdb_train"], p["imdb_test"], out)
+        run_all(phase_runs(p, phase, lrs, data), out, a, threads,
+                SOLVED if phase in ("adding", "long") else 0.0)
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                        f"Python {platform.python_version()}",
-            "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
-            "params": {k: v for k, v in p.items() if k != "imdb"}, "imdb": p["imdb"],
+            "jobs": a.jobs, "threads_per_run": threads, "params": p, "lrs": lrs,
+            "solved_below": SOLVED, "phases": phases,
             "command": " ".join(["python", "benchmarks/study_cells.py"] + sys.argv[1:]),
-            "total_s": time.perf_counter() - t0}
+            "this_invocation_s": time.perf_counter() - t0}
+    results = study_report.collect(out)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"meta": meta, "runs": results}, f, indent=1)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(results, meta))
-    png = plot(results, os.path.join(out, "study_cells.png"))
-    print(f"done in {meta['total_s']:.0f} s: {out}/results.json, {out}/results.md"
-          + (f", {png}" if png else ""))
+    if "report" in phases:
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(study_report.markdown(results, meta))
+        for folder in filter(None, (out, a.img)):
+            study_report.plots(results, meta, folder)
+    print(f"done in {time.perf_counter() - t0:.0f} s: {out}/results.json", flush=True)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -60,6 +60,8 @@ _OPTIONS = [
     ("--hidden-size", "hidden_size", int, "hidden units per direction"),
     ("--num-layers", "num_layers", int, "stacked recurrent layers"),
     ("--dropout", "dropout", float, "dropout on the cell input, between layers and before the head"),
+    ("--forget-bias", "forget_bias", float,
+     "LSTM: added to the forget gate's bias at initialisation (1: Jozefowicz et al. 2015)"),
     ("--pooling", "pooling", click.Choice(["last", "mean", "max"]), "how a sequence becomes one vector"),
     ("--embed-dim", "embed_dim", int, "token embedding size (text tasks)"),
     ("--vocab-size", "vocab_size", int, "vocabulary size, '<pad>' and '<unk>' included (text tasks)"),

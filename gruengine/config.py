@@ -12,7 +12,7 @@ import numpy as np
 from ._checks import check_dtype
 from .backend import check_device
 from .limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_fits_memory
-from .models import CELLS, POOLINGS
+from .models import CELLS, POOLINGS, _forget_bias
 from .policy import AUTO_KEYS, FIXED
 from .schedule import SCHEDULES
 
@@ -32,6 +32,7 @@ DEFAULTS = {
     # model
     "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": None, "dropout": 0.0,
     "pooling": None, "embed_dim": 128, "input_proj": 0, "reset_after": True,
+    "forget_bias": 0.0,
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
     "conv_norm": "batch",
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
@@ -169,6 +170,7 @@ def validate_config(c, complete=False):
               "augment"):
         if c[k] is not None and not isinstance(c[k], bool):
             raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
+    _forget_bias(c["forget_bias"], c["cell"])
     if c["data"] is not None and not isinstance(c["data"], str):
         raise ValueError(f"data: expected a path string, got {c['data']!r}")
     check_dtype("dtype", c["dtype"])
@@ -232,7 +234,8 @@ def model_config(c, train_ds, test_ds=None):
     m = {"task": train_ds.task, "num_outputs": num_outputs, "cell": c["cell"],
          "hidden_size": c["hidden_size"], "num_layers": c["num_layers"],
          "bidirectional": c["bidirectional"], "dropout": float(c["dropout"]),
-         "reset_after": c["reset_after"], "pooling": c["pooling"], "dtype": c["dtype"],
+         "reset_after": c["reset_after"], "forget_bias": c["forget_bias"],
+         "pooling": c["pooling"], "dtype": c["dtype"],
          "device": c["device"], "seed": c["seed"], "conv_channels": c["conv_channels"],
          "conv_kernels": list(c["conv_kernels"]), "conv_stride": c["conv_stride"],
          "conv_skip": c["conv_skip"], "conv_norm": c["conv_norm"]}

@@ -6,9 +6,16 @@
 
 Parameters per layer k and direction (suffix "" or "_reverse"): weight_ih_l{k} (4H, in),
 weight_hh_l{k} (4H, H), bias_ih_l{k} (4H,), bias_hh_l{k} (4H,), gate order i, f, g, o.
+``forget_bias`` (Jozefowicz et al. 2015 use 1) is added to the forget block of ``bias_ih``
+only, after PyTorch's uniform draw, so the forget gate's effective bias (b_ih + b_hh) starts
+near it and a torch ``nn.LSTM`` given the same state_dict computes the same function.
 The layers, directions, dropout and gradients are ``gruengine.recurrent.RecurrentStack``'s;
 this module defines the cell: its parameters, its ops (``lstm_*``) and the (h, c) state pair.
 """
+import math
+
+import numpy as np
+
 from . import arrays
 from .recurrent import RecurrentStack
 
@@ -26,10 +33,31 @@ class LSTM(RecurrentStack):
     device : 'cpu' (Numba kernels), 'cuda' (numba.cuda kernels), 'reference' (NumPy spec) or 'auto'
     seed : int or None -- weights ~ U(-1/sqrt(H), 1/sqrt(H)); also seeds dropout masks
     dropout : float in [0, 1) -- on the outputs of every layer but the last, in training only
+    forget_bias : finite float -- added to the forget-gate block bias_ih[H:2H] of every layer
+        and direction at initialisation (0 = PyTorch's initialisation; 1 = Jozefowicz et al.)
     """
 
     _op = "lstm"
     _op_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dtype=np.float32, device="cpu", seed=None, dropout=0.0, forget_bias=0.0):
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer,
+                                                                         np.floating)) \
+                or not math.isfinite(forget_bias):
+            raise ValueError(f"forget_bias: expected a finite number, got {forget_bias!r}")
+        super().__init__(input_size, hidden_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dtype=dtype, device=device, seed=seed,
+                         dropout=dropout)
+        self.forget_bias = float(forget_bias)
+        if self.forget_bias:
+            # after the seeded draws, so forget_bias changes no other parameter of a seed
+            H = self.hidden_size
+            for name, p in self.params.items():
+                if name.startswith("bias_ih_"):
+                    b = arrays.to_host(p).copy()
+                    b[H:2 * H] += self.dtype.type(self.forget_bias)
+                    arrays.assign(p, b)
 
     def _param_shapes(self, k, in_size):
         H = self.hidden_size

@@ -44,7 +44,8 @@ def _make_lstm(input_size, c):
                          "use reset_after=True with cell 'lstm'")
     return _HiddenOnly(LSTM(input_size, c.hidden_size, num_layers=c.num_layers,
                             bidirectional=c.bidirectional, dtype=c.dtype, device=c.device,
-                            seed=_sub_seed(c.seed, 1), dropout=c.dropout))
+                            seed=_sub_seed(c.seed, 1), dropout=c.dropout,
+                            forget_bias=c.forget_bias))
 
 
 def _make_mingru(input_size, c):
@@ -103,6 +104,7 @@ class ModelConfig:
     bidirectional: bool = False
     dropout: float = 0.0
     reset_after: bool = True
+    forget_bias: float = 0.0     # LSTM only: added to bias_ih's forget block at initialisation
     pooling: str = "last"
     # convolutional front end (gruengine.conv): 0 = none, else channels of every block
     conv_channels: int = 0
@@ -151,6 +153,7 @@ class ModelConfig:
             raise ValueError(f"dropout: expected a number in [0, 1), got {c.dropout!r}")
         c.dropout = float(c.dropout)
         c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
+        c.forget_bias = _forget_bias(c.forget_bias, c.cell)
         from .conv import validate_model_config
         validate_model_config(c)
         c.dtype = check_dtype("dtype", c.dtype).name
@@ -167,6 +170,17 @@ class ModelConfig:
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+
+
+def _forget_bias(v, cell):
+    # shared with the run configuration's check (gruengine.config)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(v):
+        raise ValueError(f"forget_bias: expected a finite number, got {v!r}")
+    if v != 0 and cell != "lstm":
+        raise ValueError(f"forget_bias: only the LSTM has a forget gate; expected 0 with cell "
+                         f"{cell!r}, got {v!r}")
+    return float(v)
 
 
 def _sub_seed(seed, k):

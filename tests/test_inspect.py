@@ -432,18 +432,64 @@ def test_study_configs_are_valid_and_matched(tmp_path):
     from gruengine.config import resolve_config
     study = _study()
     for p in (study.FULL, study.QUICK):
-        p = dict(p, cells=list(study.CELLS), seed=0)
-        runs = study.run_configs(p, imdb_dir=str(tmp_path))
-        assert len(runs) == len(study.CELLS) * (len(p["adding_T"]) + 1)
+        p = dict(p, cells=list(study.CELLS))
+        sweep = study.phase_runs(p, "sweep")
+        swept = [c for c in study.CELLS if c not in study.LR_FROM]
+        assert len(sweep) == len(swept) * len(p["lrs"])
+        lrs = {c: p["lrs"][k % len(p["lrs"])] for k, c in enumerate(study.CELLS)}
+        runs = sweep + study.phase_runs(p, "adding", lrs) + study.phase_runs(p, "long", lrs) \
+            + study.phase_runs(p, "imdb", lrs, str(tmp_path))
+        assert len({name for name, _ in runs}) == len(runs)
+        assert len(runs) == len(sweep) + len(p["seeds"]) * (
+            len(p["adding_T"]) * len(study.CELLS) + len(p["long_T"]) * len(p["long_cells"])) \
+            + sum(len(set(p["imdb_lrs"]) | {lrs[c]}) for c in swept)
         for name, cfg in runs:
             resolve_config(cfg)                        # the trainer accepts every run
-        # per task and length the cells differ in the cell only
+        # per phase, task, length and seed the models differ only in their own keys and lr:
+        # the same data, budget, batch and schedule for every cell
         groups = {}
         for name, cfg in runs:
-            groups.setdefault((cfg["task"], cfg.get("seq_len")), []).append(
-                {k: v for k, v in cfg.items() if k != "cell"})
+            own = set(study.CELLS[name.split("-lr")[0][len("sweep-"):]] if name.startswith(
+                "sweep-") else cfg) & set().union(*study.CELLS.values())
+            key = (name.split("-")[0], cfg["task"], cfg.get("seq_len"), cfg["seed"])
+            groups.setdefault(key, []).append(
+                {k: v for k, v in cfg.items() if k not in own | {"lr"}})
         for key, cfgs in groups.items():
-            assert len(cfgs) == len(study.CELLS) and all(c == cfgs[0] for c in cfgs), key
+            assert all(c == cfgs[0] for c in cfgs), key
+        # every adding run has the same budget in steps, rounded up to whole epochs
+        per_epoch = -(-p["fit"] // p["batch"])
+        for name, cfg in runs:
+            if cfg["task"] == "adding":
+                steps = p["sweep_steps"] if name.startswith("sweep-") else p["steps"]
+                assert cfg["epochs"] * per_epoch >= steps > (cfg["epochs"] - 1) * per_epoch
+                assert cfg["n_train"] * (1 - cfg["val_fraction"]) == pytest.approx(p["fit"])
+
+
+def test_study_lr_choice_and_solved_step(tmp_path):
+    import json
+    study = _study()
+    import study_report                                  # next to study_cells.py
+    p = dict(study.QUICK, cells=["gru", "lstm", "gru-h37"], lrs=[1e-3, 1e-2, 1e-1])
+    rng = np.random.default_rng()
+    # gru: two lrs solve, the later-solving one with the lower final MSE; lstm: none solves
+    first = {("gru", 1e-3): None, ("gru", 1e-2): 400, ("gru", 1e-1): 200,
+             ("lstm", 1e-3): None, ("lstm", 1e-2): None, ("lstm", 1e-1): None}
+    vals = {}
+    for (c, lr), step in first.items():
+        v = float(rng.uniform(1e-5, 1e-3)) if step else float(rng.uniform(0.02, 0.2))
+        curve = [[s, v if step is None or s >= step else 0.5, 0.0] for s in (200, 400, 600)]
+        vals[(c, lr)] = v
+        d = tmp_path / "runs" / f"sweep-{c}-lr{lr:g}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"best_val": min(x for _, x, _ in curve),
+                                                   "curve": curve}))
+    got = study.best_lrs(p, str(tmp_path))
+    assert got["gru"] == 1e-1                            # fewest steps to solve wins
+    assert got["lstm"] == min(p["lrs"], key=lambda lr: vals[("lstm", lr)])
+    assert got["gru-h37"] == got["gru"]                  # trained at the GRU's lr
+    curve = [[200, 0.2, 0.3], [400, 0.009, 0.1], [600, 0.002, 0.01]]
+    assert study_report.solved_step({"curve": curve}, 0.01) == 400
+    assert study_report.solved_step({"curve": curve}, 0.001) is None
 
 
 def test_study_imdb_subset_round_trip(tmp_path):
