@@ -205,7 +205,8 @@ _EXPORTED = {"task", "num_outputs", "input", "vocab_size", "embed_dim", "padding
              "num_features", "input_proj", "cell", "hidden_size", "num_layers", "bidirectional",
              "reset_after", "pooling", "conv_channels", "conv_kernels", "conv_stride",
              "conv_norm", "conv_skip",
-             "dropout", "dtype", "device", "seed"}      # training, numerics, placement only
+             "dropout", "dtype", "device", "seed",      # training, numerics, placement only
+             "forget_bias"}                             # initialisation only: in the weights
 
 
 def _check_model(model, vocab, scaling):

@@ -123,6 +123,20 @@ def test_export_runs_in_onnxruntime_like_the_model_and_imports_back(shape, ort, 
     assert np.array_equal(back.forward(x, L), model.forward(x, L))
 
 
+def test_lstm_with_a_forget_bias_exports_like_the_model(ort, rng, tmp_path):
+    # forget_bias only initialises bias_ih: the graph carries it in the weights
+    from gruengine import onnx as gonnx
+    cfg = dict(SHAPES["feature_regressor_lstm2_last"], forget_bias=1.0)
+    model = _trained(cfg, rng, steps=0)
+    H = model.config.hidden_size
+    assert np.all(model.state_dict()["rnn.bias_ih_l0"][H:2 * H] > 1 - 1 / np.sqrt(H))
+    path = str(tmp_path / "m.onnx")
+    gonnx.export(model, path)
+    x, L = _inputs(model, rng, 5, 7), _lengths(rng, 5, 7)
+    got = _session(ort, path).run(None, {"features": x, "lengths": L})[0]
+    np.testing.assert_allclose(got, model.forward(x, L), rtol=0, atol=1e-5)
+
+
 def test_export_refuses_mingru_and_a_wrong_vocabulary(ort, tmp_path):
     from gruengine import onnx as gonnx
     from gruengine.data.text import Vocab
