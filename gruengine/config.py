@@ -24,7 +24,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULTS = {
     # data
     "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
-    "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
+    "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head", "bigrams": 0,
     "val_fraction": None, "test_fraction": None,
     "max_text_bytes": MAX_TEXT_BYTES, "max_data_bytes": MAX_DATA_BYTES,
     # input scaling of numeric data (gruengine.data.scaling), augmentation (gruengine.augment)
@@ -143,7 +143,7 @@ def validate_config(c, complete=False):
     for k in ("max_text_bytes", "max_data_bytes"):
         _num(k, c[k], 1, integer=True)
     _num("vocab_size", c["vocab_size"], 2, integer=True)
-    for k in ("seed", "input_proj"):
+    for k in ("seed", "input_proj", "bigrams"):
         _num(k, c[k], 0, integer=True)
     for k in ("warmup", "patience", "conv_channels"):
         if c[k] is not None:
@@ -187,7 +187,8 @@ def _check_model_memory(c):
     for layer in range(L):
         inp = first if layer == 0 else D * H
         recurrent += D * G * H * (inp + (0 if c["cell"] == "mingru" else H) + 2)
-    embedding = c["vocab_size"] * c["embed_dim"] if c["task"] in ("imdb", "text") else 0
+    embedding = ((c["vocab_size"] + c["bigrams"]) * c["embed_dim"]
+                 if c["task"] in ("imdb", "text") else 0)
     n = recurrent + embedding
     name, hint = (("hidden_size", "lower --hidden-size or --num-layers") if recurrent >= embedding
                   else ("embed_dim", "lower --embed-dim or --vocab-size"))
@@ -206,6 +207,7 @@ def data_config(c):
     """The arguments of ``load_dataset`` that a configuration implies (stored in checkpoints)."""
     return {"name": c["task"], "path": c["data"], "seed": c["seed"], "max_len": c["max_len"],
             "vocab_size": c["vocab_size"], "min_count": c["min_count"], "truncate": c["truncate"],
+            "bigrams": c["bigrams"],
             "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"],
             "test_fraction": c["test_fraction"],
             "max_text_bytes": c["max_text_bytes"], "max_data_bytes": c["max_data_bytes"]}
