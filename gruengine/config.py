@@ -33,7 +33,7 @@ DEFAULTS = {
     "cell": "gru", "hidden_size": 64, "num_layers": 1, "bidirectional": None, "dropout": 0.0,
     "pooling": None, "embed_dim": 128, "input_proj": 0, "reset_after": True,
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
-    "conv_norm": "batch",
+    "conv_norm": "batch", "embed_skip": False,
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
     "steps": None, "epochs": None, "time_budget": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
@@ -166,7 +166,7 @@ def validate_config(c, complete=False):
     if c["target"] is not None:
         _num("target", c["target"], 0)
     for k in ("bidirectional", "reset_after", "conv_skip", "series_norm", "channel_norm",
-              "augment"):
+              "augment", "embed_skip"):
         if c[k] is not None and not isinstance(c[k], bool):
             raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
     if c["data"] is not None and not isinstance(c["data"], str):
@@ -244,7 +244,8 @@ def model_config(c, train_ds, test_ds=None):
         else:  # synthetic token tasks: every id is a real symbol, no padding row
             hi = max(int(x.max()), int(test_ds.inputs.max()) if test_ds is not None else 0)
             vocab_size, pad = max(hi + 1, 2), None
-        m.update(input="tokens", vocab_size=vocab_size, embed_dim=c["embed_dim"], padding_idx=pad)
+        m.update(input="tokens", vocab_size=vocab_size, embed_dim=c["embed_dim"], padding_idx=pad,
+                 embed_skip=bool(c["embed_skip"]))
     else:
         m.update(input="features", num_features=int(x.shape[2]), input_proj=c["input_proj"])
     return m

@@ -110,6 +110,7 @@ class ModelConfig:
     conv_stride: int = 1         # stride of the first block (the recurrent stack sees T/stride)
     conv_norm: str = "batch"     # 'batch' or 'layer' normalisation in each block
     conv_skip: bool = False      # the head also reads the front end's output, mean over time
+    embed_skip: bool = False     # the head also reads the token embeddings, mean over time
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -151,6 +152,11 @@ class ModelConfig:
             raise ValueError(f"dropout: expected a number in [0, 1), got {c.dropout!r}")
         c.dropout = float(c.dropout)
         c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
+        if c.embed_skip and (c.input != "tokens" or c.task == "tag"):
+            raise ValueError(f"embed_skip: expected false for a {c.task!r} model reading "
+                             f"{c.input} (it pools token embeddings for one output per "
+                             f"sequence), got {c.embed_skip!r}")
+        c.embed_skip = bool(c.embed_skip)
         from .conv import validate_model_config
         validate_model_config(c)
         c.dtype = check_dtype("dtype", c.dtype).name
@@ -202,7 +208,8 @@ class SequenceModel:
                                             seed=_sub_seed(c.seed, 5))
             cell_in = c.conv_channels
         mods["rnn"] = CELLS[c.cell](cell_in, c)
-        head_in = D * c.hidden_size + (c.conv_channels if c.conv_skip else 0)
+        head_in = (D * c.hidden_size + (c.conv_channels if c.conv_skip else 0)
+                   + (c.embed_dim if c.embed_skip else 0))
         mods["head"] = Linear(head_in, c.num_outputs, dtype=self.dtype, device=c.device,
                               seed=_sub_seed(c.seed, 2))
         self.modules = mods
@@ -211,6 +218,7 @@ class SequenceModel:
         self._drop_out = Dropout(c.dropout, seed=_sub_seed(c.seed, 4), device=c.device) if c.dropout else None
         self.pool = Pool(c.pooling, device=c.device) if c.pooling != "last" else None
         self.skip_pool = Pool("mean", device=c.device) if c.conv_skip else None
+        self.embed_pool = Pool("mean", device=c.device) if c.embed_skip else None
         self.params = ParamBuffer(mods)
         self.training = True
         self._cache = None
@@ -276,8 +284,11 @@ class SequenceModel:
         lengths = self.check_inputs(inputs, lengths)
         B, T = inputs.shape[:2]
         x = arrays.on_device_of(inputs, dev)                      # the batch goes over once
+        bag = None
         if c.input == "tokens":
             x = m["embedding"].forward(x)                         # (B, T, E)
+            if c.embed_skip:
+                bag = self.embed_pool.forward(x, lengths)         # (B, E)
         elif "input_proj" in m:
             x = m["input_proj"].forward(x)                        # (B, T, P)
         skip = None
@@ -298,6 +309,8 @@ class SequenceModel:
             feats = self.pool.forward(y, lengths)                 # (B, D*H)
         if skip is not None:
             feats = arrays.concat_last([feats, skip])             # (B, D*H + C)
+        if bag is not None:
+            feats = arrays.concat_last([feats, bag])              # (B, D*H [+ C] + E)
         if self._drop_out is not None and self.training:
             feats = self._drop_out.forward(feats)
         out = m["head"].forward(feats)
@@ -318,7 +331,11 @@ class SequenceModel:
         if self._drop_out is not None and self.training:
             dfeats = self._drop_out.backward(dfeats)
         D, H = (2 if c.bidirectional else 1), c.hidden_size
-        dskip = None
+        dskip = dbag = None
+        if c.embed_skip:
+            n = D * H + (c.conv_channels if c.conv_skip else 0)
+            dbag = arrays.columns(dfeats, n, n + c.embed_dim)
+            dfeats = arrays.columns(dfeats, 0, n)
         if c.conv_skip:
             dskip = arrays.columns(dfeats, D * H, D * H + c.conv_channels)
             dfeats = arrays.columns(dfeats, 0, D * H)
@@ -339,6 +356,8 @@ class SequenceModel:
                 dx = arrays.add(dx, self.skip_pool.backward(dskip))
             dx = m["frontend"].backward(dx)
         if c.input == "tokens":
+            if dbag is not None:
+                dx = arrays.add(dx, self.embed_pool.backward(dbag))
             m["embedding"].backward(dx)
         elif "input_proj" in m:
             m["input_proj"].backward(dx)
