@@ -193,7 +193,13 @@ def _check_model(model, vocab):
     if c.cell not in ("gru", "lstm"):
         raise ValueError(f"model: cell {c.cell!r} has no ONNX operator; export supports "
                          f"'gru' and 'lstm'")
+    if c.embed_skip:
+        raise ValueError("model: embed_skip (the head reading the mean embedding) has no ONNX "
+                         "export yet; export a model trained without it")
     if vocab is not None:
+        if getattr(vocab, "ngrams", 1) != 1:
+            raise ValueError("vocab: word-pair (bigrams) vocabularies have no ONNX tokenizer "
+                             "yet; export a model trained on words only")
         if c.input != "tokens":
             raise ValueError("vocab: only a token model takes a vocabulary, this one reads "
                              "features")

@@ -107,3 +107,17 @@ def test_imdb_tokenizes_each_review_once_and_keeps_no_text(tmp_path, monkeypatch
     # nothing but ``calls`` holds a review's text once loaded (refcounts: the list, the loop
     # variable, the argument)
     assert [sys.getrefcount(t) for t in calls] == [3] * 24
+
+
+def test_onnx_export_refuses_what_it_cannot_encode():
+    # the ONNX tokenizer spec knows words only, and the graph has no bag-of-embeddings path
+    from gruengine.models import SequenceModel
+    from gruengine.onnx import _check_model
+    vocab = Vocab(["<pad>", "<unk>", "a", "b", "a b"], ngrams=2)
+    plain = SequenceModel(dict(vocab_size=5, embed_dim=3, hidden_size=2))
+    with pytest.raises(ValueError, match="vocab: word-pair"):
+        _check_model(plain, vocab)
+    with pytest.raises(ValueError, match="model: embed_skip"):
+        _check_model(SequenceModel(dict(vocab_size=5, embed_dim=3, hidden_size=2,
+                                        pooling="max", embed_skip=True)), None)
+    _check_model(plain, Vocab(["<pad>", "<unk>", "a", "b", "c"]))
