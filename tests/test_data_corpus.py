@@ -121,3 +121,40 @@ def test_onnx_export_refuses_what_it_cannot_encode():
         _check_model(SequenceModel(dict(vocab_size=5, embed_dim=3, hidden_size=2,
                                         pooling="max", embed_skip=True)), None)
     _check_model(plain, Vocab(["<pad>", "<unk>", "a", "b", "c"]))
+
+
+def _reference_g_pairs(texts, labels, words, min_count, k):
+    rank = {w: i for i, w in enumerate(words)}
+    C = max(labels) + 1
+    per = {}
+    for t, y in zip(texts, labels):
+        for a, b in zip(t, t[1:]):
+            if a in rank and b in rank:
+                per.setdefault((a, b), [0] * C)[y] += 1
+    totals = [sum(c[j] for c in per.values()) for j in range(C)]
+    share = [x / sum(totals) for x in totals]
+    score = {}
+    for p, c in per.items():
+        n = sum(c)
+        score[p] = 2.0 * sum(x * np.log(x / (n * s)) for x, s in zip(c, share) if x > 0)
+    kept = sorted((p for p in per if sum(per[p]) >= min_count),
+                  key=lambda p: (-round(score[p], 9), rank[p[0]], rank[p[1]]))[:k]
+    return [f"{a} {b}" for a, b in kept]
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_labelled_pairs_are_the_most_lopsided(seed):
+    rng = np.random.default_rng(seed)
+    texts = _texts(rng, 90, vocab=12)
+    labels = rng.integers(0, 3, size=len(texts))
+    for t, y in zip(texts, labels):       # plant class-specific phrases
+        if y == 2 and len(t) > 3:
+            t[1:3] = ["w0", "w1"]
+    words = _reference_vocab(texts, 20, 1, 0)
+    k = int(rng.integers(3, 12))
+    vocab = Vocab.build(texts, 20, 1, bigrams=k, labels=labels)
+    assert vocab.itos[:len(words)] == words
+    assert vocab.itos[len(words):] == _reference_g_pairs(texts, labels.tolist(), words, 1, k)
+    assert "w0 w1" in vocab.stoi
+    with pytest.raises(ValueError, match="labels: expected 90 class ids"):
+        Vocab.build(texts, 20, 1, bigrams=k, labels=labels[:5])

@@ -40,11 +40,13 @@ def vocab_ids(texts, vocab):
             for toks in (tokenize(t) if isinstance(t, str) else t for t in texts)]
 
 
-def build_vocab(rows, index, max_size, min_count=1, bigrams=0):
+def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
     """The Vocab of ``Vocab.build`` (same words, same order) from provisional ids, and the rows
     mapped to its word ids (unknown words -> 1). ``bigrams`` > 0: up to that many pairs of
-    adjacent known words seen at least ``min_count`` times, most frequent first, ties broken
-    by the ranks of the first then the second word."""
+    adjacent known words seen at least ``min_count`` times: without ``labels``, the most
+    frequent; with ``labels`` (one class id per row), those whose counts per class depart
+    most from the classes' shares of all pairs (``pair_scores``). Ties are broken by the
+    ranks of the first then the second word."""
     tokens = list(index)                    # provisional id -> token
     counts = np.bincount(np.concatenate(rows) if rows else np.zeros(0, np.int32),
                          minlength=len(tokens))
@@ -60,13 +62,40 @@ def build_vocab(rows, index, max_size, min_count=1, bigrams=0):
     if not bigrams:
         return Vocab(words), rows
     n = len(words)
-    keys, cnt = np.unique(np.concatenate([_pair_keys(r, n)[1] for r in rows] or
-                                         [np.zeros(0, np.int64)]), return_counts=True)
+    per_row = [_pair_keys(r, n)[1] for r in rows]
+    keys, inverse, cnt = np.unique(np.concatenate(per_row or [np.zeros(0, np.int64)]),
+                                   return_inverse=True, return_counts=True)
+    if labels is None:
+        score = cnt.astype(np.float64)
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != (len(rows),) or labels.dtype.kind not in "iu" or \
+                (labels.size and labels.min() < 0):
+            raise ValueError(f"labels: expected {len(rows)} class ids >= 0, one per text, got "
+                             f"{labels.dtype} of shape {labels.shape}")
+        cls = np.repeat(labels.astype(np.int64), [len(k) for k in per_row])
+        score = pair_scores(inverse.ravel(), cls, len(keys))
+    del per_row, inverse
     often = cnt >= min_count
-    keys, cnt = keys[often], cnt[often]
-    top = keys[np.lexsort((keys, -cnt))[:bigrams]]
+    keys, score = keys[often], score[often]
+    top = keys[np.lexsort((keys, -score))[:bigrams]]
     pairs = [f"{words[k // n]} {words[k % n]}" for k in top.tolist()]
     return Vocab(words + pairs, ngrams=2), rows
+
+
+def pair_scores(pair, cls, n_pairs):
+    """G statistic of each pair's counts per class against the classes' shares of all pair
+    occurrences: sum_k 2 c_k ln(c_k / e_k), e_k = (the pair's count) * (class k's share).
+    ``pair``, ``cls``: the pair index and the class of every occurrence. High for pairs both
+    frequent and lopsided ('waste of', 'highly recommend'), near 0 for 'of the'."""
+    C = int(cls.max()) + 1 if cls.size else 1
+    counts = np.bincount(pair * C + cls, minlength=n_pairs * C).reshape(n_pairs, C)
+    counts = counts.astype(np.float64)
+    share = counts.sum(axis=0) / max(counts.sum(), 1.0)                 # (C,)
+    expected = counts.sum(axis=1, keepdims=True) * share                # (n_pairs, C)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, counts * np.log(counts / expected), 0.0)
+    return 2.0 * terms.sum(axis=1)
 
 
 def _pair_keys(a, n):

@@ -194,7 +194,8 @@ def load_imdb(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     """IMDB -> {'train': Dataset, 'test': Dataset}, task 'classify', classes ['neg', 'pos'].
 
     The vocabulary is built from the training reviews only, unless ``vocab`` is given;
-    ``bigrams`` adds that many frequent word pairs to it (``gruengine.data.corpus``). Rows of
+    ``bigrams`` adds that many word pairs to it, those whose sentiment counts are the most
+    lopsided (``gruengine.data.corpus``). Rows of
     each split are shuffled with ``seed`` (the files are grouped by class on disk). Each
     review is tokenized once and its text dropped once encoded.
     """
@@ -207,7 +208,7 @@ def load_imdb(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
             index = {}
             rows = word_ids(texts, index)
             del texts
-            vocab, rows = build_vocab(rows, index, vocab_size, min_count, bigrams)
+            vocab, rows = build_vocab(rows, index, vocab_size, min_count, bigrams, labels)
             del index
         else:
             rows = vocab_ids(texts, vocab)

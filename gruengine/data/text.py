@@ -69,13 +69,14 @@ class Vocab:
             self._pairs = pair_table(self)
 
     @classmethod
-    def build(cls, texts_tokens, max_size=20000, min_count=1, bigrams=0):
+    def build(cls, texts_tokens, max_size=20000, min_count=1, bigrams=0, labels=None):
         """Most frequent tokens of the (training) texts, ties broken alphabetically.
 
         ``max_size`` counts '<pad>' and '<unk>' too (so at most max_size - 2 real tokens);
         tokens seen fewer than ``min_count`` times are left out (they encode as '<unk>').
         ``bigrams`` > 0 adds up to that many of the most frequent pairs of adjacent known
-        words (seen at least ``min_count`` times) as extra tokens (``ngrams=2``).
+        words (seen at least ``min_count`` times) as extra tokens (``ngrams=2``): the most
+        frequent, or with ``labels`` (a class id per text) the most lopsided across classes.
         """
         max_size = check_positive_int("max_size", max_size, minimum=2)
         min_count = check_positive_int("min_count", min_count)
@@ -83,7 +84,7 @@ class Vocab:
             from .corpus import build_vocab, word_ids
             index = {}
             rows = word_ids(texts_tokens, index)
-            return build_vocab(rows, index, max_size, min_count, bigrams)[0]
+            return build_vocab(rows, index, max_size, min_count, bigrams, labels)[0]
         counts = Counter()
         for toks in texts_tokens:
             counts.update(toks)
@@ -350,7 +351,8 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     file split by ``test_fraction`` (a seeded split stratified by label, see
     ``holdout_split``). Classes come from the training labels; the vocabulary from the
     training texts unless ``vocab`` (e.g. from a checkpoint) is given; ``bigrams`` adds that
-    many frequent word pairs to it (``gruengine.data.corpus``).
+    many word pairs to it, those whose class counts are the most lopsided
+    (``gruengine.data.corpus``).
     """
     test_fraction = check_test_fraction(test_fraction)
     limits = dict(max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
@@ -387,8 +389,9 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
     word_rows = {}              # split -> word ids of its texts, once the vocabulary is known
     if vocab is None:
         index = {}
+        train_y = encode_labels(splits["train"][0], classes, splits["train"][2])
         vocab, word_rows["train"] = build_vocab(word_ids(splits["train"][1], index), index,
-                                                vocab_size, min_count, bigrams)
+                                                vocab_size, min_count, bigrams, train_y)
         del index
     out = {}
     for name, (labels, texts, where) in splits.items():
