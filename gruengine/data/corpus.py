@@ -4,11 +4,12 @@ no token lists: a list of str per review takes about 60 bytes a token (25,000 IM
 
     index = {}
     rows = word_ids(train_texts, index)           # list of (n_i,) int32 provisional ids
-    vocab, rows = build_vocab(rows, index, 25000, min_count=2, bigrams=100000)
+    vocab, rows = build_vocab(rows, index, 25000, min_count=2, bigrams=20000, labels=y)
     ids, lengths = pack_rows(encode_rows(rows, vocab, max_len=400))   # (N, T), (N,) int64
 
-Word pairs (``bigrams``): the most frequent pairs of adjacent known words of the training
-texts become extra tokens ``'w1 w2'``; an encoded text carries, after each word, the id of
+Word pairs (``bigrams``): pairs of adjacent known words of the training texts become extra
+tokens ``'w1 w2'`` (given the labels, those most lopsided across the classes; else the most
+frequent); an encoded text carries, after each word, the id of
 the pair it starts when that pair is in the vocabulary (``the film was great`` ->
 ``the, the film, film, film was, was, was great, great`` where all are known). The model
 thus sees each phrase at its place in the text; ``max_len`` counts words.
