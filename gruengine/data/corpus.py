@@ -9,10 +9,10 @@ no token lists: a list of str per review takes about 60 bytes a token (25,000 IM
 
 Word pairs (``bigrams``): pairs of adjacent known words of the training texts become extra
 tokens ``'w1 w2'`` (given the labels, those most lopsided across the classes; else the most
-frequent); an encoded text carries, after each word, the id of
-the pair it starts when that pair is in the vocabulary (``the film was great`` ->
-``the, the film, film, film was, was, was great, great`` where all are known). The model
-thus sees each phrase at its place in the text; ``max_len`` counts words.
+frequent). An encoded text carries, after each word, the id of the pair it starts when that
+pair is in the vocabulary (``the film was great`` -> ``the, the film, film, film was, was,
+was great, great`` where all are known): the model sees each phrase at its place in the
+text. ``max_len`` counts words.
 """
 import numpy as np
 
