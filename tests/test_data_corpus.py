@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gruengine.data import corpus, load_dataset
+from gruengine.data import corpus, load_dataset, text
 from gruengine.data.text import Vocab, encode_texts
 from tests.fixtures.data_builders import imdb_reviews, write_imdb_tar
 
@@ -62,7 +62,7 @@ def test_words_only_vocab_equals_counter_build():
     rng = np.random.default_rng(5)
     texts = _texts(rng, 80)
     index = {}
-    vocab, rows = corpus.build_vocab(corpus.word_ids(texts, index), index, 20, min_count=2)
+    vocab, rows = text.build_vocab(corpus.word_ids(texts, index), index, 20, min_count=2)
     assert vocab == Vocab.build(texts, 20, 2) and vocab.ngrams == 1
     for r, t in zip(rows, texts):
         assert r.tolist() == [vocab.stoi.get(w, 1) for w in t]

@@ -1,10 +1,12 @@
-"""A corpus of texts -> vocabulary and padded token ids, tokenizing each text once and keeping
-no token lists: a list of str per review takes about 60 bytes a token (25,000 IMDB reviews:
-~0.8 GB), an int32 id 4 bytes.
+"""The tokenizer, and a corpus of texts -> vocabulary tokens and padded token ids, tokenizing
+each text once and keeping no token lists: a list of str per review takes about 60 bytes a
+token (25,000 IMDB reviews: ~0.8 GB), an int32 id 4 bytes. ``gruengine.data.text`` builds
+its Vocab and encoders on these (this module imports nothing from it).
 
     index = {}
     rows = word_ids(train_texts, index)           # list of (n_i,) int32 provisional ids
-    vocab, rows = build_vocab(rows, index, 25000, min_count=2, bigrams=20000, labels=y)
+    words, pairs, rows = select_tokens(rows, index, 25000, min_count=2, bigrams=20000, labels=y)
+    vocab = Vocab(words + pairs, ngrams=2)                # gruengine.data.text.Vocab
     ids, lengths = pack_rows(encode_rows(rows, vocab, max_len=400))   # (N, T), (N,) int64
 
 Word pairs (``bigrams``): pairs of adjacent known words of the training texts become extra
@@ -14,9 +16,37 @@ pair is in the vocabulary (``the film was great`` -> ``the, the film, film, film
 was great, great`` where all are known): the model sees each phrase at its place in the
 text. ``max_len`` counts words.
 """
+import re
+
 import numpy as np
 
-from .text import PAD, UNK, Vocab, tokenize
+from ..limits import TOKEN_BYTES, check_data_size
+
+PAD, UNK = "<pad>", "<unk>"
+
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# a word (letters/digits, inner apostrophes kept: "don't") or one punctuation character
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|[^\w\s]|_")
+
+
+def tokenize(text):
+    """Lowercase ``text``, drop HTML line breaks, split into words and punctuation marks.
+
+    >>> tokenize("Great film!<br /><br />I didn't like the END...")
+    ['great', 'film', '!', 'i', "didn't", 'like', 'the', 'end', '.', '.', '.']
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected str, got {type(text).__name__}")
+    return _TOKEN.findall(_BREAK.sub(" ", text).lower())
+
+
+def check_token_ids(where, n_texts, longest, max_len, max_data_bytes):
+    """The padded id matrix of ``n_texts`` texts is allocated at once: check its size first."""
+    T = longest if max_len is None else min(max_len, longest)
+    check_data_size(where, n_texts * max(T, 1) * TOKEN_BYTES, max_data_bytes,
+                    f"the padded token ids ({n_texts} texts x {T} tokens, int64)",
+                    "cut texts with --max-len, or raise --max-data-bytes")
+
 
 _EMPTY = np.array([1], dtype=np.int32)      # a text with no tokens: one '<unk>'
 
@@ -41,9 +71,10 @@ def vocab_ids(texts, vocab):
             for toks in (tokenize(t) if isinstance(t, str) else t for t in texts)]
 
 
-def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
-    """The Vocab of ``Vocab.build`` (same words, same order) from provisional ids, and the rows
-    mapped to its word ids (unknown words -> 1). ``bigrams`` > 0: up to that many pairs of
+def select_tokens(rows, index, max_size, min_count=1, bigrams=0, labels=None):
+    """(words, pairs, rows): the tokens of ``Vocab.build`` (same words, same order, '<pad>' and
+    '<unk>' first) from provisional ids, the word pairs 'w1 w2', and the rows mapped to the
+    word ids (unknown words -> 1). ``bigrams`` > 0: up to that many pairs of
     adjacent known words seen at least ``min_count`` times: without ``labels``, the most
     frequent; with ``labels`` (one class id per row), those whose counts per class depart
     most from the classes' shares of all pairs (``pair_scores``). Ties are broken by the
@@ -61,7 +92,7 @@ def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
     rows = [remap[r] for r in rows]
     words = [PAD, UNK] + [tokens[i] for i in kept]
     if not bigrams:
-        return Vocab(words), rows
+        return words, [], rows
     n = len(words)
     per_row = [_pair_keys(r, n)[1] for r in rows]
     keys, inverse, cnt = np.unique(np.concatenate(per_row or [np.zeros(0, np.int64)]),
@@ -81,7 +112,7 @@ def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
     keys, score = keys[often], score[often]
     top = keys[np.lexsort((keys, -score))[:bigrams]]
     pairs = [f"{words[k // n]} {words[k % n]}" for k in top.tolist()]
-    return Vocab(words + pairs, ngrams=2), rows
+    return words, pairs, rows
 
 
 def pair_scores(pair, cls, n_pairs):
@@ -162,7 +193,6 @@ def pack_rows(rows, where=None, max_data_bytes=None):
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
     T = int(lengths.max()) if len(rows) else 1
     if where is not None:
-        from .text import check_token_ids
         check_token_ids(where, len(rows), T, None, max_data_bytes)
     ids = np.zeros((len(rows), T), dtype=np.int64)
     for i, r in enumerate(rows):

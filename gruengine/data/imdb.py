@@ -23,7 +23,8 @@ from .._checks import check_positive_int
 from ..errors import DataError
 from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, Budget, check_text_size
 from .dataset import Dataset
-from .corpus import build_vocab, encode_rows, pack_rows, vocab_ids, word_ids
+from .corpus import encode_rows, pack_rows, vocab_ids, word_ids
+from .text import build_vocab
 
 CLASSES = ["neg", "pos"]
 SPLITS = ("train", "test")

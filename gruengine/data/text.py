@@ -16,29 +16,13 @@ import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
-from ..limits import (MAX_DATA_BYTES, MAX_TEXT_BYTES, TOKEN_BYTES, check_data_size,
-                      check_file_size, check_line)
+from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_file_size, check_line
+from .corpus import (_BREAK, _TOKEN, PAD, UNK, check_token_ids, encode_rows, pack_rows,
+                     pair_table, select_tokens, tokenize, vocab_ids, with_pairs, word_ids)
 from .dataset import (Dataset, check_test_fraction, encode_labels, holdout_split, label_order,
                       require_file, resolve_pair)
 
-PAD, UNK = "<pad>", "<unk>"
-_EMPTY = [UNK]  # what a text with no tokens encodes as
 TRUNCATE = ("head", "tail")
-
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-# a word (letters/digits, inner apostrophes kept: "don't") or one punctuation character
-_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|[^\w\s]|_")
-
-
-def tokenize(text):
-    """Lowercase ``text``, drop HTML line breaks, split into words and punctuation marks.
-
-    >>> tokenize("Great film!<br /><br />I didn't like the END...")
-    ['great', 'film', '!', 'i', "didn't", 'like', 'the', 'end', '.', '.', '.']
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"text: expected str, got {type(text).__name__}")
-    return _TOKEN.findall(_BREAK.sub(" ", text).lower())
 
 
 class Vocab:
@@ -65,7 +49,6 @@ class Vocab:
         self.ngrams = ngrams
         self._pairs = None          # (sorted pair keys, their ids), built on first use
         if ngrams == 2:
-            from .corpus import pair_table
             self._pairs = pair_table(self)
 
     @classmethod
@@ -81,10 +64,9 @@ class Vocab:
         max_size = check_positive_int("max_size", max_size, minimum=2)
         min_count = check_positive_int("min_count", min_count)
         if bigrams:
-            from .corpus import build_vocab, word_ids
             index = {}
-            rows = word_ids(texts_tokens, index)
-            return build_vocab(rows, index, max_size, min_count, bigrams, labels)[0]
+            return build_vocab(word_ids(texts_tokens, index), index, max_size, min_count,
+                               bigrams, labels)[0]
         counts = Counter()
         for toks in texts_tokens:
             counts.update(toks)
@@ -113,7 +95,6 @@ class Vocab:
         get = self.stoi.get
         ids = np.fromiter((get(t, 1) for t in tokens), dtype=np.int32, count=len(tokens))
         if self.ngrams == 2:
-            from .corpus import with_pairs
             ids = with_pairs(ids, self)
         return ids.astype(np.int64)
 
@@ -141,6 +122,13 @@ class Vocab:
         return cls(d["tokens"], d.get("ngrams", 1))
 
 
+def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
+    """The Vocab of ``Vocab.build`` from provisional-id rows (``corpus.word_ids``), and the rows
+    mapped to its word ids; word pairs as ``corpus.select_tokens`` chooses them."""
+    words, pairs, rows = select_tokens(rows, index, max_size, min_count, bigrams, labels)
+    return Vocab(words + pairs, ngrams=2 if bigrams else 1), rows
+
+
 def encode_texts(texts, vocab, max_len=None, truncate="head"):
     """Tokenize and encode texts -> ids (N, T) int64 padded with 0, lengths (N,) int64.
 
@@ -149,20 +137,11 @@ def encode_texts(texts, vocab, max_len=None, truncate="head"):
     up to 2 * max_len - 1 ids). A text with no tokens becomes one '<unk>' (length 1).
     ``texts`` may also be a list of token lists (already tokenized).
     """
-    from .corpus import encode_rows, pack_rows, vocab_ids
     if max_len is not None:
         max_len = check_positive_int("max_len", max_len)
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
     return pack_rows(encode_rows(vocab_ids(texts, vocab), vocab, max_len, truncate))
-
-
-def check_token_ids(where, n_texts, longest, max_len, max_data_bytes):
-    """The padded id matrix of ``n_texts`` texts is allocated at once: check its size first."""
-    T = longest if max_len is None else min(max_len, longest)
-    check_data_size(where, n_texts * max(T, 1) * TOKEN_BYTES, max_data_bytes,
-                    f"the padded token ids ({n_texts} texts x {T} tokens, int64)",
-                    "cut texts with --max-len, or raise --max-data-bytes")
 
 
 # ---- labelled text files ---------------------------------------------------------------
@@ -378,7 +357,6 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
             layout = text_layout(p, **limits)
             read[name] = (layout["labels"], layout["texts"], layout["where"])
             columns[name] = layout["label_column"]
-    from .corpus import build_vocab, encode_rows, pack_rows, vocab_ids, word_ids
     splits = {}
     for name, limit in (("train", n_train), ("test", n_test)):
         labels, texts, where = read.pop(name)
