@@ -91,6 +91,8 @@ def test_bigrams_argument_is_checked(tmp_path):
         load_dataset("imdb", str(tmp_path), bigrams=-1)
     with pytest.raises(ValueError, match="bigrams: only text datasets"):
         load_dataset("adding", bigrams=10)
+    with pytest.raises(ValueError, match="bigrams: expected an integer >= 0, got -2"):
+        Vocab.build([["a", "b"]], bigrams=-2)
 
 
 def test_imdb_tokenizes_each_review_once_and_keeps_no_text(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ class Vocab:
         if len(self.stoi) != len(tokens):
             raise ValueError(f"vocab: expected unique tokens, got {len(tokens) - len(self.stoi)} duplicate(s)")
         self.ngrams = ngrams
-        self._pairs = None          # (sorted pair keys, their ids), built on first use
+        self._pairs = None          # ngrams=2: (number of words, sorted pair keys, pair ids)
         if ngrams == 2:
             self._pairs = pair_table(self)
 
@@ -57,12 +57,13 @@ class Vocab:
 
         ``max_size`` counts '<pad>' and '<unk>' too (so at most max_size - 2 real tokens);
         tokens seen fewer than ``min_count`` times are left out (they encode as '<unk>').
-        ``bigrams`` > 0 adds up to that many of the most frequent pairs of adjacent known
-        words (seen at least ``min_count`` times) as extra tokens (``ngrams=2``): the most
-        frequent, or with ``labels`` (a class id per text) the most lopsided across classes.
+        ``bigrams`` > 0 adds up to that many pairs of adjacent known words (seen at least
+        ``min_count`` times) as extra tokens (``ngrams=2``): the most frequent, or with
+        ``labels`` (a class id per text) the most lopsided across the classes.
         """
         max_size = check_positive_int("max_size", max_size, minimum=2)
         min_count = check_positive_int("min_count", min_count)
+        bigrams = check_positive_int("bigrams", bigrams, minimum=0)
         if bigrams:
             index = {}
             return build_vocab(word_ids(texts_tokens, index), index, max_size, min_count,
