@@ -196,9 +196,9 @@ def load_imdb(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
 
     The vocabulary is built from the training reviews only, unless ``vocab`` is given;
     ``bigrams`` adds that many word pairs to it, those whose sentiment counts are the most
-    lopsided (``gruengine.data.corpus``). Rows of
-    each split are shuffled with ``seed`` (the files are grouped by class on disk). Each
-    review is tokenized once and its text dropped once encoded.
+    lopsided (``gruengine.data.corpus``). Rows of each split are shuffled with ``seed`` (the
+    files are grouped by class on disk). Each review is tokenized once and its text dropped
+    once encoded.
     """
     raw = read_imdb(path, n_train, n_test, max_text_bytes=max_text_bytes,
                     max_data_bytes=max_data_bytes)
