@@ -66,6 +66,9 @@ _OPTIONS = [
     ("--embed-dim", "embed_dim", int, "token embedding size (text tasks)"),
     ("--vocab-size", "vocab_size", int, "vocabulary size, '<pad>' and '<unk>' included (text tasks)"),
     ("--max-len", "max_len", int, "truncate texts to this many tokens"),
+    ("--bigrams", "bigrams", click.IntRange(0),
+     "text tasks: add this many word pairs to the vocabulary, those most lopsided across the "
+     "classes, each read after its first word (0 = words only)"),
     ("--conv-channels", "conv_channels", click.IntRange(0),
      "convolutional front end before the recurrent stack: channels per block (0 = none)"),
     ("--conv-stride", "conv_stride", click.IntRange(1), "stride of the front end's first block"),
@@ -155,6 +158,9 @@ def load_config_file(name):
 @_add_options
 @click.option("--bidirectional/--unidirectional", "bidirectional", default=None,
               help=f"read each sequence in both directions {_default('bidirectional')}")
+@click.option("--embed-skip/--no-embed-skip", "embed_skip", default=None,
+              help=f"text tasks: the head also reads the mean of the token embeddings "
+                   f"{_default('embed_skip')}")
 @click.option("--conv-skip/--no-conv-skip", "conv_skip", default=None,
               help=f"the head also reads the front end, mean over time {_default('conv_skip')}")
 @click.option("--series-norm/--no-series-norm", "series_norm", default=None,

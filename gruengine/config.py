@@ -24,7 +24,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULTS = {
     # data
     "task": "adding", "data": None, "seq_len": None, "n_train": None, "n_test": None,
-    "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head",
+    "max_len": None, "vocab_size": 20000, "min_count": 1, "truncate": "head", "bigrams": 0,
     "val_fraction": None, "test_fraction": None,
     "max_text_bytes": MAX_TEXT_BYTES, "max_data_bytes": MAX_DATA_BYTES,
     # input scaling of numeric data (gruengine.data.scaling), augmentation (gruengine.augment)
@@ -34,7 +34,7 @@ DEFAULTS = {
     "pooling": None, "embed_dim": 128, "input_proj": 0, "reset_after": True,
     "forget_bias": 0.0,
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
-    "conv_norm": "batch",
+    "conv_norm": "batch", "embed_skip": False,
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
     "steps": None, "epochs": None, "time_budget": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
@@ -144,7 +144,7 @@ def validate_config(c, complete=False):
     for k in ("max_text_bytes", "max_data_bytes"):
         _num(k, c[k], 1, integer=True)
     _num("vocab_size", c["vocab_size"], 2, integer=True)
-    for k in ("seed", "input_proj"):
+    for k in ("seed", "input_proj", "bigrams"):
         _num(k, c[k], 0, integer=True)
     for k in ("warmup", "patience", "conv_channels"):
         if c[k] is not None:
@@ -167,7 +167,7 @@ def validate_config(c, complete=False):
     if c["target"] is not None:
         _num("target", c["target"], 0)
     for k in ("bidirectional", "reset_after", "conv_skip", "series_norm", "channel_norm",
-              "augment"):
+              "augment", "embed_skip"):
         if c[k] is not None and not isinstance(c[k], bool):
             raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
     _forget_bias(c["forget_bias"], c["cell"])
@@ -189,7 +189,8 @@ def _check_model_memory(c):
     for layer in range(L):
         inp = first if layer == 0 else D * H
         recurrent += D * G * H * (inp + (0 if c["cell"] == "mingru" else H) + 2)
-    embedding = c["vocab_size"] * c["embed_dim"] if c["task"] in ("imdb", "text") else 0
+    embedding = ((c["vocab_size"] + c["bigrams"]) * c["embed_dim"]
+                 if c["task"] in ("imdb", "text") else 0)
     n = recurrent + embedding
     name, hint = (("hidden_size", "lower --hidden-size or --num-layers") if recurrent >= embedding
                   else ("embed_dim", "lower --embed-dim or --vocab-size"))
@@ -208,6 +209,7 @@ def data_config(c):
     """The arguments of ``load_dataset`` that a configuration implies (stored in checkpoints)."""
     return {"name": c["task"], "path": c["data"], "seed": c["seed"], "max_len": c["max_len"],
             "vocab_size": c["vocab_size"], "min_count": c["min_count"], "truncate": c["truncate"],
+            "bigrams": c["bigrams"],
             "n_train": c["n_train"], "n_test": c["n_test"], "seq_len": c["seq_len"],
             "test_fraction": c["test_fraction"],
             "max_text_bytes": c["max_text_bytes"], "max_data_bytes": c["max_data_bytes"]}
@@ -245,7 +247,8 @@ def model_config(c, train_ds, test_ds=None):
         else:  # synthetic token tasks: every id is a real symbol, no padding row
             hi = max(int(x.max()), int(test_ds.inputs.max()) if test_ds is not None else 0)
             vocab_size, pad = max(hi + 1, 2), None
-        m.update(input="tokens", vocab_size=vocab_size, embed_dim=c["embed_dim"], padding_idx=pad)
+        m.update(input="tokens", vocab_size=vocab_size, embed_dim=c["embed_dim"], padding_idx=pad,
+                 embed_skip=bool(c["embed_skip"]))
     else:
         m.update(input="features", num_features=int(x.shape[2]), input_proj=c["input_proj"])
     return m

@@ -24,68 +24,11 @@ import numpy as np
 from . import arrays
 from ._checks import check_array, check_dtype, check_lengths, check_positive_int
 from .backend import check_device
+from .cells import CELLS
 
 INPUTS = ("tokens", "features")
 POOLINGS = ("last", "mean", "max")
 TASKS = ("classify", "regress", "tag")
-
-
-def _make_gru(input_size, c):
-    from .gru import GRU
-    return GRU(input_size, c.hidden_size, num_layers=c.num_layers, bidirectional=c.bidirectional,
-               reset_after=c.reset_after, dtype=c.dtype, device=c.device, seed=_sub_seed(c.seed, 1),
-               dropout=c.dropout)
-
-
-def _make_lstm(input_size, c):
-    from .lstm import LSTM
-    if not c.reset_after:
-        raise ValueError("reset_after: only the GRU has the reset_after=False form; "
-                         "use reset_after=True with cell 'lstm'")
-    return _HiddenOnly(LSTM(input_size, c.hidden_size, num_layers=c.num_layers,
-                            bidirectional=c.bidirectional, dtype=c.dtype, device=c.device,
-                            seed=_sub_seed(c.seed, 1), dropout=c.dropout,
-                            forget_bias=c.forget_bias))
-
-
-def _make_mingru(input_size, c):
-    from .mingru import MinGRU
-    if not c.reset_after:
-        raise ValueError("reset_after: only the GRU has the reset_after=False form; "
-                         "use reset_after=True with cell 'mingru'")
-    return MinGRU(input_size, c.hidden_size, num_layers=c.num_layers,
-                  bidirectional=c.bidirectional, dtype=c.dtype, device=c.device,
-                  seed=_sub_seed(c.seed, 1), dropout=c.dropout)
-
-
-class _HiddenOnly:
-    """An LSTM seen through the GRU interface: (y, h_n) out, (dx, dh0) back; the cell state
-    stays inside (the head reads h_n only)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.params, self.grads = inner.params, inner.grads   # the same dicts (ParamBuffer)
-
-    def forward(self, x, h0=None, lengths=None):
-        y, (h_n, _) = self.inner.forward(x, None, lengths=lengths)
-        return y, h_n
-
-    def backward(self, dy, dh_n=None):
-        dx, (dh0, _) = self.inner.backward(dy, (dh_n, None))
-        return dx, dh0
-
-    def train(self):
-        self.inner.train()
-        return self
-
-    def eval(self):
-        self.inner.eval()
-        return self
-
-
-# cell name -> factory(input_size, ModelConfig) -> recurrent module with the GRU interface
-# (forward(x, h0, lengths) -> (y, h_n), backward(dy, dh_n) -> (dx, dh0)).
-CELLS = {"gru": _make_gru, "lstm": _make_lstm, "mingru": _make_mingru}
 
 
 @dataclass
@@ -112,6 +55,7 @@ class ModelConfig:
     conv_stride: int = 1         # stride of the first block (the recurrent stack sees T/stride)
     conv_norm: str = "batch"     # 'batch' or 'layer' normalisation in each block
     conv_skip: bool = False      # the head also reads the front end's output, mean over time
+    embed_skip: bool = False     # the head also reads the token embeddings, mean over time
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -154,6 +98,11 @@ class ModelConfig:
         c.dropout = float(c.dropout)
         c.bidirectional, c.reset_after = bool(c.bidirectional), bool(c.reset_after)
         c.forget_bias = _forget_bias(c.forget_bias, c.cell)
+        if c.embed_skip and (c.input != "tokens" or c.task == "tag"):
+            raise ValueError(f"embed_skip: expected false for a {c.task!r} model reading "
+                             f"{c.input} (it pools token embeddings for one output per "
+                             f"sequence), got {c.embed_skip!r}")
+        c.embed_skip = bool(c.embed_skip)
         from .conv import validate_model_config
         validate_model_config(c)
         c.dtype = check_dtype("dtype", c.dtype).name
@@ -215,8 +164,9 @@ class SequenceModel:
                                             norm=c.conv_norm, dtype=self.dtype, device=c.device,
                                             seed=_sub_seed(c.seed, 5))
             cell_in = c.conv_channels
-        mods["rnn"] = CELLS[c.cell](cell_in, c)
-        head_in = D * c.hidden_size + (c.conv_channels if c.conv_skip else 0)
+        mods["rnn"] = CELLS[c.cell](cell_in, c, _sub_seed(c.seed, 1))
+        head_in = (D * c.hidden_size + (c.conv_channels if c.conv_skip else 0)
+                   + (c.embed_dim if c.embed_skip else 0))
         mods["head"] = Linear(head_in, c.num_outputs, dtype=self.dtype, device=c.device,
                               seed=_sub_seed(c.seed, 2))
         self.modules = mods
@@ -225,6 +175,7 @@ class SequenceModel:
         self._drop_out = Dropout(c.dropout, seed=_sub_seed(c.seed, 4), device=c.device) if c.dropout else None
         self.pool = Pool(c.pooling, device=c.device) if c.pooling != "last" else None
         self.skip_pool = Pool("mean", device=c.device) if c.conv_skip else None
+        self.embed_pool = Pool("mean", device=c.device) if c.embed_skip else None
         self.params = ParamBuffer(mods)
         self.training = True
         self._cache = None
@@ -290,8 +241,11 @@ class SequenceModel:
         lengths = self.check_inputs(inputs, lengths)
         B, T = inputs.shape[:2]
         x = arrays.on_device_of(inputs, dev)                      # the batch goes over once
+        bag = None
         if c.input == "tokens":
             x = m["embedding"].forward(x)                         # (B, T, E)
+            if c.embed_skip:
+                bag = self.embed_pool.forward(x, lengths)         # (B, E)
         elif "input_proj" in m:
             x = m["input_proj"].forward(x)                        # (B, T, P)
         skip = None
@@ -312,6 +266,8 @@ class SequenceModel:
             feats = self.pool.forward(y, lengths)                 # (B, D*H)
         if skip is not None:
             feats = arrays.concat_last([feats, skip])             # (B, D*H + C)
+        if bag is not None:
+            feats = arrays.concat_last([feats, bag])              # (B, D*H [+ C] + E)
         if self._drop_out is not None and self.training:
             feats = self._drop_out.forward(feats)
         out = m["head"].forward(feats)
@@ -332,7 +288,11 @@ class SequenceModel:
         if self._drop_out is not None and self.training:
             dfeats = self._drop_out.backward(dfeats)
         D, H = (2 if c.bidirectional else 1), c.hidden_size
-        dskip = None
+        dskip = dbag = None
+        if c.embed_skip:
+            n = D * H + (c.conv_channels if c.conv_skip else 0)
+            dbag = arrays.columns(dfeats, n, n + c.embed_dim)
+            dfeats = arrays.columns(dfeats, 0, n)
         if c.conv_skip:
             dskip = arrays.columns(dfeats, D * H, D * H + c.conv_channels)
             dfeats = arrays.columns(dfeats, 0, D * H)
@@ -353,6 +313,8 @@ class SequenceModel:
                 dx = arrays.add(dx, self.skip_pool.backward(dskip))
             dx = m["frontend"].backward(dx)
         if c.input == "tokens":
+            if dbag is not None:
+                dx = arrays.add(dx, self.embed_pool.backward(dbag))
             m["embedding"].backward(dx)
         elif "input_proj" in m:
             m["input_proj"].backward(dx)

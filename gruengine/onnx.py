@@ -96,6 +96,7 @@ def _input(g, model, sd, scaler):
         info = h.make_tensor_value_info("ids", tp.INT64, ["batch", "time"])
         ids_tb = g.op("Transpose", "ids", perm=[1, 0])                          # (T, B)
         x = g.op("Gather", g.const("embedding.weight", sd["embedding.weight"]), ids_tb)
+        bag = _mean_over_time(g, x, lengths) if c.embed_skip else None          # (B, E)
     else:
         F = c.num_features if scaler is None else scaler.num_features
         info = h.make_tensor_value_info("features", tp.FLOAT, ["batch", "time", F])
@@ -105,11 +106,13 @@ def _input(g, model, sd, scaler):
             w_t = g.op("Transpose", g.const("input_proj.weight", sd["input_proj.weight"]))
             x = g.op("Add", g.op("MatMul", x, w_t),
                      g.const("input_proj.bias", sd["input_proj.bias"]))
-    skip = None
+    skip = []                  # what the head reads beside the pooled states, in the model's order
     if "frontend" in model.modules:
         x, lengths = front_end(g, model.modules["frontend"], sd, x, lengths)   # (T', B, C)
         if c.conv_skip:
-            skip = _mean_over_time(g, x, lengths)                                # (B, C)
+            skip.append(_mean_over_time(g, x, lengths))                         # (B, C)
+    if c.input == "tokens" and c.embed_skip:
+        skip.append(bag)
     return x, lengths, skip, info
 
 
@@ -147,8 +150,8 @@ def _mean_over_time(g, x, lengths):
 
 
 def _features(g, model, y, h_n, lengths, skip):
-    """What the head reads: (B, D*H [+ C]) pooled [and the front end's mean], or
-    (B, T, D*H) per step for tag."""
+    """What the head reads: (B, D*H [+ C] [+ E]) pooled [and the means over time of the front
+    end and of the embeddings], or (B, T, D*H) per step for tag."""
     c = model.config
     if c.task == "tag":
         masked = g.op("Mul", y, g.op("Cast", _step_mask(g, y, lengths),
@@ -163,7 +166,7 @@ def _features(g, model, y, h_n, lengths, skip):
         feats = g.op("ReduceMax", low, axes=[0], keepdims=0)
     else:
         feats = _mean_over_time(g, y, lengths)
-    return feats if skip is None else g.op("Concat", feats, skip, axis=1)
+    return g.op("Concat", feats, *skip, axis=1) if skip else feats
 
 
 def _head(g, model, sd, feats):
@@ -185,7 +188,9 @@ def tokenizer_spec(vocab, max_len=None, truncate="head", classes=None):
     into the matches of ``token_pattern`` (Python ``re`` syntax); token i of ``tokens`` has
     id i, any other token ``unk_id``; with ``max_len`` the first (truncate 'head') or last
     ('tail') max_len ids are kept; a text with no tokens is ``[unk_id]``; a batch is padded
-    with ``pad_id`` to its longest row and ``lengths`` holds the true lengths.
+    with ``pad_id`` to its longest row and ``lengths`` holds the true lengths. ``ngrams`` 2
+    (a vocabulary with word pairs): the words are cut to max_len first, then after each word
+    whose pair with the next word, ``'w1 w2'``, is a token, that token's id follows it.
     """
     from .data.text import Vocab, _BREAK, _TOKEN, TRUNCATE
     if not isinstance(vocab, Vocab):
@@ -197,7 +202,7 @@ def tokenizer_spec(vocab, max_len=None, truncate="head", classes=None):
             "token_pattern": _TOKEN.pattern, "pad_id": 0, "unk_id": 1,
             "max_len": None if max_len is None else int(max_len), "truncate": truncate,
             "classes": None if classes is None else [str(k) for k in classes],
-            "tokens": list(vocab.itos)}
+            "ngrams": vocab.ngrams, "tokens": list(vocab.itos)}
 
 
 # every ModelConfig field the graph reproduces; any other one is refused unless at its default
@@ -206,7 +211,8 @@ _EXPORTED = {"task", "num_outputs", "input", "vocab_size", "embed_dim", "padding
              "reset_after", "pooling", "conv_channels", "conv_kernels", "conv_stride",
              "conv_norm", "conv_skip",
              "dropout", "dtype", "device", "seed",      # training, numerics, placement only
-             "forget_bias"}                             # initialisation only: in the weights
+             "forget_bias",                             # initialisation only: in the weights
+             "embed_skip"}
 
 
 def _check_model(model, vocab, scaling):

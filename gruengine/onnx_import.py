@@ -344,8 +344,9 @@ def load(src, device=None):
     meta = {"kind": "gruengine-import", "source": where, "model_config": c.to_dict(),
             "classes": extra["classes"], "data_config": extra["data_config"],
             "scaling": extra["scaling"],
-            "vocab": None if tok is None else {"format": "gruengine.vocab", "version": 1,
-                                               "tokens": tok["tokens"]},
+            "vocab": None if tok is None else dict(
+                {"format": "gruengine.vocab", "version": 1, "tokens": tok["tokens"]},
+                **({"ngrams": 2} if tok.get("ngrams", 1) == 2 else {})),
             "train_config": {} if tok is None else {"max_len": tok["max_len"],
                                                     "truncate": tok["truncate"]}}
     return net, meta

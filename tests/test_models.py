@@ -48,6 +48,10 @@ CASES = [
          cell="lstm"),
     dict(input="tokens", task="classify", pooling="max", bidirectional=True, num_layers=2,
          cell="mingru"),
+    dict(input="tokens", task="classify", pooling="max", bidirectional=True, num_layers=1,
+         embed_skip=True, dropout=0.3),
+    dict(input="tokens", task="classify", pooling="mean", bidirectional=False, num_layers=1,
+         embed_skip=True, conv_channels=3, conv_kernels=(3,), conv_skip=True),
 ]
 
 
@@ -128,6 +132,37 @@ def test_forward_matches_torch():
         _, h_n = gru(packed)
         ref = head(torch.cat([h_n[-2], h_n[-1]], dim=1)).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_embed_skip_matches_torch():
+    # the head reads [max-pooled BiGRU outputs, mean of the embeddings over the valid steps]
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % (1 << 31)))
+    cfg = dict(input="tokens", vocab_size=30, embed_dim=5, hidden_size=4, bidirectional=True,
+               num_outputs=2, task="classify", pooling="max", embed_skip=True, dtype="float64",
+               seed=int(rng.integers(1000)))
+    model = SequenceModel(cfg).eval()
+    x, L, _ = _inputs(cfg, rng, B=6, T=9)
+    sd = model.state_dict()
+    assert sd["head.weight"].shape == (2, 2 * 4 + 5)
+    emb = torch.nn.Embedding(30, 5, padding_idx=0).double()
+    gru = torch.nn.GRU(5, 4, bidirectional=True, batch_first=True).double()
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(sd["embedding.weight"]))
+        for name, p in gru.named_parameters():
+            p.copy_(torch.from_numpy(sd[f"rnn.{name}"]))
+        e = emb(torch.from_numpy(x))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(e, torch.from_numpy(L), batch_first=True,
+                                                         enforce_sorted=False)
+        y, _ = gru(packed)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, padding_value=-1e30)
+        mask = torch.from_numpy(np.arange(9)[None, :] < L[:, None]).unsqueeze(-1).double()
+        bag = (e * mask).sum(1) / torch.from_numpy(L).double().unsqueeze(1)
+        feats = torch.cat([y.max(1).values, bag], dim=1).numpy()
+    ref = feats @ sd["head.weight"].T + sd["head.bias"]
+    np.testing.assert_allclose(model.forward(x, L), ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="embed_skip: expected false for a 'regress' model"):
+        SequenceModel(dict(input="features", task="regress", num_features=2, embed_skip=True))
 
 
 def test_state_dict_round_trip_and_validation():

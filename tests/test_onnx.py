@@ -166,7 +166,7 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- a text model, end to end
-def _text_run(tmp_path, truncate="tail"):
+def _text_run(tmp_path, truncate="tail", **options):
     from gruengine.train import train
     rng = np.random.default_rng(1)
     good, bad = ["great", "superb", "lovely"], ["awful", "boring", "dull"]
@@ -184,7 +184,7 @@ def _text_run(tmp_path, truncate="tail"):
     (tmp_path / "test.tsv").write_text(rows(30))
     train({"task": "text", "data": str(tmp_path), "hidden_size": 6, "embed_dim": 5,
            "epochs": 1, "batch_size": 16, "bidirectional": True, "pooling": "max",
-           "max_len": 6, "truncate": truncate}, tmp_path / "run", quiet=True)
+           "max_len": 6, "truncate": truncate, **options}, tmp_path / "run", quiet=True)
     return tmp_path / "run" / "best.npz"
 
 
@@ -195,9 +195,14 @@ def _encode_with_spec(spec, texts):
     for text in texts:
         text = re.sub(spec["break_pattern"], " ", text)
         toks = re.findall(spec["token_pattern"], text.lower() if spec["lowercase"] else text)
-        ids = [stoi.get(t, spec["unk_id"]) for t in toks]
-        if spec["max_len"] and len(ids) > spec["max_len"]:
-            ids = ids[:spec["max_len"]] if spec["truncate"] == "head" else ids[-spec["max_len"]:]
+        if spec["max_len"] and len(toks) > spec["max_len"]:
+            toks = toks[:spec["max_len"]] if spec["truncate"] == "head" else toks[-spec["max_len"]:]
+        ids = []
+        for k, t in enumerate(toks):
+            ids.append(stoi.get(t, spec["unk_id"]))
+            pair = " ".join(toks[k:k + 2])
+            if spec["ngrams"] == 2 and k + 1 < len(toks) and pair in stoi:
+                ids.append(stoi[pair])
         rows.append(ids or [spec["unk_id"]])
     L = np.array([len(r) for r in rows], dtype=np.int64)
     ids = np.full((len(rows), L.max()), spec["pad_id"], dtype=np.int64)
@@ -206,9 +211,11 @@ def _encode_with_spec(spec, texts):
     return ids, L
 
 
-def test_text_model_cli_export_serve_import_predict(ort, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"bigrams": 40, "embed_skip": True}],
+                         ids=["words", "word_pairs_embed_skip"])
+def test_text_model_cli_export_serve_import_predict(ort, tmp_path, options):
     from gruengine.inference import predict_texts
-    ckpt = _text_run(tmp_path)
+    ckpt = _text_run(tmp_path, **options)
     out = tmp_path / "text.onnx"
     r = CliRunner().invoke(app, ["export", str(ckpt), str(out)])
     assert r.exit_code == 0, r.output
@@ -501,11 +508,13 @@ def test_cli_md_documents_every_option(cmd):
     test_cli_md_lists_every_option(cmd)
 
 
-def test_serving_md_serves_an_export_like_predict_texts(ort, tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"bigrams": 40, "embed_skip": True}],
+                         ids=["words", "word_pairs_embed_skip"])
+def test_serving_md_serves_an_export_like_predict_texts(ort, tmp_path, monkeypatch, options):
     from gruengine import onnx as gonnx
     from gruengine.inference import predict_texts
     from tests.test_docs import python_blocks
-    ckpt = _text_run(tmp_path, truncate="head")   # the page's lines keep the first max_len
+    ckpt = _text_run(tmp_path, truncate="head", **options)   # the page keeps the first max_len
     gonnx.export_checkpoint(ckpt, tmp_path / "imdb.onnx")
     block = python_blocks("serving.md")[0]
     assert len([ln for ln in block.splitlines() if ln.strip()]) <= 12
@@ -518,6 +527,11 @@ def test_serving_md_serves_an_export_like_predict_texts(ort, tmp_path, monkeypat
         label, p = ns["classify"](text)
         want = predict_texts(ckpt, [text])[0]
         assert label == want["label"] and abs(p - want["probability"]) <= 1e-5
+    spec = json.loads((tmp_path / "imdb.tokenizer.json").read_text())
+    assert spec["ngrams"] == (2 if options else 1)
+    if options:                                   # word pairs are in these texts' ids
+        ids, _ = _encode_with_spec(spec, texts)
+        assert (ids >= len([t for t in spec["tokens"] if " " not in t])).any()
 
 
 def test_bench_serving_runs_and_agrees(ort, tmp_path):

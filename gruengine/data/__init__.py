@@ -20,7 +20,7 @@ __all__ = ["Dataset", "Vocab", "load_dataset", "describe", "guess_name", "defaul
 
 
 def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min_count=1, truncate="head",
-                 n_train=None, n_test=None, seq_len=None, vocab=None, test_fraction=None,
+                 bigrams=0, n_train=None, n_test=None, seq_len=None, vocab=None, test_fraction=None,
                  max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Load a named dataset -> {'train': Dataset, 'test': Dataset}.
 
@@ -38,6 +38,9 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
     vocab_size  token datasets: vocabulary size including '<pad>' and '<unk>', from the
                 training split only; ``min_count`` drops rarer tokens. ``vocab`` (a Vocab or
                 its ``to_json()`` dict, e.g. from a checkpoint) replaces the built one.
+    bigrams     token datasets: also this many of the most frequent pairs of adjacent words
+                of the training split as tokens, each placed after its first word
+                (``gruengine.data.corpus``; 0 = words only)
     n_train, n_test   cap the number of rows read (IMDB: half per class)
     test_fraction     text and npz: the share of a single file held out as the test split
                 (seeded by ``seed``, stratified by class); ``default_test_fraction`` gives
@@ -64,6 +67,10 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
     if test_fraction is not None and name not in ("text", "npz"):
         raise ValueError(f"test_fraction: only a single text or npz file is split; the {name!r} "
                          f"dataset has its own test split")
+    if isinstance(bigrams, bool) or not isinstance(bigrams, int) or bigrams < 0:
+        raise ValueError(f"bigrams: expected an integer >= 0, got {bigrams!r}")
+    if bigrams and name not in ("imdb", "text"):
+        raise ValueError(f"bigrams: only text datasets (imdb, text) take word pairs, not {name!r}")
     if name in ("adding", "copy"):
         if path is not None:
             raise ValueError(f"path: the synthetic {name!r} task reads no file, got {path!r}")
@@ -84,7 +91,7 @@ def load_dataset(name, path=None, *, seed=0, max_len=None, vocab_size=20000, min
     if seq_len is not None:
         raise ValueError(f"seq_len: only the synthetic tasks take seq_len; use max_len for {name!r}")
     text_opts = dict(max_len=max_len, vocab_size=vocab_size, min_count=min_count, truncate=truncate,
-                     vocab=vocab, n_train=n_train, n_test=n_test, **limits)
+                     vocab=vocab, bigrams=bigrams, n_train=n_train, n_test=n_test, **limits)
     split = dict(test_fraction=test_fraction, seed=seed)
     if name == "imdb":
         from .download import find_imdb

@@ -23,7 +23,8 @@ from .._checks import check_positive_int
 from ..errors import DataError
 from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, Budget, check_text_size
 from .dataset import Dataset
-from .text import Vocab, check_token_ids, encode_texts, tokenize
+from .corpus import encode_rows, pack_rows, vocab_ids, word_ids
+from .text import build_vocab
 
 CLASSES = ["neg", "pos"]
 SPLITS = ("train", "test")
@@ -189,24 +190,33 @@ def _decode(raw, where):
 
 
 def load_imdb(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None, seed=0, max_text_bytes=MAX_TEXT_BYTES,
+              bigrams=0, n_train=None, n_test=None, seed=0, max_text_bytes=MAX_TEXT_BYTES,
               max_data_bytes=MAX_DATA_BYTES):
     """IMDB -> {'train': Dataset, 'test': Dataset}, task 'classify', classes ['neg', 'pos'].
 
-    The vocabulary is built from the training reviews only, unless ``vocab`` is given. Rows of
-    each split are shuffled with ``seed`` (the files are grouped by class on disk).
+    The vocabulary is built from the training reviews only, unless ``vocab`` is given;
+    ``bigrams`` adds that many word pairs to it, those whose sentiment counts are the most
+    lopsided (``gruengine.data.corpus``). Rows of each split are shuffled with ``seed`` (the
+    files are grouped by class on disk). Each review is tokenized once and its text dropped
+    once encoded.
     """
     raw = read_imdb(path, n_train, n_test, max_text_bytes=max_text_bytes,
                     max_data_bytes=max_data_bytes)
-    toks = {s: [tokenize(t) for t in raw[s][0]] for s in SPLITS}
-    if vocab is None:
-        vocab = Vocab.build(toks["train"], vocab_size, min_count)
     out = {}
     for k, split in enumerate(SPLITS):
-        check_token_ids(f"{path} ({split})", len(toks[split]), max(map(len, toks[split])),
-                        max_len, max_data_bytes)
-        ids, lengths = encode_texts(toks[split], vocab, max_len, truncate)
-        perm = np.random.default_rng([seed, k]).permutation(len(lengths))
-        out[split] = Dataset(ids[perm], lengths[perm], raw[split][1][perm], "classify", 2,
-                             list(CLASSES), vocab)
+        texts, labels = raw.pop(split)
+        if vocab is None:
+            index = {}
+            rows = word_ids(texts, index)
+            del texts
+            vocab, rows = build_vocab(rows, index, vocab_size, min_count, bigrams, labels)
+            del index
+        else:
+            rows = vocab_ids(texts, vocab)
+            del texts
+        perm = np.random.default_rng([seed, k]).permutation(len(rows))
+        rows = encode_rows([rows[i] for i in perm], vocab, max_len, truncate)
+        ids, lengths = pack_rows(rows, f"{path} ({split})", max_data_bytes)
+        del rows
+        out[split] = Dataset(ids, lengths, labels[perm], "classify", 2, list(CLASSES), vocab)
     return out

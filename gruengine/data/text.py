@@ -11,42 +11,32 @@ import csv
 import os
 import re
 from collections import Counter
-from itertools import chain
 
 import numpy as np
 
 from .._checks import check_positive_int
 from ..errors import DataError
-from ..limits import (MAX_DATA_BYTES, MAX_TEXT_BYTES, TOKEN_BYTES, check_data_size,
-                      check_file_size, check_line)
+from ..limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_file_size, check_line
+from .corpus import (_BREAK, _TOKEN, PAD, UNK, check_token_ids, encode_rows, pack_rows,
+                     pair_table, select_tokens, tokenize, vocab_ids, with_pairs, word_ids)
 from .dataset import (Dataset, check_test_fraction, encode_labels, holdout_split, label_order,
                       require_file, resolve_pair)
 
-PAD, UNK = "<pad>", "<unk>"
-_EMPTY = [UNK]  # what a text with no tokens encodes as
 TRUNCATE = ("head", "tail")
-
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-# a word (letters/digits, inner apostrophes kept: "don't") or one punctuation character
-_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|[^\w\s]|_")
-
-
-def tokenize(text):
-    """Lowercase ``text``, drop HTML line breaks, split into words and punctuation marks.
-
-    >>> tokenize("Great film!<br /><br />I didn't like the END...")
-    ['great', 'film', '!', 'i', "didn't", 'like', 'the', 'end', '.', '.', '.']
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"text: expected str, got {type(text).__name__}")
-    return _TOKEN.findall(_BREAK.sub(" ", text).lower())
 
 
 class Vocab:
-    """Token <-> id map; id 0 is '<pad>', id 1 is '<unk>' (every unknown token)."""
+    """Token <-> id map; id 0 is '<pad>', id 1 is '<unk>' (every unknown token).
 
-    def __init__(self, tokens):
+    ``ngrams=2``: the tokens also hold word pairs, written ``'w1 w2'`` (both words in the
+    vocabulary); encoding puts the id of each known pair between its two words
+    (``gruengine.data.corpus``).
+    """
+
+    def __init__(self, tokens, ngrams=1):
         tokens = list(tokens)
+        if ngrams not in (1, 2) or isinstance(ngrams, bool):
+            raise ValueError(f"ngrams: expected 1 or 2, got {ngrams!r}")
         if len(tokens) < 2 or tokens[0] != PAD or tokens[1] != UNK:
             raise ValueError(f"vocab: expected the token list to start with {PAD!r}, {UNK!r}, "
                              f"got {tokens[:2]!r}")
@@ -56,16 +46,28 @@ class Vocab:
         self.stoi = {t: i for i, t in enumerate(tokens)}
         if len(self.stoi) != len(tokens):
             raise ValueError(f"vocab: expected unique tokens, got {len(tokens) - len(self.stoi)} duplicate(s)")
+        self.ngrams = ngrams
+        self._pairs = None          # ngrams=2: (number of words, sorted pair keys, pair ids)
+        if ngrams == 2:
+            self._pairs = pair_table(self)
 
     @classmethod
-    def build(cls, texts_tokens, max_size=20000, min_count=1):
+    def build(cls, texts_tokens, max_size=20000, min_count=1, bigrams=0, labels=None):
         """Most frequent tokens of the (training) texts, ties broken alphabetically.
 
         ``max_size`` counts '<pad>' and '<unk>' too (so at most max_size - 2 real tokens);
         tokens seen fewer than ``min_count`` times are left out (they encode as '<unk>').
+        ``bigrams`` > 0 adds up to that many pairs of adjacent known words (seen at least
+        ``min_count`` times) as extra tokens (``ngrams=2``): the most frequent, or with
+        ``labels`` (a class id per text) the most lopsided across the classes.
         """
         max_size = check_positive_int("max_size", max_size, minimum=2)
         min_count = check_positive_int("min_count", min_count)
+        bigrams = check_positive_int("bigrams", bigrams, minimum=0)
+        if bigrams:
+            index = {}
+            return build_vocab(word_ids(texts_tokens, index), index, max_size, min_count,
+                               bigrams, labels)[0]
         counts = Counter()
         for toks in texts_tokens:
             counts.update(toks)
@@ -83,15 +85,19 @@ class Vocab:
         return len(self.itos)
 
     def __eq__(self, other):
-        return isinstance(other, Vocab) and self.itos == other.itos
+        return isinstance(other, Vocab) and self.itos == other.itos and self.ngrams == other.ngrams
 
     def __repr__(self):
-        return f"Vocab(size={len(self)})"
+        return f"Vocab(size={len(self)}{', ngrams=2' if self.ngrams == 2 else ''})"
 
     def encode(self, tokens):
-        """List of tokens -> (n,) int64 ids; unknown tokens map to 1."""
+        """List of words -> (n,) int64 ids; unknown words map to 1. With ``ngrams=2`` the id
+        of each known pair of adjacent words follows its first word."""
         get = self.stoi.get
-        return np.array([get(t, 1) for t in tokens], dtype=np.int64)
+        ids = np.fromiter((get(t, 1) for t in tokens), dtype=np.int32, count=len(tokens))
+        if self.ngrams == 2:
+            ids = with_pairs(ids, self)
+        return ids.astype(np.int64)
 
     def decode(self, ids):
         """Ids -> list of tokens (padding ids included as '<pad>')."""
@@ -102,7 +108,10 @@ class Vocab:
         return [self.itos[i] for i in ids.ravel().tolist()]
 
     def to_json(self):
-        return {"format": "gruengine.vocab", "version": 1, "tokens": list(self.itos)}
+        d = {"format": "gruengine.vocab", "version": 1, "tokens": list(self.itos)}
+        if self.ngrams == 2:
+            d["ngrams"] = 2
+        return d
 
     @classmethod
     def from_json(cls, d):
@@ -111,44 +120,29 @@ class Vocab:
         if d.get("format", "gruengine.vocab") != "gruengine.vocab" or d.get("version", 1) != 1:
             raise ValueError(f"vocab: expected format 'gruengine.vocab' version 1, "
                              f"got {d.get('format')!r} version {d.get('version')!r}")
-        return cls(d["tokens"])
+        return cls(d["tokens"], d.get("ngrams", 1))
+
+
+def build_vocab(rows, index, max_size, min_count=1, bigrams=0, labels=None):
+    """The Vocab of ``Vocab.build`` from provisional-id rows (``corpus.word_ids``), and the rows
+    mapped to its word ids; word pairs as ``corpus.select_tokens`` chooses them."""
+    words, pairs, rows = select_tokens(rows, index, max_size, min_count, bigrams, labels)
+    return Vocab(words + pairs, ngrams=2 if bigrams else 1), rows
 
 
 def encode_texts(texts, vocab, max_len=None, truncate="head"):
     """Tokenize and encode texts -> ids (N, T) int64 padded with 0, lengths (N,) int64.
 
-    T = min(max_len, longest text). A text with no tokens becomes one '<unk>' (length 1).
+    T = the longest encoded text. ``max_len`` cuts each text to that many words first; a
+    vocabulary with ``ngrams=2`` then adds the ids of known word pairs between the words (so
+    up to 2 * max_len - 1 ids). A text with no tokens becomes one '<unk>' (length 1).
     ``texts`` may also be a list of token lists (already tokenized).
     """
     if max_len is not None:
         max_len = check_positive_int("max_len", max_len)
     if truncate not in TRUNCATE:
         raise ValueError(f"truncate: expected 'head' or 'tail', got {truncate!r}")
-    rows = []
-    for t in texts:
-        toks = tokenize(t) if isinstance(t, str) else t
-        if max_len is not None and len(toks) > max_len:
-            toks = toks[:max_len] if truncate == "head" else toks[len(toks) - max_len:]
-        rows.append(toks or _EMPTY)
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    T = int(lengths.max()) if len(rows) else 1
-    ids = np.zeros((len(rows), T), dtype=np.int64)
-    if len(rows):
-        get = vocab.stoi.get
-        # one lookup pass over all tokens, then one scatter into the padded matrix
-        flat = np.array([get(w, 1) for w in chain.from_iterable(rows)], dtype=np.int64)
-        starts = np.cumsum(lengths) - lengths
-        r_idx = np.repeat(np.arange(len(rows)), lengths)
-        ids[r_idx, np.arange(flat.size) - np.repeat(starts, lengths)] = flat
-    return ids, lengths
-
-
-def check_token_ids(where, n_texts, longest, max_len, max_data_bytes):
-    """The padded id matrix of ``n_texts`` texts is allocated at once: check its size first."""
-    T = longest if max_len is None else min(max_len, longest)
-    check_data_size(where, n_texts * max(T, 1) * TOKEN_BYTES, max_data_bytes,
-                    f"the padded token ids ({n_texts} texts x {T} tokens, int64)",
-                    "cut texts with --max-len, or raise --max-data-bytes")
+    return pack_rows(encode_rows(vocab_ids(texts, vocab), vocab, max_len, truncate))
 
 
 # ---- labelled text files ---------------------------------------------------------------
@@ -329,14 +323,16 @@ def _clip(s, k=40):
 
 
 def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="head", vocab=None,
-              n_train=None, n_test=None, test_fraction=None, seed=0,
+              bigrams=0, n_train=None, n_test=None, test_fraction=None, seed=0,
               max_text_bytes=MAX_TEXT_BYTES, max_data_bytes=MAX_DATA_BYTES):
     """Labelled text files -> {'train': Dataset, 'test': Dataset} (task 'classify').
 
     ``path``: 'train.tsv,test.tsv', a folder with train.{tsv,csv,txt} and test.{...}, or one
     file split by ``test_fraction`` (a seeded split stratified by label, see
     ``holdout_split``). Classes come from the training labels; the vocabulary from the
-    training texts unless ``vocab`` (e.g. from a checkpoint) is given.
+    training texts unless ``vocab`` (e.g. from a checkpoint) is given; ``bigrams`` adds that
+    many word pairs to it, those whose class counts are the most lopsided
+    (``gruengine.data.corpus``).
     """
     test_fraction = check_test_fraction(test_fraction)
     limits = dict(max_text_bytes=max_text_bytes, max_data_bytes=max_data_bytes)
@@ -364,22 +360,30 @@ def load_text(path, *, max_len=None, vocab_size=20000, min_count=1, truncate="he
             columns[name] = layout["label_column"]
     splits = {}
     for name, limit in (("train", n_train), ("test", n_test)):
-        labels, texts, where = read[name]
+        labels, texts, where = read.pop(name)
         if limit is not None:
             labels, texts, where = labels[:limit], texts[:limit], where[:limit]
-        splits[name] = (labels, [tokenize(t) for t in texts], where)
+        splits[name] = (labels, texts, where)
     classes = label_order(splits["train"][0])
+    word_rows = {}              # split -> word ids of its texts, once the vocabulary is known
     if vocab is None:
-        vocab = Vocab.build(splits["train"][1], vocab_size, min_count)
+        index = {}
+        train_y = encode_labels(splits["train"][0], classes, splits["train"][2])
+        vocab, word_rows["train"] = build_vocab(word_ids(splits["train"][1], index), index,
+                                                vocab_size, min_count, bigrams, train_y)
+        del index
     out = {}
-    for name, (labels, toks, where) in splits.items():
+    for name, (labels, texts, where) in splits.items():
         try:
             y = encode_labels(labels, classes, where)
         except DataError as e:
             raise DataError(f"{e}; the label is column {columns[name]} "
                             f"{_col_name(columns[name])} of that file") from None
-        check_token_ids(tr if name == "train" else te or tr, len(toks), max(map(len, toks)), max_len,
-                        max_data_bytes)
-        ids, lengths = encode_texts(toks, vocab, max_len, truncate)
+        rows = word_rows.pop(name, None)
+        if rows is None:
+            rows = vocab_ids(texts, vocab)
+        ids, lengths = pack_rows(encode_rows(rows, vocab, max_len, truncate),
+                                 tr if name == "train" else te or tr, max_data_bytes)
+        del rows
         out[name] = Dataset(ids, lengths, y, "classify", len(classes), list(classes), vocab)
     return out

@@ -52,6 +52,11 @@ MODEL_CASES = {
     "features-mingru-max-adam": (dict(task="classify", num_outputs=2, input="features",
                                       num_features=2, cell="mingru", hidden_size=4,
                                       bidirectional=True, pooling="max"), "adam"),
+    "tokens-bigru-max-embed-skip-dropout-adamw": (dict(task="classify", num_outputs=2,
+                                                       input="tokens", vocab_size=7, embed_dim=3,
+                                                       padding_idx=0, hidden_size=4,
+                                                       bidirectional=True, pooling="max",
+                                                       embed_skip=True, dropout=0.2), "adamw"),
 }
 
 
