@@ -280,9 +280,10 @@ def runs(tmp_path_factory):
         *({"out": str(d / f"{name}.2"), "config": cfg} for name, cfg in CASES.items()),
         {"out": str(d / "stop.2"), "config": CASES["regress"], "stop_at": STOP_2RANK},
         {"out": str(d / "stop.1"), "resume": True},
-        # a 0.03 s budget, rank 1's clock 1e6 s behind: rank 0's clock decides for both
+        # a 60 us budget (spent by any first epoch, even on a quiet machine), rank 1's clock
+        # 1e6 s behind: rank 0's clock decides for both
         {"out": str(d / "budget.2"), "config": dict(CASES["regress"], epochs=5,
-                                                    time_budget=0.0005), "clock_skew": 1e6}]}
+                                                    time_budget=1e-6), "clock_skew": 1e6}]}
     (d / "spec.json").write_text(json.dumps(spec))
     t0 = time.perf_counter()
     p = _run(_launch_cmd(sys.executable, HELPER, "train", str(d / "spec.json")))
