@@ -309,6 +309,7 @@ def load(src, device=None):
     """A graph written by ``gruengine.onnx.export`` -> ``(SequenceModel in eval mode, meta)``;
     meta holds model_config, vocab, classes, train_config (max_len, truncate), data_config
     and scaling (the input Scaler's JSON, or None), as a checkpoint's does. ValueError (one line) for any other graph."""
+    from .data.text import Vocab
     from .models import SequenceModel
     model, where = _load_proto(src)
     props = _props(model)
@@ -344,9 +345,8 @@ def load(src, device=None):
     meta = {"kind": "gruengine-import", "source": where, "model_config": c.to_dict(),
             "classes": extra["classes"], "data_config": extra["data_config"],
             "scaling": extra["scaling"],
-            "vocab": None if tok is None else dict(
-                {"format": "gruengine.vocab", "version": 1, "tokens": tok["tokens"]},
-                **({"ngrams": 2} if tok.get("ngrams", 1) == 2 else {})),
+            "vocab": None if tok is None else Vocab(tok["tokens"],
+                                                    tok.get("ngrams", 1)).to_json(),
             "train_config": {} if tok is None else {"max_len": tok["max_len"],
                                                     "truncate": tok["truncate"]}}
     return net, meta
