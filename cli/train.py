@@ -89,6 +89,9 @@ _OPTIONS = [
     ("--patience", "patience", int, "stop after this many epochs without validation gain (0 = off)"),
     ("--val-fraction", "val_fraction", float, "share of the training data held out for validation"),
     ("--seed", "seed", int, "seed of initialisation, shuffling and dropout"),
+    ("--ensemble", "ensemble", click.IntRange(1, 64),
+     "train this many models with different seeds and average their probabilities "
+     "(1 = one model)"),
     ("--device", "device", click.Choice(["cpu", "cuda", "auto"]), "where the kernels run"),
     ("--dtype", "dtype", click.Choice(["float32", "float64"]), "floating-point type"),
     ("--max-text-bytes", "max_text_bytes", ByteSize(),
@@ -105,15 +108,17 @@ def _add_options(f):
 
 
 def load_config_file(name):
-    """Read a run configuration: a TOML file, a run's config.json, or the name of a TOML file
-    in data/configs.
+    """Read a run configuration: a TOML file, a run's config.json (or its folder), or the
+    name of a TOML file in data/configs.
 
     Keys are the config keys (``hidden_size`` or ``hidden-size``), at the top level or in
     [data] / [model] / [train] tables.
     """
     import tomllib
     path = name
-    if not os.path.exists(path):
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        path = os.path.join(path, "config.json")          # a run folder: its configuration
+    if not os.path.isfile(path):                           # a folder 'imdb' is not --config imdb
         named = os.path.join(CONFIG_DIR, name if name.endswith(".toml") else name + ".toml")
         if os.path.exists(named):
             path = named
@@ -219,7 +224,7 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
       gruengine train --config runs/imdb/config.json --lr 0.001 --out runs/imdb2
       gruengine train --resume runs/adding200 --epochs 20
     """
-    from gruengine.train import Trainer
+    from gruengine.train import make_trainer, resume_trainer
     world = _world()
     given = {k: v for k, v in flags.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
@@ -248,19 +253,22 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
                                               else "adding")
                 out = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
-        trainer = Trainer.resume(resume, overrides=given, quiet=quiet, world=world)
+        trainer = resume_trainer(resume, overrides=given, quiet=quiet, world=world)
     else:
-        trainer = Trainer(config, world.bcast(out), quiet=quiet, overwrite=overwrite, world=world)
+        trainer = make_trainer(config, world.bcast(out), quiet=quiet, overwrite=overwrite,
+                               world=world)
     if not quiet and world.rank == 0:
         c = trainer.config
         n = trainer.model.params.size
+        k = c.get("ensemble") or 1
         ranks = (f", {world.size} ranks x {world.threads} thread"
                  f"{'s' if world.threads != 1 else ''}" if world.size > 1 else "")
         click.echo(f"run folder {trainer.out_dir}: task {c['task']}, {len(trainer.train_ds)} "
                    f"train / {0 if trainer.val_ds is None else len(trainer.val_ds)} val / "
                    f"{len(trainer.test_ds)} test, {c['cell']} {c['num_layers']}x"
                    f"{c['hidden_size']}{' bidirectional' if c['bidirectional'] else ''}, "
-                   f"{n:,} parameters, device {trainer.model.config.device}{ranks}", err=True)
+                   f"{f'an ensemble of {k} x ' if k > 1 else ''}{n:,} parameters, device "
+                   f"{trainer.model.config.device}{ranks}", err=True)
         from gruengine.threads import busy_note
         note = busy_note()
         if note:
@@ -273,8 +281,9 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
         if world.rank != 0 and getattr(e, "all_ranks", False):
             sys.exit(128 + e.signum)              # a stop every rank made: rank 0 says it
         # the trainer's own notice is not shown
-        if quiet and trainer.run.holds_run() and os.path.exists(trainer.run.last):
-            click.echo(f"interrupted: resumable checkpoint in {trainer.run.last}; continue "
+        run = getattr(trainer, "current", trainer).run     # an ensemble: the member's run
+        if quiet and run.holds_run() and os.path.exists(run.last):
+            click.echo(f"interrupted: resumable checkpoint in {run.last}; continue "
                        f"with: gruengine train --resume {trainer.out_dir}", err=True)
         raise
     if world.rank != 0:
@@ -305,6 +314,13 @@ def _print_summary(s):
         line = (f"test {name} {res[metric]:.4g} {op} {s['target']:g} target: "
                 f"{'PASS' if s['passed'] else 'FAIL'}")
     click.echo(f"{line} ({ref} {base:.4g})")
+    if s.get("members"):
+        each = [m[f"test_{metric}"] for m in s["members"]]
+        click.echo(f"ensemble of {len(each)}: its members alone "
+                   + ", ".join("?" if v is None else f"{v:.4g}" for v in each)
+                   + f"; {s['steps']} steps in all, {s['elapsed']:.1f} s; weights of all in "
+                   f"{os.path.join(s['run_dir'], 'best.npz')}")
+        return
     click.echo(f"{s['epochs']} epochs, {s['steps']} steps, {s['elapsed']:.1f} s; best epoch "
                f"{s['best_epoch']}; weights in {os.path.join(s['run_dir'], 'best.npz')}")
 

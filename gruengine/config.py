@@ -12,6 +12,7 @@ import numpy as np
 from ._checks import check_dtype
 from .backend import check_device
 from .limits import MAX_DATA_BYTES, MAX_TEXT_BYTES, check_fits_memory
+from .ensemble import MAX_MEMBERS
 from .models import CELLS, POOLINGS, _forget_bias
 from .policy import AUTO_KEYS, FIXED
 from .schedule import SCHEDULES
@@ -36,7 +37,7 @@ DEFAULTS = {
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
     "conv_norm": "batch", "embed_skip": False,
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
-    "steps": None, "epochs": None, "time_budget": None,
+    "steps": None, "epochs": None, "time_budget": None, "ensemble": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
     "clip": 1.0, "schedule": "cosine", "warmup": None, "patience": None, "seed": 0,
     "device": "cpu", "dtype": "float32", "bucket": None, "eval_batch_size": 256,
@@ -149,6 +150,8 @@ def validate_config(c, complete=False):
     for k in ("warmup", "patience", "conv_channels"):
         if c[k] is not None:
             _num(k, c[k], 0, integer=True)
+    if c["ensemble"] is not None:
+        _num("ensemble", c["ensemble"], 1, integer=True, hi=MAX_MEMBERS, hi_open=False)
     if c["time_budget"] is not None:
         _num("time_budget", c["time_budget"], 0)
     if not isinstance(c["conv_kernels"], (list, tuple)) or not c["conv_kernels"]:

@@ -145,8 +145,8 @@ def _checkpoint_path(path):
 
 
 def load_model(path, device=None, world=None):
-    """A SequenceModel and its checkpoint metadata from a .npz (best.npz or last.npz), or
-    from a run folder (its best.npz).
+    """A SequenceModel (an ``EnsembleModel`` for an ensemble's best.npz) and its checkpoint
+    metadata from a .npz (best.npz or last.npz), or from a run folder (its best.npz).
 
     ``device``: 'cpu', 'cuda' or 'auto' places the model there; None keeps the device the
     checkpoint was trained on, or 'cpu' when that was 'cuda' and no GPU is usable here, so a
@@ -171,6 +171,13 @@ def _build_model(path, arrays, meta, device):
     elif mcfg.get("device") == "cuda" and not cuda_available():
         mcfg["device"] = "cpu"
     try:
+        if meta.get("ensemble") is not None:        # several members, probabilities averaged
+            from .ensemble import EnsembleModel, unpack
+            k, states = unpack(arrays, meta, path)
+            members = [SequenceModel(ModelConfig.from_dict(mcfg)) for _ in range(k)]
+            for m, state in zip(members, states):
+                m.load_state_dict(state)
+            return EnsembleModel(members).eval(), meta
         model = SequenceModel(ModelConfig.from_dict(mcfg))
         model.load_state_dict(ckpt.split_arrays(arrays, "model"))
     except CheckpointError:
@@ -323,6 +330,10 @@ def checkpoint_to_safetensors(checkpoint, path):
     arrays, meta = ckpt.load_checkpoint(checkpoint)
     if "model_config" not in meta:
         raise CheckpointError(f"checkpoint {checkpoint}: metadata has no model_config")
+    if meta.get("ensemble") is not None:
+        raise ValueError(f"checkpoint {checkpoint}: an ensemble of several models; a "
+                         f".safetensors file holds one: export a member's best.npz (the "
+                         f"run's member-1/, ...), or the whole ensemble to .onnx")
     return save_checkpoint_safetensors(path, ckpt.split_arrays(arrays, "model"), meta)
 
 

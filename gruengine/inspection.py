@@ -201,6 +201,10 @@ def inspect_checkpoint(path, input_spec, out_dir=".", *, layer=None, units=None,
         raise ValueError(f"input_spec: expected a text or an input builder (model, meta) -> "
                          f"(inputs, lengths, info), got {type(input_spec).__name__}")
     model, meta = load_model(path, device)
+    if meta.get("ensemble") is not None:
+        raise ValueError(f"checkpoint {path}: an ensemble of {len(model)} models, each with its "
+                         f"own gates; inspect one member (an ensemble's run folder holds them "
+                         f"as member-1/, member-2/, ...)")
     c = model.config
     if layer is None:
         layer = c.num_layers - 1

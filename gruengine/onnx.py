@@ -69,9 +69,12 @@ class _Graph:
 
     def __init__(self, onnx):
         self.onnx, self.nodes, self.inits, self._count, self._consts = onnx, [], [], {}, set()
+        self.prefix = ""          # of the initializers' names: 'member<k>.' in an ensemble
+        self.scaled = None        # the scaled input, computed once for every member
 
     def const(self, name, value, dtype=np.float32):
         """An initializer; a name already given returns the first one (same value)."""
+        name = self.prefix + name
         if name not in self._consts:
             a = np.ascontiguousarray(np.asarray(value, dtype=dtype))
             self.inits.append(self.onnx.numpy_helper.from_array(a, name))
@@ -100,7 +103,9 @@ def _input(g, model, sd, scaler):
     else:
         F = c.num_features if scaler is None else scaler.num_features
         info = h.make_tensor_value_info("features", tp.FLOAT, ["batch", "time", F])
-        x = "features" if scaler is None else scale_features(g, "features", lengths, scaler)
+        if scaler is not None and g.scaled is None:
+            g.scaled = scale_features(g, "features", lengths, scaler)
+        x = "features" if scaler is None else g.scaled
         x = g.op("Transpose", x, perm=[1, 0, 2])                                # (T, B, F)
         if c.input_proj:
             w_t = g.op("Transpose", g.const("input_proj.weight", sd["input_proj.weight"]))
@@ -218,12 +223,14 @@ _EXPORTED = {"task", "num_outputs", "input", "vocab_size", "embed_dim", "padding
 def _check_model(model, vocab, scaling):
     """-> the model's input ``Scaler`` (from ``scaling``: one, its JSON dict, or None)."""
     from dataclasses import fields
+    from .ensemble import EnsembleModel
     from .models import ModelConfig, SequenceModel
     from .data.scaling import Scaler
     from .data.text import Vocab
-    if not isinstance(model, SequenceModel):
-        raise ValueError(f"model: expected a gruengine.models.SequenceModel, got "
-                         f"{type(model).__name__}")
+    members = model.members if isinstance(model, EnsembleModel) else [model]
+    if not all(isinstance(m, SequenceModel) for m in members):
+        raise ValueError(f"model: expected a gruengine.models.SequenceModel or an "
+                         f"EnsembleModel, got {type(model).__name__}")
     c = model.config
     for f in fields(ModelConfig):
         if f.name not in _EXPORTED and getattr(c, f.name) != f.default:
@@ -254,7 +261,8 @@ def _check_model(model, vocab, scaling):
 
 def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="head",
            data_config=None, scaling=None):
-    """Write ``model`` (a SequenceModel) to ``path`` as one checked ONNX graph.
+    """Write ``model`` (a SequenceModel, or an EnsembleModel: every member's graph on the one
+    input and the mean of their outputs) to ``path`` as one checked ONNX graph.
 
     ``vocab`` (a Vocab; token models) with ``max_len``/``truncate`` describe the tokenizer,
     written beside the file as ``<name>.tokenizer.json`` and into the metadata; ``classes``
@@ -267,13 +275,20 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
     onnx = _onnx()
     scaler = _check_model(model, vocab, scaling)
     c = model.config
-    sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
     g = _Graph(onnx)
     h, tp = onnx.helper, onnx.TensorProto
-    x, lengths, skip, x_info = _input(g, model, sd, scaler)
-    seq_lens = g.op("Cast", lengths, to=tp.INT32)         # the operators' sequence_lens type
-    y, h_n = _recurrent(g, model, sd, x, seq_lens)
-    out, out_name = _head(g, model, sd, _features(g, model, y, h_n, lengths, skip))
+    members = getattr(model, "members", [model])
+    outs = []
+    for k, member in enumerate(members):
+        g.prefix = f"member{k}." if len(members) > 1 else ""
+        sd = {n: np.asarray(v, dtype=np.float32) for n, v in member.state_dict().items()}
+        x, lengths, skip, x_info = _input(g, member, sd, scaler)
+        seq_lens = g.op("Cast", lengths, to=tp.INT32)     # the operators' sequence_lens type
+        y, h_n = _recurrent(g, member, sd, x, seq_lens)
+        out, out_name = _head(g, member, sd, _features(g, member, y, h_n, lengths, skip))
+        outs.append(out)
+    if len(outs) > 1:
+        out = g.op("Mean", *outs)                # probabilities (or values) averaged
     g.nodes.append(h.make_node("Identity", [out], [out_name], name="output"))
     out_shape = ["batch", "time", c.num_outputs] if c.task == "tag" else ["batch", c.num_outputs]
     graph = h.make_graph(
@@ -292,7 +307,9 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
              "gruengine.classes": json.dumps(None if classes is None else list(classes)),
              "gruengine.data_config": json.dumps(data_config, sort_keys=True),
              "gruengine.tokenizer": json.dumps(spec),
-             "gruengine.scaling": json.dumps(None if scaler is None else scaler.to_json())}
+             "gruengine.scaling": json.dumps(None if scaler is None else scaler.to_json()),
+             "gruengine.ensemble": json.dumps(None if len(members) == 1 else
+                                              {"members": len(members)})}
     h.set_model_props(m, props)
     onnx.checker.check_model(m, full_check=True)
     path = os.fspath(path)

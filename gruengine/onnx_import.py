@@ -319,28 +319,29 @@ def load(src, device=None):
     try:
         mcfg = json.loads(props["gruengine.model_config"])
         extra = {k: json.loads(props.get(f"gruengine.{k}", "null"))
-                 for k in ("classes", "data_config", "tokenizer", "scaling")}
+                 for k in ("classes", "data_config", "tokenizer", "scaling", "ensemble")}
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: gruengine metadata is not valid JSON ({e})") from None
     if device is not None:
         mcfg["device"] = device
-    net = SequenceModel(mcfg)
-    c = net.config
+    ens = extra["ensemble"]
+    k = 1 if ens is None else ens.get("members") if isinstance(ens, dict) else None
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
+        raise ValueError(f"{where}: gruengine.ensemble metadata: expected members in [1, 64], "
+                         f"got {extra['ensemble']!r}")
     stacks = read_recurrent(model)
-    want = (c.cell, c.num_layers, c.bidirectional, c.hidden_size)
-    if len(stacks) != 1 or tuple(stacks[0][k] for k in ("cell", "num_layers", "bidirectional",
-                                                           "hidden_size")) != want:
-        raise ValueError(f"{where}: the recurrent nodes do not form the {c.num_layers}-layer "
-                         f"{c.cell} stack its metadata describes")
+    if len(stacks) != k:
+        raise ValueError(f"{where}: the recurrent nodes form {len(stacks)} stacks, its "
+                         f"metadata describes {k} model(s)")
     g = _Graph(model.graph, _onnx())
-    sd = {f"rnn.{k}": v for k, v in stacks[0]["state_dict"].items()}
-    for name in net.state_dict():
-        if not name.startswith("rnn."):
-            if name not in g.consts:
-                raise ValueError(f"{where}: initializer {name!r} is missing")
-            sd[name] = g.consts[name]
-    net.load_state_dict(sd)
-    net.eval()
+    nets = [_member(g, SequenceModel(mcfg), stacks, j, "" if k == 1 else f"member{j}.", where)
+            for j in range(k)]
+    c = nets[0].config
+    if k == 1:
+        net = nets[0]
+    else:
+        from .ensemble import EnsembleModel
+        net = EnsembleModel(nets).eval()
     tok = extra["tokenizer"]
     meta = {"kind": "gruengine-import", "source": where, "model_config": c.to_dict(),
             "classes": extra["classes"], "data_config": extra["data_config"],
@@ -349,7 +350,28 @@ def load(src, device=None):
                                                     tok.get("ngrams", 1)).to_json(),
             "train_config": {} if tok is None else {"max_len": tok["max_len"],
                                                     "truncate": tok["truncate"]}}
+    if k > 1:
+        meta["ensemble"] = {"members": k}
     return net, meta
+
+
+def _member(g, net, stacks, j, prefix, where):
+    """``net`` (a fresh SequenceModel) with the weights of the ``j``-th model of the graph:
+    recurrent stack ``j`` and the initializers named ``prefix`` + its parameter names."""
+    c = net.config
+    want = (c.cell, c.num_layers, c.bidirectional, c.hidden_size)
+    if tuple(stacks[j][n] for n in ("cell", "num_layers", "bidirectional",
+                                                         "hidden_size")) != want:
+        raise ValueError(f"{where}: the recurrent nodes do not form the {c.num_layers}-layer "
+                         f"{c.cell} stack its metadata describes")
+    sd = {f"rnn.{n}": v for n, v in stacks[j]["state_dict"].items()}
+    for name in net.state_dict():
+        if not name.startswith("rnn."):
+            if prefix + name not in g.consts:
+                raise ValueError(f"{where}: initializer {prefix + name!r} is missing")
+            sd[name] = g.consts[prefix + name]
+    net.load_state_dict(sd)
+    return net.eval()
 
 
 def import_onnx(src, out=None):
@@ -375,9 +397,13 @@ def import_onnx(src, out=None):
         meta["source"] = os.fspath(src) if where == "model" else where
         sd = net.state_dict()
         if out.endswith(".safetensors"):
+            if "ensemble" in meta:
+                raise ValueError(f"out: {where} is an ensemble of {len(net)} models; a "
+                                 f".safetensors file holds one: import it to a .npz")
             save_checkpoint_safetensors(out, sd, meta)
         else:
-            ckpt.save_checkpoint(out, ckpt.join_arrays(model=sd), meta)
+            ckpt.save_checkpoint(out, sd if "ensemble" in meta else ckpt.join_arrays(model=sd),
+                                 meta)
         return {"kind": "checkpoint", "path": out,
                 "stacks": [_summary(s) for s in read_recurrent(model)]}
     stacks = read_recurrent(model)

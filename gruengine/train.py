@@ -47,7 +47,8 @@ class Trainer:
     fn(trainer, info) after each optimizer step, 'save' -> fn(trainer, path) inside a
     checkpoint save's critical section, before the write, 'epoch' -> fn(trainer, record)
     after each epoch; a hook may raise KeyboardInterrupt or send a signal to simulate Ctrl-C.
-    ``datasets`` ({'train', 'test'}) replaces loading from the configuration.
+    ``datasets`` ({'train', 'test'}, or {'train', 'val', 'test'} split already) replaces
+    loading from the configuration.
 
     The run folder is locked from construction to the end of ``fit`` (one writer per
     folder); a folder holding a run is refused unless ``overwrite`` (its run files are then
@@ -57,6 +58,8 @@ class Trainer:
     def __init__(self, config, out_dir, *, quiet=False, hooks=None, datasets=None, stream=None,
                  overwrite=False, world=None, _state=None):
         self.run = _state["run"] if _state is not None else None
+        self.resume_dir = None    # the folder `--resume` continues, when not this one
+        self.say_plan = True      # print the plan line as the run starts
         self.world = world if world is not None else LOCAL
         try:
             with self.world.agreed():      # an error on one rank stops all, one message
@@ -91,11 +94,20 @@ class Trainer:
             self._say(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ...")
             datasets = load_data(data_config(c), vocab=vocab)
         self.plan = _state["meta"].get("plan") if _state is not None else None
+        if c["ensemble"] is None:         # one model: an ensemble is make_trainer's
+            c["ensemble"] = 1
+        elif c["ensemble"] > 1:
+            raise ValueError(f"ensemble: a Trainer trains one model, not {c['ensemble']}; "
+                             f"train an ensemble with gruengine.train.train or make_trainer")
         if _state is None:
             decisions, self.plan = make_plan(c, datasets["train"])
             c.update(decisions)
         validate_config(c, complete=True)
-        self.train_ds, self.val_ds = split_validation(datasets["train"], c["val_fraction"], c["seed"])
+        if "val" in datasets:      # split already (an ensemble's members share one split)
+            self.train_ds, self.val_ds = datasets["train"], datasets["val"]
+        else:
+            self.train_ds, self.val_ds = split_validation(datasets["train"], c["val_fraction"],
+                                                          c["seed"])
         self.test_ds = datasets["test"]
         self.scaler = self._scaler(_state)
         if self.scaler is not None:
@@ -192,15 +204,16 @@ class Trainer:
                                                                           k])))
 
     # ------------------------------------------------------------------ the loop
-    def fit(self):
-        """Train to the end (or early stop), evaluate on the test set, return a summary dict.
+    def fit(self, test=True):
+        """Train to the end (or early stop), evaluate on the test set (unless not ``test``),
+        return a summary dict.
 
         Ctrl-C or SIGTERM: a resumable checkpoint is saved, then ``Interrupted`` (a
         KeyboardInterrupt) is raised. The run folder's lock is released on the way out."""
         c = self.config
         self._t_session = time.perf_counter()
         self.run.acquire()                    # a no-op unless an earlier fit released it
-        if self.plan and self.epoch == 0 and self.batch == 0:
+        if self.plan and self.say_plan and self.epoch == 0 and self.batch == 0:
             self._say(self.plan)
         self.stops.install()
         try:
@@ -219,13 +232,14 @@ class Trainer:
                 path = self.save(LAST)
                 self._say(f"interrupted: resumable checkpoint saved to {path} "
                           f"(epoch {self.epoch + 1}, batch {self.batch}/{self.batches_per_epoch}); "
-                          f"continue with: gruengine train --resume {self.out_dir}")
+                          f"continue with: gruengine train --resume "
+                          f"{self.resume_dir or self.out_dir}")
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 raise Interrupted(self.stops.signum) from None
             finally:
                 self.stops.restore()
-            return self._finish()
+            return self._finish(test)
         finally:
             self.run.release()
 
@@ -342,12 +356,16 @@ class Trainer:
                      f"{stop.bad_epochs} epochs" if stop.should_stop else ""))
         return record
 
-    def _finish(self):
+    def _finish(self, test=True):
         c, stop = self.config, self.early_stopping
         if self.world.rank == 0 and os.path.exists(self.run.best):
             arrays, _ = ckpt.load_checkpoint(self.run.best)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
         self.world.share_weights(self.model)
+        if not test:
+            return {"run_dir": self.out_dir, "best_val": stop.best, "best_epoch": stop.best_epoch,
+                    "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
+                    "elapsed": self.elapsed}
         res = evaluate(self.model, self.test_ds, c["eval_batch_size"], quiet=self.quiet,
                        desc="test", stream=self.stream, world=self.world)
         self.run.append_metrics({"event": "test", "epoch": stop.best_epoch, "step": self.step,
@@ -417,12 +435,43 @@ def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=No
         if overwrite:
             raise ValueError("overwrite: a resumed run continues its folder; it cannot also "
                              "overwrite it")
-        t = Trainer.resume(out_dir, overrides=overrides, quiet=quiet, hooks=hooks,
-                           datasets=datasets, stream=stream, world=world)
+        t = resume_trainer(out_dir, overrides=overrides, quiet=quiet, hooks=hooks,
+                           stream=stream, world=world, datasets=datasets)
     else:
-        t = Trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets, stream=stream,
-                    overwrite=overwrite, world=world)
+        t = make_trainer(config, out_dir, quiet=quiet, hooks=hooks, datasets=datasets,
+                         stream=stream, overwrite=overwrite, world=world)
     return t.fit()
 
 
-__all__ = ["train", "Trainer"]
+def make_trainer(config, out_dir, *, datasets=None, world=None, quiet=False, stream=None, **kw):
+    """A ``Trainer`` for ``config``, or an ``EnsembleTrainer`` when ``ensemble`` (given, or
+    decided by the plan) is above 1; the data are loaded here when the plan must see them."""
+    world = world or LOCAL
+    with world.agreed():
+        c = resolve_config(config)
+        if c["ensemble"] is None or c["ensemble"] > 1:
+            if datasets is None:
+                if not quiet and world.rank == 0:
+                    print(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''}"
+                          f" ...", file=stream if stream is not None else sys.stderr, flush=True)
+                datasets = load_data(data_config(c))
+            decisions, plan = make_plan(c, datasets["train"])
+            c.update(decisions)
+    if c["ensemble"] is not None and c["ensemble"] > 1:
+        from .ensemble_train import EnsembleTrainer
+        return EnsembleTrainer(c, plan, out_dir, datasets, trainer_cls=Trainer, quiet=quiet,
+                               stream=stream, world=world, **kw)
+    return Trainer(config, out_dir, datasets=datasets, world=world, quiet=quiet, stream=stream,
+                   **kw)
+
+
+def resume_trainer(run_dir, overrides=None, *, world=None, datasets=None, **kw):
+    """``Trainer.resume``, or ``EnsembleTrainer.resume`` for an ensemble's folder."""
+    from .ensemble_train import EnsembleTrainer, is_ensemble_dir
+    world = world or LOCAL
+    if world.bcast(is_ensemble_dir(run_dir) if world.rank == 0 else None):
+        return EnsembleTrainer.resume(run_dir, overrides, trainer_cls=Trainer, world=world, **kw)
+    return Trainer.resume(run_dir, overrides=overrides, world=world, datasets=datasets, **kw)
+
+
+__all__ = ["train", "Trainer", "make_trainer", "resume_trainer"]

@@ -48,7 +48,8 @@ def toy(tmp_path_factory):
 
 
 def _cfg(toy, **kw):
-    return dict(task="ucr", data=str(toy), steps=24, **kw)
+    # one model (the plan makes small series sets an ensemble: tests/test_ensemble.py)
+    return dict(dict(task="ucr", data=str(toy), steps=24, ensemble=1), **kw)
 
 
 def test_no_options_plan_scaling_and_checkpoint(toy, tmp_path):
@@ -164,8 +165,8 @@ def test_inspect_scales_the_row_and_runs_the_front_end(tmp_path):
         X = rng.normal(5, 3, (n, 20, 2)).astype(np.float32)
         y = (X[:, :, 0].mean(axis=1) > 5).astype(np.int64)
         np.savez(tmp_path / f"{split}.npz", X=X, y=y, lengths=rng.integers(8, 21, n))
-    train(dict(task="npz", data=str(tmp_path), steps=10, conv_stride=2), tmp_path / "run",
-          quiet=True)
+    train(dict(task="npz", data=str(tmp_path), steps=10, conv_stride=2, ensemble=1),
+          tmp_path / "run", quiet=True)
     s = inspect_checkpoint(tmp_path / "run" / "best.npz", npz_input(str(tmp_path / "test.npz"), 1),
                            tmp_path / "o", plot=False)
     a = np.load(tmp_path / "test.npz")
