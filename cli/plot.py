@@ -25,9 +25,13 @@ def write_plot(run_dir, out=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     records = read_metrics(run_dir)
-    if not any(r.get("event") == "epoch" for r in records):
+    members = []              # an ensemble's folder: its members' curves, side by side
+    while os.path.isdir(os.path.join(run_dir, f"member-{len(members) + 1}")):
+        k = len(members) + 1
+        members.append((f"member {k}", read_metrics(os.path.join(run_dir, f"member-{k}"))))
+    if not any(r.get("event") == "epoch" for _, rs in members or [("", records)] for r in rs):
         raise ValueError(f"run_dir: {run_dir}/metrics.jsonl holds no finished epoch yet")
-    fig = draw_curves(plt, records, os.path.basename(os.path.normpath(run_dir)))
+    fig = draw_curves(plt, records, os.path.basename(os.path.normpath(run_dir)), members)
     out = out or os.path.join(run_dir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -44,22 +48,30 @@ def panels(records):
     return [("loss", "loss"), ("acc", "accuracy")]
 
 
-def draw_curves(plt, records, title):
-    """The learning-curve figure of a run's metrics records (not saved)."""
+def draw_curves(plt, records, title, members=()):
+    """The learning-curve figure of a run's metrics records (not saved). ``members``:
+    [(name, records)] of an ensemble's members, drawn in a colour each (the test line is
+    the ensemble's, from ``records``)."""
     from matplotlib.ticker import MaxNLocator
-    epoch_records = [r for r in records if r.get("event") == "epoch"]
+    runs = list(members) or [("", records)]
     test = [r for r in records if r.get("event") == "test"]
-    epochs = [r["epoch"] for r in epoch_records]
-    keys = panels(records)
+    epochs = [r["epoch"] for _, rs in runs for r in rs if r.get("event") == "epoch"]
+    keys = panels([r for _, rs in runs for r in rs])
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
     for ax, (key, name) in zip(axes[0], keys):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{key}") for r in epoch_records]
-            if any(y is not None for y in ys):
-                ax.plot(epochs, [float("nan") if y is None else y for y in ys], style,
-                        label=split, markersize=4)
+        for j, (who, rs) in enumerate(runs):
+            epoch_records = [r for r in rs if r.get("event") == "epoch"]
+            for split, style in (("train", "-o"), ("val", "-s")):
+                ys = [r.get(f"{split}_{key}") for r in epoch_records]
+                if any(y is not None for y in ys):
+                    ax.plot([r["epoch"] for r in epoch_records],
+                            [float("nan") if y is None else y for y in ys], style,
+                            label=f"{who} {split}".strip(), markersize=4,
+                            **({"color": f"C{j}", "alpha": 0.5 if split == "train" else 1.0}
+                               if members else {}))
         if test and f"test_{key}" in test[-1]:
-            ax.axhline(test[-1][f"test_{key}"], color="gray", linestyle="--", label="test")
+            ax.axhline(test[-1][f"test_{key}"], color="gray", linestyle="--",
+                       label="ensemble test" if members else "test")
         if key in ("loss", "mse"):
             ax.set_yscale("log")
         if len(epochs) <= 12:                      # epochs are whole numbers: tick each one

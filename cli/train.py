@@ -178,8 +178,8 @@ def load_config_file(name):
               help=f"jitter, scale and slice numeric training series {_default('augment')}")
 @click.option("--config", "config_file", metavar="FILE",
               help="TOML configuration (a path, or a name in data/configs such as "
-                   "adding_t200 or imdb), or a run's config.json; options given on the "
-                   "command line override it")
+                   "adding_t200 or imdb), or a run's config.json (or the run folder); "
+                   "options given on the command line override it")
 @click.option("--out", "out", type=click.Path(), help="run folder [default: runs/<task>-<time>]")
 @click.option("--resume", "resume", type=click.Path(), metavar="RUN_DIR",
               help="continue the run in RUN_DIR from its last.npz (--epochs may extend it)")
@@ -281,7 +281,7 @@ def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
         if world.rank != 0 and getattr(e, "all_ranks", False):
             sys.exit(128 + e.signum)              # a stop every rank made: rank 0 says it
         # the trainer's own notice is not shown
-        run = getattr(trainer, "current", trainer).run     # an ensemble: the member's run
+        run = getattr(trainer, "member_run", trainer.run)  # an ensemble: the member's run
         if quiet and run.holds_run() and os.path.exists(run.last):
             click.echo(f"interrupted: resumable checkpoint in {run.last}; continue "
                        f"with: gruengine train --resume {trainer.out_dir}", err=True)

@@ -11,6 +11,7 @@ complete run folder. Member k trains with the k-th of ``member_seeds(seed, K)`` 
 of the wall-clock budget that the members before it left. ``--resume`` continues the member
 that was stopped and skips the finished ones.
 """
+import gc
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from .batching import split_validation
 from .config import RESUME_OVERRIDES, data_config, load_data, resume_config
 from .distributed import LOCAL
 from .ensemble import EnsembleModel, member_seeds, pack
-from .inference import MetricSums, baseline, evaluate, metric_stats
+from .inference import MetricSums, baseline, evaluate, load_model, metric_stats
 from .rundir import CONFIG, LAST
 
 __all__ = ["EnsembleTrainer", "is_ensemble_dir", "member_dir"]
@@ -82,6 +83,11 @@ class EnsembleTrainer:
                 self.run.write_config(config)
             self.spent = 0.0                # wall seconds of the members already trained
             self.current = self._member(0)  # built (not trained) for what callers read
+            # what every member shares (data as scaled, task), kept past the members
+            t = self.current
+            self.train_ds, self.val_ds, self.test_ds = t.train_ds, t.val_ds, t.test_ds
+            self.scaler, self.task, self.metric, self.mode = t.scaler, t.task, t.metric, t.mode
+            self.member_run = t.run         # the run folder of the member in training
         except BaseException:
             self.run.release()
             raise
@@ -116,20 +122,8 @@ class EnsembleTrainer:
         return self.current.model
 
     @property
-    def train_ds(self):
-        return self.current.train_ds
-
-    @property
-    def val_ds(self):
-        return self.current.val_ds
-
-    @property
-    def test_ds(self):
-        return self.current.test_ds
-
-    @property
     def step(self):
-        return self.current.step
+        return 0 if self.current is None else self.current.step
 
     # ------------------------------------------------------------------ members
     def _found(self):
@@ -165,24 +159,30 @@ class EnsembleTrainer:
     def fit(self):
         """Train the members that are not finished, then test the ensemble; a summary dict
         as ``Trainer.fit`` gives, plus 'members' (each one's seed, steps and test result)."""
-        if self.plan and self.current.step == 0:
+        if self.plan and self.step == 0:
             self._say(self.plan)
-        members, runs = [], []
+        runs = []
         try:
             for j in range(self.k):
                 t = self.current if j == 0 else self._member(j)
-                self.current = t
+                self.current, self.member_run = t, t.run
                 self._say(f"ensemble member {j + 1} of {self.k} (seed {self.seeds[j]}): "
                           f"{t.out_dir}")
                 runs.append(t.fit(test=False))
                 self.spent += t.elapsed
-                members.append(t.model)
+                device = t.model.config.device
+                # a trained member's gradients, optimizer moments and activations go before
+                # the next member (or the test) needs the memory
+                t = self.current = None
+                gc.collect()
+            # the members' best weights, read back
+            members = [load_model(r["run_dir"], device, self.world)[0] for r in runs]
             return self._finish(members, runs)
         finally:
             self.run.release()
 
     def _finish(self, members, runs):
-        c, t = self.config, self.current     # any member: they share data, split and scaling
+        c, t = self.config, self     # what the members share: data, split, scaling, task
         model = EnsembleModel(members)
         meta = {"kind": KIND, "plan": self.plan or t.plan, "train_config": c,
                 "model_config": members[0].config.to_dict(),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -130,6 +131,18 @@ def test_named_configs_parse_and_validate():
         c = resolve_config(load_config_file(name))
         assert c["task"] == name.split("_")[0]
     assert resolve_config(load_config_file("adding_t200"))["seq_len"] == 200
+
+
+def test_config_names_a_run_folder_or_a_named_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imdb").mkdir()                    # a folder that is not a run: the named config
+    assert load_config_file("imdb")["task"] == "imdb"
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"task": "copy", "hidden_size": 7}')
+    assert load_config_file(str(run)) == {"task": "copy", "hidden_size": 7}
+    with pytest.raises(click.BadParameter, match="no such file, nor a named config"):
+        load_config_file(str(tmp_path / "runs"))
 
 
 def test_evaluate_predict_and_plot_on_a_text_run(tmp_path):

@@ -179,3 +179,20 @@ def test_export_inspect_and_safetensors(run, tmp_path):
     for m, b in zip(model.members, back.members):
         for name, v in m.state_dict().items():
             np.testing.assert_array_equal(b.state_dict()[name], v.astype(np.float32))
+
+
+def test_plot_draws_every_member(run):
+    pytest.importorskip("matplotlib", reason="plots need the plot extra")
+    from gruengine_cli.plot import write_plot
+    out, summary, _ = run
+    path = write_plot(out, str(out / "c.png"))
+    assert os.path.getsize(path) > 0
+    import matplotlib.pyplot as plt
+    from gruengine_cli.plot import draw_curves
+    from gruengine.rundir import read_metrics
+    members = [(f"member {k}", read_metrics(out / f"member-{k}")) for k in (1, 2, 3)]
+    fig = draw_curves(plt, read_metrics(out), "e", members)
+    labels = [ln.get_label() for ln in fig.axes[1].get_lines()]
+    assert labels == ["member 1 train", "member 2 train", "member 3 train", "ensemble test"]
+    assert fig.axes[1].get_lines()[-1].get_ydata()[0] == summary["test"]["acc"]
+    plt.close(fig)
