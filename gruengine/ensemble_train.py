@@ -22,7 +22,7 @@ from .batching import split_validation
 from .config import RESUME_OVERRIDES, data_config, load_data, resume_config
 from .distributed import LOCAL
 from .ensemble import EnsembleModel, member_seeds, pack
-from .inference import MetricSums, baseline, evaluate, load_model, metric_stats
+from .inference import MetricSums, against_target, baseline, evaluate, load_model, metric_stats
 from .rundir import CONFIG, LAST
 
 __all__ = ["EnsembleTrainer", "is_ensemble_dir", "member_dir"]
@@ -213,11 +213,8 @@ class EnsembleTrainer:
                    "best_val": None, "best_epoch": None, "epochs": sum(r["epochs"] for r in runs),
                    "steps": steps, "stopped_early": any(r["stopped_early"] for r in runs),
                    "elapsed": elapsed, "plan": self.plan, "members": info,
-                   "baseline": baseline(t.task, t.train_ds, t.test_ds)}
-        if c["target"] is not None:
-            got = res[metric]
-            summary["target"] = c["target"]
-            summary["passed"] = bool(got < c["target"] if metric == "mse" else got >= c["target"])
+                   "baseline": baseline(t.task, t.train_ds, t.test_ds),
+                   **against_target(metric, res[metric], c["target"])}
         return summary
 
 

@@ -121,6 +121,15 @@ def evaluate(model, ds, batch_size=256, quiet=True, desc="eval", stream=None, wo
     return res
 
 
+def against_target(metric, value, target):
+    """{'target', 'passed'} of a test result against ``target`` (an MSE below it, an accuracy
+    at or above it); {} without a target."""
+    if target is None:
+        return {}
+    return {"target": target, "passed": bool(value < target if metric == "mse" else
+                                             value >= target)}
+
+
 def baseline(task, train_ds, test_ds):
     """What a model that ignores its input scores on the test set: the training mean (regress,
     as MSE) or the most frequent training class (classify/tag, as accuracy)."""

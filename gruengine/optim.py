@@ -33,7 +33,7 @@ from ._device import device_of, is_device
 from .backend import get_kernels
 from .params import ParamBuffer, array_segments
 
-__all__ = ["Adam", "AdamW", "SGD", "clip_grad_norm", "clip_grad_value"]
+__all__ = ["Adam", "AdamW", "SGD", "clip_grad_norm", "clip_grad_value", "from_config"]
 
 _CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6)
 
@@ -420,3 +420,12 @@ class SGD(_Optimizer):
         # p, g: (N,); state["momentum_buffer"]: (N,) when momentum != 0
         self._k.sgd_step(p, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
                          self.nesterov, self.weight_decay, grad_scale, self.num_steps == 1)
+
+
+def from_config(c, params):
+    """The optimizer a run configuration names (``optimizer``, ``lr``, ``weight_decay``) over
+    ``params`` (a ParamBuffer)."""
+    if c["optimizer"] == "sgd":
+        return SGD(params, lr=c["lr"], momentum=0.9, weight_decay=c["weight_decay"])
+    cls = AdamW if c["optimizer"] == "adamw" else Adam
+    return cls(params, lr=c["lr"], weight_decay=c["weight_decay"])

@@ -120,3 +120,11 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def format_value(v):
+    """A number as the per-epoch lines print it: thousands grouped from 10,000, else 4
+    significant digits."""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v)

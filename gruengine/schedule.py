@@ -62,3 +62,11 @@ class Schedule:
 
     def load_state_dict(self, d):
         self.scale, self.best, self.bad_epochs = float(d["scale"]), d["best"], int(d["bad_epochs"])
+
+
+def clipped_warmup(warmup, total_steps):
+    """The warm-up a run of ``total_steps`` uses: ``warmup``, or a tenth of the run (at least
+    one step) when ``warmup`` is not shorter than the run."""
+    if warmup < total_steps:
+        return warmup
+    return max(total_steps // 10, 1)

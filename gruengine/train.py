@@ -18,21 +18,22 @@ import time
 
 import numpy as np
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, optim
 from .batching import epoch_batches, make_batch, split_validation
 from .augment import augment_batch
 from .config import data_config, load_data, model_config, resolve_config, validate_config
 from .data.scaling import Scaler
 from .distributed import LOCAL
 from .early_stopping import EarlyStopping
+from .ensemble_train import EnsembleTrainer, is_ensemble_dir
 from .errors import Interrupted, TrainingDivergedError
-from .inference import MetricSums, baseline, evaluate, metric_stats, val_metric
+from .inference import MetricSums, against_target, baseline, evaluate, metric_stats, val_metric
 from .models import SequenceModel
 from .policy import make_plan
-from .progress import Progress
+from .progress import Progress, format_value
 from .rundir import BEST, LAST
 from .run_state import checkpoint_arrays, checkpoint_meta, restore, resume_state
-from .schedule import Schedule
+from .schedule import Schedule, clipped_warmup
 from .time_budget import fit_to_budget, out_of_time
 
 HOOKS = ("loss", "update", "step", "save", "epoch")
@@ -91,7 +92,7 @@ class Trainer:
         self.run.remove_stale()
         vocab = _state["vocab"] if _state is not None else None
         if datasets is None:
-            self._say(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ...")
+            self._say(loading_line(c))
             datasets = load_data(data_config(c), vocab=vocab)
         self.plan = _state["meta"].get("plan") if _state is not None else None
         if c["ensemble"] is None:         # one model: an ensemble is make_trainer's
@@ -122,7 +123,7 @@ class Trainer:
         self.task = self.model.config.task
         self.metric, self.mode = val_metric(self.task)
         self.batches_per_epoch = math.ceil(len(self.train_ds) / c["batch_size"])
-        self.opt = _make_optimizer(c, self.model.params)
+        self.opt = optim.from_config(c, self.model.params)
         total = c["epochs"] * self.batches_per_epoch
         self.warmup = clipped_warmup(c["warmup"], total)
         if self.warmup != c["warmup"] and self.world.rank == 0:
@@ -349,7 +350,7 @@ class Trainer:
             self.save(LAST)
             self.run.append_metrics(record)
         stop = self.early_stopping
-        msg = ", ".join(f"{k} {_fmt(v)}" for k, v in record.items()
+        msg = ", ".join(f"{k} {format_value(v)}" for k, v in record.items()
                         if k not in ("event", "step"))
         self._say(msg + (" (best)" if improved and value is not None else "")
                   + ("; early stop: no improvement in "
@@ -362,26 +363,19 @@ class Trainer:
             arrays, _ = ckpt.load_checkpoint(self.run.best)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
         self.world.share_weights(self.model)
+        summary = {"run_dir": self.out_dir, "best_val": stop.best, "best_epoch": stop.best_epoch,
+                   "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
+                   "elapsed": self.elapsed}
         if not test:
-            return {"run_dir": self.out_dir, "best_val": stop.best, "best_epoch": stop.best_epoch,
-                    "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
-                    "elapsed": self.elapsed}
+            return summary
         res = evaluate(self.model, self.test_ds, c["eval_batch_size"], quiet=self.quiet,
                        desc="test", stream=self.stream, world=self.world)
         self.run.append_metrics({"event": "test", "epoch": stop.best_epoch, "step": self.step,
                                  "test_loss": res["loss"], f"test_{self.metric}": res[self.metric],
                                  "n": res["n"], "elapsed": self.elapsed})
-        summary = {"run_dir": self.out_dir, "task": self.task, "metric": self.metric,
-                   "test": res, "best_val": stop.best, "best_epoch": stop.best_epoch,
-                   "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
-                   "elapsed": self.elapsed, "plan": self.plan,
-                   "baseline": baseline(self.task, self.train_ds,
-                                                                 self.test_ds)}
-        target = c["target"]
-        if target is not None:
-            got = res[self.metric]
-            summary["target"] = target
-            summary["passed"] = bool(got < target if self.metric == "mse" else got >= target)
+        summary.update(task=self.task, metric=self.metric, test=res, plan=self.plan,
+                       baseline=baseline(self.task, self.train_ds, self.test_ds),
+                       **against_target(self.metric, res[self.metric], c["target"]))
         return summary
 
     def _diverged(self, what):
@@ -400,26 +394,8 @@ class Trainer:
             print(msg, file=self.stream, flush=True)
 
 
-def clipped_warmup(warmup, total_steps):
-    """The warm-up a run of ``total_steps`` uses: ``warmup``, or a tenth of the run (at least
-    one step) when ``warmup`` is not shorter than the run."""
-    if warmup < total_steps:
-        return warmup
-    return max(total_steps // 10, 1)
-
-
-def _make_optimizer(c, params):
-    from . import optim
-    if c["optimizer"] == "sgd":
-        return optim.SGD(params, lr=c["lr"], momentum=0.9, weight_decay=c["weight_decay"])
-    cls = optim.AdamW if c["optimizer"] == "adamw" else optim.Adam
-    return cls(params, lr=c["lr"], weight_decay=c["weight_decay"])
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
-    return str(v)
+def loading_line(c):
+    return f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''} ..."
 
 
 def train(config, out_dir, *, resume=False, quiet=False, hooks=None, datasets=None,
@@ -452,13 +428,11 @@ def make_trainer(config, out_dir, *, datasets=None, world=None, quiet=False, str
         if c["ensemble"] is None or c["ensemble"] > 1:
             if datasets is None:
                 if not quiet and world.rank == 0:
-                    print(f"loading {c['task']} data{' from ' + c['data'] if c['data'] else ''}"
-                          f" ...", file=stream if stream is not None else sys.stderr, flush=True)
+                    print(loading_line(c), file=stream or sys.stderr, flush=True)
                 datasets = load_data(data_config(c))
             decisions, plan = make_plan(c, datasets["train"])
             c.update(decisions)
     if c["ensemble"] is not None and c["ensemble"] > 1:
-        from .ensemble_train import EnsembleTrainer
         return EnsembleTrainer(c, plan, out_dir, datasets, trainer_cls=Trainer, quiet=quiet,
                                stream=stream, world=world, **kw)
     return Trainer(config, out_dir, datasets=datasets, world=world, quiet=quiet, stream=stream,
@@ -467,7 +441,6 @@ def make_trainer(config, out_dir, *, datasets=None, world=None, quiet=False, str
 
 def resume_trainer(run_dir, overrides=None, *, world=None, datasets=None, **kw):
     """``Trainer.resume``, or ``EnsembleTrainer.resume`` for an ensemble's folder."""
-    from .ensemble_train import EnsembleTrainer, is_ensemble_dir
     world = world or LOCAL
     if world.bcast(is_ensemble_dir(run_dir) if world.rank == 0 else None):
         return EnsembleTrainer.resume(run_dir, overrides, trainer_cls=Trainer, world=world, **kw)

@@ -272,7 +272,7 @@ def test_checkpoint_from_a_gpu_run_loads_on_the_cpu(tmp_path):
 
 
 def test_warmup_longer_than_the_run_is_clipped_with_a_notice(tmp_path):
-    from gruengine.train import clipped_warmup
+    from gruengine.schedule import clipped_warmup
     buf = io.StringIO()
     t = Trainer(dict(TINY, warmup=1000), tmp_path / "w", quiet=True, stream=buf)
     total = TINY["epochs"] * t.batches_per_epoch

@@ -100,6 +100,29 @@ def _train(device, cfg, kind, batch, steps=3, max_norm=0.1):
     return model, opt, norms, losses
 
 
+@pytest.mark.parametrize("task", ["classify", "regress"])
+def test_ensemble_on_cuda_predicts_as_on_cpu(rng, task):
+    from gruengine.ensemble import EnsembleModel
+    from gruengine.models import SequenceModel
+    cfg = dict(task=task, num_outputs=3, input="features", num_features=2, hidden_size=4,
+               bidirectional=True, pooling="mean")
+    cpu = [SequenceModel(dict(cfg, seed=s)) for s in (1, 2)]
+    gpu = [SequenceModel(dict(cfg, seed=s, device="cuda")) for s in (1, 2)]
+    for c, g in zip(cpu, gpu):
+        g.load_state_dict(c.state_dict())
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    L = np.array([5, 2, 4])
+    y = (rng.integers(0, 3, 3) if task == "classify"
+         else rng.standard_normal((3, 3)).astype(np.float32))
+    ec, eg = EnsembleModel(cpu).eval(), EnsembleModel(gpu).eval()
+    oc, og = ec.forward(x, L), eg.forward(x, L)
+    assert_close(og, oc, np.float32, "outputs")
+    want = np.mean([m.predict_proba(m.forward(x, L)) for m in cpu], axis=0)
+    np.testing.assert_allclose(eg.predict_proba(og), want, rtol=1e-5, atol=1e-7)
+    assert eg.loss_and_grad(og, y, L)[0] == pytest.approx(ec.loss_and_grad(oc, y, L)[0],
+                                                          rel=1e-5)
+
+
 @pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_sequence_model_trains_the_same_on_cuda_and_cpu(rng, case):
     from gruengine import arrays
