@@ -21,8 +21,9 @@ from . import checkpoint as ckpt
 from .batching import split_validation
 from .config import RESUME_OVERRIDES, data_config, load_data, resume_config
 from .distributed import LOCAL
-from .ensemble import EnsembleModel, member_seeds, pack
-from .inference import MetricSums, against_target, baseline, evaluate, load_model, metric_stats
+from .ensemble import MAX_MEMBERS, EnsembleModel, member_seeds, pack
+from .inference import (MetricSums, against_target, baseline, evaluate, load_model,
+                        metric_stats, vocab_from_meta)
 from .rundir import CONFIG, LAST
 
 __all__ = ["EnsembleTrainer", "is_ensemble_dir", "member_dir"]
@@ -97,15 +98,17 @@ class EnsembleTrainer:
                stream=None, hooks=None):
         """Continue the ensemble in ``run_dir``: the data are loaded again (the vocabulary of
         a text task as member 1 saved it), finished members are kept, the stopped one resumes."""
-        world = world or LOCAL
+        world, saved = world or LOCAL, None
         with world.agreed():
-            with open(os.path.join(run_dir, CONFIG), encoding="utf-8") as f:
-                config = resume_config(json.load(f), overrides)
-            vocab = None
-            first = os.path.join(member_dir(run_dir, 0), LAST)
-            if os.path.exists(first):
-                from .inference import vocab_from_meta
-                vocab = vocab_from_meta(ckpt.load_checkpoint(first)[1])
+            if world.rank == 0:          # rank 0 reads the folder (as for one model's resume)
+                with open(os.path.join(run_dir, CONFIG), encoding="utf-8") as f:
+                    config = resume_config(json.load(f), overrides)
+                first = os.path.join(member_dir(run_dir, 0), LAST)
+                vocab = (vocab_from_meta(ckpt.load_checkpoint(first)[1])
+                         if os.path.exists(first) else None)
+                saved = (config, None if vocab is None else vocab.to_json())
+        config, vocab = world.bcast(saved)
+        with world.agreed():
             datasets = load_data(data_config(config), vocab=vocab)
         return cls(config, None, run_dir, datasets, trainer_cls=trainer_cls, quiet=quiet,
                    stream=stream, world=world, hooks=hooks, resuming=True,
@@ -128,13 +131,13 @@ class EnsembleTrainer:
     # ------------------------------------------------------------------ members
     def _found(self):
         found = list(self.run.artefacts())
-        return found + [f"member-{j + 1}/" for j in range(64)
+        return found + [f"member-{j + 1}/" for j in range(MAX_MEMBERS)
                         if os.path.isdir(member_dir(self.out_dir, j))]
 
     def _remove_all(self):
         self.run.remove_artefacts()
         if self.world.rank == 0:
-            for j in range(64):
+            for j in range(MAX_MEMBERS):
                 if os.path.isdir(member_dir(self.out_dir, j)):
                     shutil.rmtree(member_dir(self.out_dir, j))
 

@@ -196,3 +196,30 @@ def test_plot_draws_every_member(run):
     assert labels == ["member 1 train", "member 2 train", "member 3 train", "ensemble test"]
     assert fig.axes[1].get_lines()[-1].get_ydata()[0] == summary["test"]["acc"]
     plt.close(fig)
+
+
+def test_a_text_ensemble_resumes_with_its_vocabulary(tmp_path):
+    rng = np.random.default_rng(2)
+    words = {0: ["dull", "bad", "boring"], 1: ["great", "fine", "superb"]}
+    for split, n in (("train", 40), ("test", 12)):
+        rows = []
+        for _ in range(n):
+            y = int(rng.integers(2))
+            rows.append(f"{y}\t" + " ".join(rng.choice(words[y] + ["the", "film", "a"], 6)))
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    cfg = dict(task="text", data=str(tmp_path), ensemble=2, epochs=2, hidden_size=4,
+               embed_dim=4, batch_size=8)
+    whole = train(cfg, tmp_path / "a", quiet=True)
+
+    def stop(trainer, info):
+        if trainer.config["seed"] != 0 and info["step"] == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", quiet=True, hooks={"step": stop})
+    again = train(None, tmp_path / "b", resume=True, quiet=True)
+    assert again["test"] == whole["test"]
+    a, ma = ckpt.load_checkpoint(tmp_path / "a" / "best.npz")
+    b, mb = ckpt.load_checkpoint(tmp_path / "b" / "best.npz")
+    assert ma["vocab"] == mb["vocab"] and ma["vocab"] is not None
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
