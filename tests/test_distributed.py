@@ -545,3 +545,20 @@ def test_sharded_predict_and_evaluate_equal_one_rank(runs):
     assert len(two.splitlines()) == 1 and len(one.output.splitlines()) == 1
     assert len((d / "infer.0").read_text().splitlines()) == 600
     assert len((d / "infer.2").read_text().splitlines()) > 256      # both ranks had a batch
+
+
+def test_an_ensemble_on_two_ranks_trains_like_one_process(runs, tmp_path):
+    d = runs["dir"]
+    args = ["train", "--data", str(d / "series.npz"), "--test-fraction", "0.2", "--ensemble",
+            "2", "--steps", "6", "--hidden-size", "4", "--conv-channels", "4", "--quiet"]
+    one = _run([*_gruengine(), *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = _run(_launch_cmd(*_gruengine(), *args, "--out", str(tmp_path / "two")))
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("ensemble of 2: its members alone") == 1     # rank 0 says it
+    _assert_close(_state(tmp_path / "two" / "best.npz"), _state(tmp_path / "one" / "best.npz"),
+                  TOL["float32"], "ensemble")
+    m1, m2 = ([json.loads(x) for x in open(tmp_path / w / "metrics.jsonl")][-1]
+              for w in ("one", "two"))
+    assert m2["test_acc"] == m1["test_acc"] and m2["test_loss"] == pytest.approx(m1["test_loss"])
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
