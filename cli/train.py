@@ -317,7 +317,7 @@ def _print_summary(s):
     if s.get("members"):
         each = [m[f"test_{metric}"] for m in s["members"]]
         click.echo(f"ensemble of {len(each)}: its members alone "
-                   + ", ".join("?" if v is None else f"{v:.4g}" for v in each)
+                   + ", ".join(f"{v:.4g}" for v in each)
                    + f"; {s['steps']} steps in all, {s['elapsed']:.1f} s; weights of all in "
                    f"{os.path.join(s['run_dir'], 'best.npz')}")
         return

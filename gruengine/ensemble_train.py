@@ -17,6 +17,8 @@ import os
 import shutil
 import sys
 
+import numpy as np
+
 from . import checkpoint as ckpt
 from .batching import split_validation
 from .config import RESUME_OVERRIDES, data_config, load_data, resume_config
@@ -202,8 +204,11 @@ class EnsembleTrainer:
         res = evaluate(_Tracked(model, per_member), t.test_ds, c["eval_batch_size"],
                        quiet=self.quiet, desc="test (ensemble)", stream=self.stream,
                        world=self.world)
-        tests = ([metric_stats(t.task, None, s.sums())[metric] for s in per_member]
-                 if self.world.size == 1 else [None] * self.k)
+        # each rank scored its share of the batches: the members' sums over the ranks
+        sums = np.array([[s.correct, s.sq_err, s.count] for s in per_member], dtype=np.float64)
+        self.world.allreduce(sums)
+        tests = [metric_stats(t.task, None, {"correct": c, "sq_err": e, "count": n})[metric]
+                 for c, e, n in sums.tolist()]
         steps = sum(r["steps"] for r in runs)
         elapsed = sum(r["elapsed"] for r in runs)
         info = [{"seed": s, "run_dir": r["run_dir"], "steps": r["steps"],

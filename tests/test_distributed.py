@@ -561,4 +561,5 @@ def test_an_ensemble_on_two_ranks_trains_like_one_process(runs, tmp_path):
     m1, m2 = ([json.loads(x) for x in open(tmp_path / w / "metrics.jsonl")][-1]
               for w in ("one", "two"))
     assert m2["test_acc"] == m1["test_acc"] and m2["test_loss"] == pytest.approx(m1["test_loss"])
+    assert [m["test_acc"] for m in m2["members"]] == [m["test_acc"] for m in m1["members"]]
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
