@@ -40,6 +40,7 @@ def test_tiny_set_trains_on_everything_with_a_fixed_schedule():
     assert c["conv_channels"] == policy.CONV_CHANNELS and c["conv_stride"] == 1
     assert c["series_norm"] and c["channel_norm"] and c["augment"] and c["bidirectional"]
     assert c["pooling"] == "mean" and c["conv_skip"]
+    assert c["ensemble"] == policy.ENSEMBLE and "for each of an ensemble of 3 seeds" in reason
     assert reason.startswith("plan: 50 training sequences")
     assert "nothing held out" in reason and "\n" not in reason
     assert set(d) == set(policy.AUTO_KEYS)                # everything was left to the plan
@@ -63,9 +64,16 @@ def test_large_set_holds_out_a_validation_split_and_stops_early():
     assert c["batch_size"] == 64
     assert c["conv_channels"] == 0 and not c["series_norm"] and not c["augment"]
     assert not c["bidirectional"] and c["pooling"] == "last"
+    assert c["ensemble"] == 1 and "ensemble" not in reason
     assert "3000 held out for validation" in reason
     n_fit = 30000 - 3000
     assert c["epochs"] * math.ceil(n_fit / 64) >= policy.STEPS_MIN
+
+
+def test_ensemble_threshold():
+    small, _, _ = _plan(_series(policy.ENSEMBLE_MAX, 8))
+    large, _, _ = _plan(_series(policy.ENSEMBLE_MAX + 1, 8))
+    assert small["ensemble"] == policy.ENSEMBLE and large["ensemble"] == 1
 
 
 def test_validation_threshold():
@@ -76,7 +84,8 @@ def test_validation_threshold():
 
 def test_explicit_options_always_win():
     given = dict(batch_size=7, val_fraction=0.25, patience=5, conv_channels=0, augment=False,
-                 bidirectional=False, pooling="max", series_norm=False, warmup=3, epochs=4)
+                 bidirectional=False, pooling="max", series_norm=False, warmup=3, epochs=4,
+                 ensemble=2)
     c, d, reason = _plan(_series(50, 30), **given)
     for k, v in given.items():
         assert c[k] == v and k not in d
