@@ -26,7 +26,7 @@ from .distributed import LOCAL
 from .ensemble import MAX_MEMBERS, EnsembleModel, member_seeds, pack
 from .inference import (MetricSums, against_target, baseline, evaluate, load_model,
                         metric_stats, vocab_from_meta)
-from .rundir import CONFIG, LAST
+from .rundir import CONFIG, LAST, RunDir
 
 __all__ = ["EnsembleTrainer", "is_ensemble_dir", "member_dir"]
 
@@ -83,7 +83,6 @@ class EnsembleTrainer:
                 train, val = split_validation(datasets["train"], config["val_fraction"],
                                               config["seed"])
                 self.datasets = {"train": train, "val": val, "test": datasets["test"]}
-                self.run.write_config(config)
             self.spent = 0.0                # wall seconds of the members already trained
             self.current = self._member(0)  # built (not trained) for what callers read
             # what every member shares (data as scaled, task), kept past the members
@@ -134,7 +133,7 @@ class EnsembleTrainer:
     def _found(self):
         found = list(self.run.artefacts())
         return found + [f"member-{j + 1}/" for j in range(MAX_MEMBERS)
-                        if os.path.isdir(member_dir(self.out_dir, j))]
+                        if RunDir(member_dir(self.out_dir, j)).artefacts()]
 
     def _remove_all(self):
         self.run.remove_artefacts()
@@ -155,7 +154,7 @@ class EnsembleTrainer:
             c = dict(self.config, seed=self.seeds[j], ensemble=1)
             if c["time_budget"]:             # what the members before left, shared equally
                 left = max(c["time_budget"] * 60 - self.spent, 1.0)
-                c["time_budget"] = left / (self.k - j) / 60
+                c["time_budget"] = self.world.bcast(left / (self.k - j) / 60)   # rank 0's clock
             t = self._cls(c, path, overwrite=True, **kw)
             t.plan = f"ensemble member {j + 1} of {self.k}, seed {self.seeds[j]}: {self.plan}"
         t.resume_dir, t.say_plan = self.out_dir, False
@@ -168,6 +167,7 @@ class EnsembleTrainer:
             self._say(self.plan)
         runs = []
         try:
+            self.run.write_config(self.config)   # after every rank agreed on the first member
             for j in range(self.k):
                 t = self.current if j == 0 else self._member(j)
                 self.current, self.member_run = t, t.run
@@ -189,7 +189,7 @@ class EnsembleTrainer:
     def _finish(self, members, runs):
         c, t = self.config, self     # what the members share: data, split, scaling, task
         model = EnsembleModel(members)
-        meta = {"kind": KIND, "plan": self.plan or t.plan, "train_config": c,
+        meta = {"kind": KIND, "plan": self.plan, "train_config": c,
                 "model_config": members[0].config.to_dict(),
                 "data_config": data_config(c), "ensemble": {"members": self.k,
                                                             "seeds": self.seeds},
