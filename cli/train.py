@@ -190,7 +190,8 @@ def load_config_file(name):
 @click.option("--plot", "plot", is_flag=True, help="write learning curves (curves.png) at the end")
 @click.pass_context
 def train_cmd(ctx, config_file, out, resume, overwrite, quiet, plot, **flags):
-    """Train a sequence model; writes config.json, metrics.jsonl, last.npz and best.npz.
+    """Train a sequence model; writes config.json, metrics.jsonl, last.npz and best.npz
+    (an ensemble, --ensemble K: best.npz of all K beside member-1/ ... member-K/).
 
     With no options it trains on the embedded adding problem (T=50, no download) and states
     whether it reached test MSE < 0.01 (predicting the mean scores about 0.167).

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .batching import split_validation
-from .config import RESUME_OVERRIDES, data_config, load_data, resume_config
+from .config import RESUME_OVERRIDES, data_config, load_data, resume_config, validate_config
 from .distributed import LOCAL
 from .ensemble import MAX_MEMBERS, EnsembleModel, member_seeds, pack
 from .inference import (MetricSums, against_target, baseline, evaluate, load_model,
@@ -104,6 +104,7 @@ class EnsembleTrainer:
             if world.rank == 0:          # rank 0 reads the folder (as for one model's resume)
                 with open(os.path.join(run_dir, CONFIG), encoding="utf-8") as f:
                     config = resume_config(json.load(f), overrides)
+                validate_config(config, complete=True)
                 first = os.path.join(member_dir(run_dir, 0), LAST)
                 vocab = (vocab_from_meta(ckpt.load_checkpoint(first)[1])
                          if os.path.exists(first) else None)

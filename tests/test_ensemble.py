@@ -223,3 +223,23 @@ def test_a_text_ensemble_resumes_with_its_vocabulary(tmp_path):
     assert ma["vocab"] == mb["vocab"] and ma["vocab"] is not None
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_tampered_ensemble_is_refused_in_one_line(run, tmp_path):
+    import shutil
+    from gruengine.errors import CheckpointError
+    out, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    arrays, meta = ckpt.load_checkpoint(copy / "best.npz")
+    ckpt.save_checkpoint(str(copy / "best.npz"), arrays, dict(meta, ensemble={"members": 5}))
+    with pytest.raises(CheckpointError, match=r"weights of ensemble member\(s\) \[4, 5\] are "
+                                              r"missing"):
+        load_model(copy)
+    ckpt.save_checkpoint(str(copy / "best.npz"), arrays, dict(meta, ensemble={"members": "3"}))
+    with pytest.raises(CheckpointError, match="ensemble.members: expected an integer"):
+        load_model(copy)
+    c = json.load(open(copy / "config.json"))
+    (copy / "config.json").write_text(json.dumps(dict(c, ensemble=100)))
+    with pytest.raises(ValueError, match=r"^ensemble: expected a value <= 64, got 100$"):
+        train(None, copy, resume=True, quiet=True)
