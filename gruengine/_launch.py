@@ -30,22 +30,24 @@ def _under_srun(env):
     return _SLURM_RANK in env and ("PMIX_RANK" in env or "PMI_RANK" in env)
 
 
+def _from_launcher(env, names, slurm_name):
+    """The first integer among ``names`` in ``env`` (``os.environ`` when None), or under srun
+    ``slurm_name``'s; None when the launcher set none."""
+    env = os.environ if env is None else env
+    v = _int(env, names)
+    if v is None and _under_srun(env):
+        v = _int(env, (slurm_name,))
+    return v
+
+
 def launch_size(env=None):
     """Number of ranks the launcher started (1 when not launched, or launched alone)."""
-    env = os.environ if env is None else env
-    n = _int(env, _SIZE)
-    if n is None and _under_srun(env):
-        n = _int(env, (_SLURM_SIZE,))
-    return n or 1
+    return _from_launcher(env, _SIZE, _SLURM_SIZE) or 1
 
 
 def launch_rank(env=None):
     """This process's rank as the launcher exported it (0 when not launched)."""
-    env = os.environ if env is None else env
-    r = _int(env, _RANK)
-    if r is None and _under_srun(env):
-        r = _int(env, (_SLURM_RANK,))
-    return r or 0
+    return _from_launcher(env, _RANK, _SLURM_RANK) or 0
 
 
 def forced(env=None):

@@ -79,9 +79,6 @@ class EnsembleModel:
     def predict_proba(self, outputs):
         return self.members[0].predict_proba(outputs)
 
-    def check_inputs(self, inputs, lengths):
-        return self.members[0].check_inputs(inputs, lengths)
-
     def state_dict(self):
         """{'member<k>/<name>': array} over the members (k from 0)."""
         return pack(self.members)

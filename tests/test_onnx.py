@@ -15,13 +15,6 @@ from gruengine_cli.main import app, _register
 from gruengine.models import SequenceModel
 
 _register()
-REASON = "needs the [onnx] extra: pip install 'gruengine[onnx]'"
-
-
-@pytest.fixture
-def ort():
-    pytest.importorskip("onnx", reason=REASON)
-    return pytest.importorskip("onnxruntime", reason=REASON)
 
 
 def _session(ort, model_or_path):
