@@ -79,9 +79,22 @@ def _terminate(signum, frame):
     raise Interrupted(signum)
 
 
+def _quiet_unraisable(default):
+    """``sys.unraisablehook`` for a command: a Ctrl-C whose KeyboardInterrupt lands where Python
+    cannot raise it (a finalizer, a callback from C such as llvmlite's object cache while
+    Numba compiles) is not printed as a traceback; the stop it asks for is recorded by the
+    training loop's handler, or the command is already exiting. Anything else: ``default``."""
+    def hook(unraisable):
+        if unraisable.exc_type is None or not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            default(unraisable)
+    return hook
+
+
 def main(argv=None):
     _register()
     old = None
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable(old_hook)
     if threading.current_thread() is threading.main_thread():
         old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         # SIGTERM outside a training loop (which saves first): a message and 143, not silence
@@ -115,6 +128,8 @@ def main(argv=None):
     except Exception as e:
         _crash(e)
     finally:
+        if argv is not None:
+            sys.unraisablehook = old_hook
         # called from Python (argv given): leave the caller's handlers as they were; from the
         # command line the process is exiting, and a late Ctrl-C stays ignored until it has
         if old is not None and (argv is not None or signal.getsignal(signal.SIGTERM) is _terminate):

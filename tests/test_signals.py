@@ -244,3 +244,21 @@ def test_real_double_ctrl_c_on_the_command_line(tmp_path):
         r = cli("train", "--resume", run, "--quiet")
         assert r.wait(timeout=300) == 0, r.communicate()
         _assert_same_end(run, reference)
+
+
+def test_a_ctrl_c_python_cannot_raise_is_not_printed_as_a_traceback():
+    # a KeyboardInterrupt in a finalizer or a callback from C reaches sys.unraisablehook
+    from types import SimpleNamespace
+    from gruengine_cli.main import _quiet_unraisable, main
+    seen = []
+    hook = _quiet_unraisable(seen.append)
+    for exc in (KeyboardInterrupt, Interrupted):
+        hook(SimpleNamespace(exc_type=exc))
+    assert seen == []
+    other = SimpleNamespace(exc_type=ValueError)
+    hook(other)
+    assert seen == [other]
+    old = sys.unraisablehook
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert sys.unraisablehook is old            # called from Python: the caller's hook back
