@@ -34,13 +34,12 @@ DEV_SETS = ("PickupGestureWiimoteZ", "OSULeaf", "ACSF1", "PLAID")
 DTW = {"PickupGestureWiimoteZ": 0.700, "OSULeaf": 0.591, "ACSF1": 0.640, "PLAID": 0.931}
 
 
-def dtw_1nn_accuracy(path):
-    """1-NN accuracy under full-window DTW (dependent: squared Euclidean distance between the
-    multivariate points) on the test split of a UCR/UEA set, series as read (variable lengths
-    as they are)."""
+def dtw_distances(train, test):
+    """(n_test, n_train) full-window DTW distances (dependent: squared Euclidean distance
+    between the multivariate points) between the series of two Datasets, as read (variable
+    lengths as they are)."""
     import numpy as np
     from numba import njit, prange
-    from gruengine.data import load_dataset
 
     @njit(cache=True)
     def dtw(a, b):
@@ -57,20 +56,23 @@ def dtw_1nn_accuracy(path):
         return D[n, m]
 
     @njit(parallel=True, cache=True)
-    def nearest(X, LX, Y, LY):
-        out = np.empty(Y.shape[0], dtype=np.int64)
+    def all_pairs(X, LX, Y, LY):
+        out = np.empty((Y.shape[0], X.shape[0]))
         for q in prange(Y.shape[0]):
-            best, arg = np.inf, -1
             for r in range(X.shape[0]):
-                d = dtw(X[r, :LX[r]], Y[q, :LY[q]])
-                if d < best:
-                    best, arg = d, r
-            out[q] = arg
+                out[q, r] = dtw(X[r, :LX[r]], Y[q, :LY[q]])
         return out
 
+    return all_pairs(train.inputs.astype(np.float64), train.lengths,
+                     test.inputs.astype(np.float64), test.lengths)
+
+
+def dtw_1nn_accuracy(path):
+    """1-NN accuracy under full-window DTW on the test split of a UCR/UEA set."""
+    from gruengine.data import load_dataset
     d = load_dataset("ucr", path)
     tr, te = d["train"], d["test"]
-    nn = nearest(tr.inputs.astype(np.float64), tr.lengths, te.inputs.astype(np.float64), te.lengths)
+    nn = dtw_distances(tr, te).argmin(axis=1)
     return float((tr.targets[nn] == te.targets).mean())
 
 

@@ -1,5 +1,5 @@
 """benchmarks/bench_ucr.py end to end on a tiny generated UCR set (a short step budget), and
-its 1NN-DTW against a plain Python DTW."""
+its 1NN-DTW against a plain Python DTW; benchmarks/ucr_twins.py on the run it made."""
 import json
 import os
 import subprocess
@@ -48,3 +48,29 @@ def test_bench_ucr_runs_the_defaults_and_measures_dtw(tmp_path):
     want = float(np.mean(tr.targets[nn] == te.targets))
     assert f"Toy: 1NN-DTW {want:.3f} (measured here)" in r.stdout
     assert "| Toy | " in r.stdout and " ± 0.000 | 1 |" in r.stdout
+
+    # ucr_twins.py on that run: twin distances and DTW's hits from the plain DTW, the model's
+    # hits from its predictions
+    dist = np.array([[_dtw(tr.inputs[k, :tr.lengths[k]].astype(float),
+                           te.inputs[q, :te.lengths[q]].astype(float)) for k in range(len(tr))]
+                     for q in range(len(te))])
+    energy = np.array([(te.inputs[q, :te.lengths[q]].astype(float) ** 2).sum()
+                       for q in range(len(te))])
+    rel = dist.min(axis=1) / energy
+    thr = float(np.sort(rel)[len(rel) // 2])          # about half the series are twins
+    twins = int((rel < thr).sum())
+    assert 0 < twins < len(te)
+    run = tmp_path / "out" / "runs" / "default" / "Toy-s0"
+    r = subprocess.run([sys.executable, "benchmarks/ucr_twins.py", "--data", str(data),
+                        "--run", str(run), "--twin", repr(thr)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    dtw_ok = tr.targets[nn] == te.targets
+    assert (f"Toy: {len(te)} test series, {twins} ({twins / len(te):.0%}) with a training twin"
+            in r.stdout)
+    assert f"1NN-DTW {int(dtw_ok.sum())} correct ({dtw_ok.mean():.3f})" in r.stdout
+    from gruengine.inference import predict_data
+    pred = np.array([list(te.classes).index(o["label"]) for o in predict_data(str(run), str(data))])
+    ok = pred == te.targets
+    assert (f"| {run} | {int(ok.sum())} ({ok.mean():.3f}) | {int((~ok & ~dtw_ok).sum())} | "
+            f"{int((~ok & dtw_ok).sum())} (") in r.stdout
