@@ -237,6 +237,24 @@ class SequenceModel:
     def forward(self, inputs, lengths=None):
         """inputs (B, T) int64 ids or (B, T, F) features; lengths (B,) -> outputs
         (B, num_outputs), or (B, T, num_outputs) for ``task='tag'`` (NumPy on every device)."""
+        feats, B, T, lengths = self._features(inputs, lengths)
+        if self._drop_out is not None and self.training:
+            feats = self._drop_out.forward(feats)
+        out = self.modules["head"].forward(feats)
+        self._cache = (B, T, lengths)
+        host = arrays.to_host(out)
+        self._outputs = (host, out)
+        return host
+
+    def features(self, inputs, lengths=None):
+        """The vectors the head reads, as NumPy: (B, head inputs), or (B, T, 2H or H) for
+        ``task='tag'``; the outputs are ``features @ head.weight.T + head.bias``. Call it in
+        eval mode (``model.eval()``) for a sequence's representation: in training mode it is a
+        training forward pass (batch norm reads the batch and moves its running averages)."""
+        return arrays.to_host(self._features(inputs, lengths)[0])
+
+    def _features(self, inputs, lengths):
+        # (features the head reads, B, T, lengths after the front end's strides)
         c, m, dev = self.config, self.modules, self.config.device
         lengths = self.check_inputs(inputs, lengths)
         B, T = inputs.shape[:2]
@@ -268,13 +286,7 @@ class SequenceModel:
             feats = arrays.concat_last([feats, skip])             # (B, D*H + C)
         if bag is not None:
             feats = arrays.concat_last([feats, bag])              # (B, D*H [+ C] + E)
-        if self._drop_out is not None and self.training:
-            feats = self._drop_out.forward(feats)
-        out = m["head"].forward(feats)
-        self._cache = (B, T, lengths)
-        host = arrays.to_host(out)
-        self._outputs = (host, out)
-        return host
+        return feats, B, T, lengths
 
     def backward(self, doutputs):
         """Accumulate gradients into ``self.params.grad`` (after ``zero_grad``).

@@ -108,6 +108,31 @@ def test_padding_content_never_matters(pooling):
     np.testing.assert_array_equal(model.forward(x, L), model.forward(x2, L))
 
 
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[9],
+                                  dict(input="features", task="classify", pooling="mean",
+                                       bidirectional=True, num_layers=1, conv_channels=4,
+                                       conv_kernels=(3, 3), conv_stride=2, conv_skip=True)],
+                         ids=["proj-mean", "tag", "embed-conv-skip", "conv-stride-skip"])
+def test_features_are_what_the_head_reads(case):
+    # outputs = features @ W.T + b, by hand from the head's parameters; each row's features
+    # are those of the row alone (its own length, no other row in the batch)
+    rng = np.random.default_rng(12)
+    cfg = dict(dict(vocab_size=11, embed_dim=4, num_features=3, hidden_size=5, num_outputs=3,
+                    seed=4, dtype="float64"), **case)
+    model = SequenceModel(cfg).eval()
+    x, L, _ = _inputs(cfg, rng, B=4, T=8)
+    out = model.forward(x, L)
+    f = model.features(x, L)
+    sd = model.state_dict()
+    W, b = sd["head.weight"], sd["head.bias"]
+    np.testing.assert_allclose(f @ W.T + b, out, rtol=1e-12, atol=1e-12)
+    if case["task"] != "tag":
+        assert f.shape == (4, W.shape[1])
+        for i in range(4):
+            alone = model.features(x[i:i + 1, :L[i]], L[i:i + 1])
+            np.testing.assert_allclose(alone[0], f[i], rtol=1e-10, atol=1e-12)
+
+
 def test_forward_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
