@@ -1,5 +1,6 @@
 """benchmarks/bench_ucr.py end to end on a tiny generated UCR set (a short step budget), and
-its 1NN-DTW against a plain Python DTW; benchmarks/ucr_twins.py on the run it made."""
+its 1NN-DTW against a plain Python DTW; benchmarks/ucr_twins.py and ucr_neighbours.py on the
+run it made."""
 import json
 import os
 import subprocess
@@ -74,3 +75,50 @@ def test_bench_ucr_runs_the_defaults_and_measures_dtw(tmp_path):
     ok = pred == te.targets
     assert (f"| {run} | {int(ok.sum())} ({ok.mean():.3f}) | {int((~ok & ~dtw_ok).sum())} | "
             f"{int((~ok & dtw_ok).sum())} (") in r.stdout
+
+    # ucr_neighbours.py on that run: the model column is predict_data's accuracy; the
+    # neighbour and mixed columns from each series' features computed alone, compared one
+    # training series at a time
+    r = subprocess.run([sys.executable, "benchmarks/ucr_neighbours.py", "--data", str(data),
+                        "--run", str(run)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    from gruengine.inference import load_model, scale_dataset
+    ens, meta = load_model(str(run))
+    members = getattr(ens, "members", [ens])
+    C = len(te.classes)
+    probs = np.array([[o["probs"][c] for c in te.classes]
+                      for o in predict_data(str(run), str(data))])
+    votes = np.zeros((len(te), C))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import ucr_neighbours
+    finally:
+        sys.path.pop(0)
+    p_sum = 0
+    for model in members:
+        model.eval()
+
+        def feats(ds):
+            ds = scale_dataset(meta, ds)
+            out = []
+            for i in range(len(ds.inputs)):
+                L = ds.lengths[i:i + 1]
+                f = model.features(ds.inputs[i:i + 1, :L[0]].astype(model.dtype), L)[0]
+                out.append(f / np.linalg.norm(f))
+            return out
+
+        f_tr, f_te = feats(tr), feats(te)
+        mine = np.zeros((len(te), C))
+        for q in range(len(te)):
+            sims = [float(f_te[q] @ f_tr[k]) for k in range(len(tr))]
+            mine[q, tr.targets[int(np.argmax(sims))]] = 1
+        p_m, v_m = ucr_neighbours.member_scores(model, meta, tr, te)
+        np.testing.assert_array_equal(v_m, mine)
+        p_sum = p_sum + p_m
+        votes += mine / len(members)
+    np.testing.assert_allclose(p_sum / len(members), probs, rtol=1e-5, atol=1e-6)
+    hit_nb = [int(np.argmax(votes[q] + 1e-6 * probs[q])) == te.targets[q] for q in range(len(te))]
+    hit_mix = [int(np.argmax((votes[q] + probs[q]) / 2)) == te.targets[q] for q in range(len(te))]
+    assert (f"| {run} | {ok.mean():.3f} | {np.mean(hit_nb):.3f} | {np.mean(hit_mix):.3f} |"
+            in r.stdout), r.stdout
