@@ -32,3 +32,16 @@ def test_front_end_model_trains_the_same_on_cuda_and_cpu(rng, case):
     assert any(k.startswith("frontend.conv1") or k.startswith("frontend.conv0") for k in w_cpu)
     for k in w_cpu:
         assert_close(w_gpu[k], w_cpu[k], np.float32, k)
+
+
+def test_features_on_cuda_are_the_cpu_features(rng):
+    # the vectors the head reads (eval mode: batch norm's running averages), after the same
+    # training steps on both devices, come back to the host equal to float32 precision
+    cfg = CASES["conv-stride2-skip-bigru-mean"]
+    batch = _batch(rng, cfg)
+    cpu = _train("cpu", cfg, "adamw", batch)[0].eval()
+    gpu = _train("cuda", cfg, "adamw", batch)[0].eval()
+    x, lengths, _ = batch
+    f_cpu, f_gpu = cpu.features(x, lengths), gpu.features(x, lengths)
+    assert isinstance(f_gpu, np.ndarray) and f_gpu.shape == (x.shape[0], 2 * 3 + 3)
+    assert_close(f_gpu, f_cpu, np.float32, "features")
