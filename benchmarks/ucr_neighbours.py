@@ -9,12 +9,14 @@ For every model (each member of an ensemble), in eval mode: the features its hea
 checkpoint says; each test series' nearest training series by cosine similarity; then three
 test accuracies, averaged over the members as an ensemble averages probabilities:
 
-* ``model``: the probabilities alone (what ``gruengine evaluate`` reports);
+* ``model``: the probabilities alone (what ``gruengine evaluate`` reports for a run
+  trained with ``--no-neighbours``);
 * ``neighbour``: the nearest training series' label (ties broken by the probabilities);
-* ``mixed``: half the probabilities plus half a one-hot vote for the neighbour's label.
+* ``mixed``: half the probabilities plus half a one-hot vote for the neighbour's label
+  (what a run trained with ``--neighbours``, the default for small series sets, reports).
 
 The training split is the whole training file (with a validation split, the model has not
-been fitted on all of it). Nothing here changes how a model is trained or what it predicts.
+been fitted on all of it; the engine stores the fitted part only).
 """
 import argparse
 import os
@@ -27,6 +29,7 @@ def member_scores(model, meta, train, test, batch_size=64):
     of one SequenceModel."""
     from gruengine.inference import scale_dataset
     model.eval()
+    model.neighbours = None          # the model's own probabilities (a default run stores some)
 
     def run(ds, probs):
         ds = scale_dataset(meta, ds)

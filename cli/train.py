@@ -176,6 +176,10 @@ def load_config_file(name):
                    f"{_default('channel_norm')}")
 @click.option("--augment/--no-augment", "augment", default=None,
               help=f"jitter, scale and slice numeric training series {_default('augment')}")
+@click.option("--neighbours/--no-neighbours", "neighbours", default=None,
+              help=f"classifiers: mix each prediction half and half with the label of the "
+                   f"nearest training sequence in the model's feature space "
+                   f"{_default('neighbours')}")
 @click.option("--config", "config_file", metavar="FILE",
               help="TOML configuration (a path, or a name in data/configs such as "
                    "adding_t200 or imdb), or a run's config.json (or the run folder); "

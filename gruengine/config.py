@@ -37,7 +37,7 @@ DEFAULTS = {
     "conv_channels": None, "conv_kernels": [7, 5, 3], "conv_stride": None, "conv_skip": None,
     "conv_norm": "batch", "embed_skip": False,
     # optimisation: a budget of optimizer steps (or epochs), and optionally of wall-clock minutes
-    "steps": None, "epochs": None, "time_budget": None, "ensemble": None,
+    "steps": None, "epochs": None, "time_budget": None, "ensemble": None, "neighbours": None,
     "batch_size": None, "lr": 3e-3, "weight_decay": 0.0, "optimizer": "adamw",
     "clip": 1.0, "schedule": "cosine", "warmup": None, "patience": None, "seed": 0,
     "device": "cpu", "dtype": "float32", "bucket": None, "eval_batch_size": 256,
@@ -170,7 +170,7 @@ def validate_config(c, complete=False):
     if c["target"] is not None:
         _num("target", c["target"], 0)
     for k in ("bidirectional", "reset_after", "conv_skip", "series_norm", "channel_norm",
-              "augment", "embed_skip"):
+              "augment", "embed_skip", "neighbours"):
         if c[k] is not None and not isinstance(c[k], bool):
             raise ValueError(f"{k}: expected true or false, got {c[k]!r}")
     _forget_bias(c["forget_bias"], c["cell"])

@@ -180,6 +180,7 @@ class SequenceModel:
         self.training = True
         self._cache = None
         self._outputs = None      # (host copy returned by forward, the outputs where computed)
+        self.neighbours = None    # a gruengine.neighbours.Neighbours: mixed in, in eval mode
 
     # ------------------------------------------------------------------ modes
     # the attribute under which each module keeps the Generator its dropout masks come from
@@ -243,6 +244,10 @@ class SequenceModel:
         out = self.modules["head"].forward(feats)
         self._cache = (B, T, lengths)
         host = arrays.to_host(out)
+        if self.neighbours is not None and not self.training:
+            # log of the probabilities mixed with the nearest training sequence's label
+            host = self.neighbours.mix(host, arrays.to_host(feats))
+            out = arrays.on_device_of(host, self.config.device)
         self._outputs = (host, out)
         return host
 
@@ -406,9 +411,27 @@ class SequenceModel:
         """{'<module>.<param>': NumPy copy} in PyTorch-style names, e.g. 'rnn.weight_ih_l0',
         and the front end's batch-norm running statistics ('frontend.norm0.running_mean')."""
         fe = self.modules.get("frontend")
-        return dict(self.params.state_dict(), **(fe.buffer_state("frontend.") if fe else {}))
+        return dict(self.params.state_dict(), **(fe.buffer_state("frontend.") if fe else {}),
+                    **(self.neighbours.state_dict() if self.neighbours is not None else {}))
 
     def load_state_dict(self, d):
-        """Validate names, shapes and dtypes, then copy in place (views stay valid)."""
+        """Validate names, shapes and dtypes, then copy in place (views stay valid). The
+        stored neighbours (``neighbours.features``, ``neighbours.labels``) come with it when
+        ``d`` has them, and are dropped when it has not."""
+        from .neighbours import KEYS, Neighbours
+        if not isinstance(d, dict):
+            raise ValueError(f"state_dict: expected a dict of arrays, got {type(d).__name__}")
+        have = [k for k in KEYS if k in d]
+        if have and (len(have) < 2 or self.config.task != "classify"):
+            raise ValueError(f"state_dict: {have} without {sorted(set(KEYS) - set(have))}"
+                             if len(have) < 2 else
+                             "state_dict: stored neighbours belong to a classifier")
+        nb = Neighbours(d[KEYS[0]], d[KEYS[1]], self.config.num_outputs) if have else None
+        width = self.modules["head"].in_features
+        if nb is not None and nb.features.shape[1] != width:
+            raise ValueError(f"state_dict: neighbours.features has {nb.features.shape[1]} "
+                             f"columns; the head reads {width}")
+        d = {k: v for k, v in d.items() if k not in KEYS}
         fe = self.modules.get("frontend")
         self.params.load_state_dict(fe.load_buffer_state(d, "frontend.") if fe else d)
+        self.neighbours = nb

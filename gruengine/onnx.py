@@ -186,6 +186,17 @@ def _head(g, model, sd, feats):
     return g.op("Softmax", out, axis=-1), "probabilities"
 
 
+def _neighbour_mix(g, nb, feats, probs):
+    """(probabilities + one-hot label of the nearest stored training vector) / 2, as
+    ``gruengine.neighbours`` mixes them (the cosine's argmax: the query's norm is common)."""
+    sims = g.op("Gemm", feats, g.const("neighbours.features", nb.features), transB=1)  # (B, N)
+    nearest = g.op("ArgMax", sims, axis=1, keepdims=0)
+    label = g.op("Gather", g.const("neighbours.labels", nb.labels, np.int64), nearest)
+    vote = g.op("OneHot", label, g.const("neighbours.depth", [nb.num_classes], np.int64),
+                g.const("neighbours.off_on", [0.0, 1.0]), axis=-1)
+    return g.op("Mul", g.op("Add", probs, vote), g.const("half", 0.5))
+
+
 def tokenizer_spec(vocab, max_len=None, truncate="head", classes=None):
     """How a text becomes the graph's ``ids`` and ``lengths``, as a JSON-able dict.
 
@@ -285,7 +296,10 @@ def export(model, path, *, vocab=None, classes=None, max_len=None, truncate="hea
         x, lengths, skip, x_info = _input(g, member, sd, scaler)
         seq_lens = g.op("Cast", lengths, to=tp.INT32)     # the operators' sequence_lens type
         y, h_n = _recurrent(g, member, sd, x, seq_lens)
-        out, out_name = _head(g, member, sd, _features(g, member, y, h_n, lengths, skip))
+        feats = _features(g, member, y, h_n, lengths, skip)
+        out, out_name = _head(g, member, sd, feats)
+        if member.neighbours is not None:
+            out = _neighbour_mix(g, member.neighbours, feats, out)
         outs.append(out)
     if len(outs) > 1:
         out = g.op("Mean", *outs)                # probabilities (or values) averaged

@@ -370,6 +370,9 @@ def _member(g, net, stacks, j, prefix, where):
             if prefix + name not in g.consts:
                 raise ValueError(f"{where}: initializer {prefix + name!r} is missing")
             sd[name] = g.consts[prefix + name]
+    for name in ("neighbours.features", "neighbours.labels"):    # gruengine.neighbours
+        if prefix + name in g.consts:
+            sd[name] = g.consts[prefix + name]
     net.load_state_dict(sd)
     return net.eval()
 

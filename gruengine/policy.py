@@ -32,6 +32,10 @@ The rules (docs/cli.md, "The training plan"):
   block for batches longer than ``LONG`` steps, 4 beyond 3 ``LONG``)
   before a bidirectional GRU, mean pooling, the head reading the front end too, and
   training-time augmentation on small sets. Token inputs keep the plain recurrent model.
+* **Nearest neighbour.** Series classifiers of up to ``ENSEMBLE_MAX`` training series mix
+  each prediction half and half with the label of the nearest training series in the
+  model's feature space (``gruengine.neighbours``): a series that nearly repeats a training
+  series gets its label, as 1-NN gives it.
 * **Ensemble.** Series sets of up to ``ENSEMBLE_MAX`` training series train an ensemble of
   ``ENSEMBLE`` seeds (each member the plan above; their probabilities averaged): on small
   sets the seeds' test accuracies spread by several points, and their mean prediction beats
@@ -61,7 +65,7 @@ ENSEMBLE_MAX = 1000   # ... of up to this many training series
 FIXED = {"epochs": 10, "batch_size": 64, "val_fraction": 0.1, "patience": 3, "warmup": 0,
          "bidirectional": False, "pooling": "last", "conv_channels": 0, "conv_stride": 1,
          "conv_skip": False, "series_norm": False, "channel_norm": False, "augment": False,
-         "bucket": 50, "time_budget": 0, "ensemble": 1}
+         "bucket": 50, "time_budget": 0, "ensemble": 1, "neighbours": False}
 
 AUTO_KEYS = tuple(FIXED) + ("steps",)
 # the plan's wall-clock safety net (minutes): the step budget targets BUDGET_S, and only a
@@ -141,6 +145,8 @@ def make_plan(config, train_ds):
     decide("channel_norm", bool(numeric))
     aug = decide("augment", bool(series and n_fit <= AUGMENT_MAX))
     members = decide("ensemble", ENSEMBLE if series and n_fit <= ENSEMBLE_MAX else 1)
+    neighbours = decide("neighbours", bool(series and train_ds.task == "classify"
+                                           and n_fit <= ENSEMBLE_MAX))
 
     # budget
     per_epoch = max(1, math.ceil(n_fit / bs))
@@ -175,7 +181,8 @@ def make_plan(config, train_ds):
     parts.append("model: " + (f"conv front end {f['conv_channels']}x{list(f['conv_kernels'])}"
                               + (f" (stride {f['conv_stride']})" if f["conv_stride"] > 1 else "")
                               + " + " if f["conv_channels"] else "")
-                 + f"{cell}, {f['pooling']} pooling")
+                 + f"{cell}, {f['pooling']} pooling"
+                 + (", mixed with the nearest training series" if neighbours else ""))
     if numeric:
         scaling = [w for w, k in (("z-norm per series", "series_norm"),
                                   ("standardised channels", "channel_norm")) if f[k]]

@@ -21,6 +21,7 @@ import numpy as np
 from . import checkpoint as ckpt, optim
 from .batching import epoch_batches, make_batch, split_validation
 from .augment import augment_batch
+from .neighbours import fit_neighbours
 from .config import data_config, load_data, model_config, resolve_config, validate_config
 from .data.scaling import Scaler
 from .distributed import LOCAL
@@ -363,6 +364,9 @@ class Trainer:
             arrays, _ = ckpt.load_checkpoint(self.run.best)
             self.model.load_state_dict(ckpt.split_arrays(arrays, "model"))
         self.world.share_weights(self.model)
+        if c.get("neighbours"):      # every rank: the same training split, the same vectors
+            self.model.neighbours = fit_neighbours(self.model, self.train_ds)
+            self.save(BEST)
         summary = {"run_dir": self.out_dir, "best_val": stop.best, "best_epoch": stop.best_epoch,
                    "epochs": self.epoch, "steps": self.step, "stopped_early": stop.should_stop,
                    "elapsed": self.elapsed}
