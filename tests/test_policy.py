@@ -76,6 +76,22 @@ def test_ensemble_threshold():
     assert small["ensemble"] == policy.ENSEMBLE and large["ensemble"] == 1
 
 
+def test_neighbours_for_small_series_classifiers_only():
+    small, _, reason = _plan(_series(policy.ENSEMBLE_MAX, 8))
+    large, _, large_reason = _plan(_series(policy.ENSEMBLE_MAX + 1, 8))
+    assert small["neighbours"] is True and "mixed with the nearest training series" in reason
+    assert large["neighbours"] is False and "nearest" not in large_reason
+    tokens, _, _ = _plan(_tokens(200, 20))
+    assert tokens["neighbours"] is False
+    ds = _series(100, 8)
+    regress = Dataset(ds.inputs, ds.lengths, np.zeros((100, 1), np.float32), "regress", None)
+    assert _plan(regress)[0]["neighbours"] is False
+    off, d, reason = _plan(_series(50, 8), neighbours=False)
+    assert off["neighbours"] is False and "neighbours" not in d and "nearest" not in reason
+    on, d, _ = _plan(_tokens(200, 20), neighbours=True)
+    assert on["neighbours"] is True and "neighbours" not in d
+
+
 def test_validation_threshold():
     below, _, _ = _plan(_series(1990, 8))
     above, _, _ = _plan(_series(2000, 8))
