@@ -24,33 +24,23 @@ import os
 import numpy as np
 
 
-def member_scores(model, meta, train, test, batch_size=64):
+def member_scores(model, meta, train, test):
     """(probabilities (n_test, C), one-hot votes of the nearest training neighbour (n_test, C))
-    of one SequenceModel."""
+    of one SequenceModel: the engine's own ``fit_neighbours`` and ``Neighbours.nearest`` on
+    the whole training split, the model's probabilities without the mix."""
+    from gruengine.batching import make_batch, sorted_batches
     from gruengine.inference import scale_dataset
-    model.eval()
+    from gruengine.neighbours import fit_neighbours
     model.neighbours = None          # the model's own probabilities (a default run stores some)
-
-    def run(ds, probs):
-        ds = scale_dataset(meta, ds)
-        feats, p = [], []
-        for i in range(0, len(ds.inputs), batch_size):
-            L = ds.lengths[i:i + batch_size]
-            x = np.ascontiguousarray(ds.inputs[i:i + batch_size, :int(L.max())], dtype=model.dtype)
-            feats.append(model.features(x, L).astype(np.float64))
-            if probs:
-                p.append(model.predict_proba(model.forward(x, L).astype(np.float64)))
-        return np.concatenate(feats), np.concatenate(p) if probs else None
-
-    f_train, _ = run(train, False)
-    f_test, p_test = run(test, True)
-
-    def unit(f):
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-    nearest = (unit(f_test) @ unit(f_train).T).argmax(axis=1)
-    votes = np.eye(p_test.shape[1])[train.targets[nearest]]
-    return p_test, votes
+    nb = fit_neighbours(model, scale_dataset(meta, train))
+    test = scale_dataset(meta, test)
+    p = np.zeros((len(test.lengths), model.config.num_outputs))
+    votes = np.zeros_like(p)
+    for idx in sorted_batches(test.lengths, 64):
+        x, L, _ = make_batch(test, idx, model.dtype)
+        p[idx] = model.predict_proba(model.forward(x, L).astype(np.float64))
+        votes[idx, nb.labels[nb.nearest(model.features(x, L))]] = 1
+    return p, votes
 
 
 def run_scores(path, train, test):

@@ -422,10 +422,10 @@ class SequenceModel:
         if not isinstance(d, dict):
             raise ValueError(f"state_dict: expected a dict of arrays, got {type(d).__name__}")
         have = [k for k in KEYS if k in d]
-        if have and (len(have) < 2 or self.config.task != "classify"):
-            raise ValueError(f"state_dict: {have} without {sorted(set(KEYS) - set(have))}"
-                             if len(have) < 2 else
-                             "state_dict: stored neighbours belong to a classifier")
+        if have and len(have) < len(KEYS):
+            raise ValueError(f"state_dict: {have} without {sorted(set(KEYS) - set(have))}")
+        if have and self.config.task != "classify":
+            raise ValueError("state_dict: stored neighbours belong to a classifier")
         nb = Neighbours(d[KEYS[0]], d[KEYS[1]], self.config.num_outputs) if have else None
         width = self.modules["head"].in_features
         if nb is not None and nb.features.shape[1] != width:

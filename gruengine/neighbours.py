@@ -17,6 +17,8 @@ In a checkpoint: ``neighbours.features`` (N, D) unit vectors (float32) and
 """
 import numpy as np
 
+from .batching import make_batch, sorted_batches
+
 __all__ = ["Neighbours", "fit_neighbours", "KEYS"]
 
 KEYS = ("neighbours.features", "neighbours.labels")
@@ -63,18 +65,17 @@ class Neighbours:
 
 def fit_neighbours(model, ds):
     """A ``Neighbours`` of every sequence of ``ds`` (inputs as the model reads them, already
-    scaled) under ``model`` (a classify SequenceModel), computed in eval mode; the model is
-    left in eval mode."""
+    scaled) under ``model`` (a classify SequenceModel), computed in eval mode on the
+    evaluation's length-sorted batches; the model is left in eval mode."""
     if model.config.task != "classify":
         raise ValueError("neighbours: only classifiers mix in a nearest neighbour")
     model.eval()
     saved, model.neighbours = model.neighbours, None
     try:
-        feats = []
-        for i in range(0, len(ds.inputs), BATCH):
-            L = np.asarray(ds.lengths[i:i + BATCH])
-            x = np.ascontiguousarray(ds.inputs[i:i + BATCH, :int(L.max())], dtype=model.dtype)
-            feats.append(model.features(x, L))
+        batches = sorted_batches(np.asarray(ds.lengths), BATCH)
+        feats = [model.features(*make_batch(ds, idx, model.dtype)[:2]) for idx in batches]
     finally:
         model.neighbours = saved
-    return Neighbours(np.concatenate(feats), ds.targets, model.config.num_outputs)
+    rows = np.empty((len(ds.lengths), feats[0].shape[1]), dtype=feats[0].dtype)
+    rows[np.concatenate(batches)] = np.concatenate(feats)
+    return Neighbours(rows, ds.targets, model.config.num_outputs)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._optional import require
 from .convert import from_onnx
+from .neighbours import KEYS as NEIGHBOUR_KEYS
 
 _RECURRENT = {"GRU": "gru", "LSTM": "lstm"}
 _DEFAULT_ACTS = {"gru": ["sigmoid", "tanh"], "lstm": ["sigmoid", "tanh", "tanh"]}
@@ -370,7 +371,7 @@ def _member(g, net, stacks, j, prefix, where):
             if prefix + name not in g.consts:
                 raise ValueError(f"{where}: initializer {prefix + name!r} is missing")
             sd[name] = g.consts[prefix + name]
-    for name in ("neighbours.features", "neighbours.labels"):    # gruengine.neighbours
+    for name in NEIGHBOUR_KEYS:              # a classifier's stored training vectors, if any
         if prefix + name in g.consts:
             sd[name] = g.consts[prefix + name]
     net.load_state_dict(sd)

@@ -39,6 +39,9 @@ def _data(rng, n, T=9):
 
 
 class _DS:
+    # a float64 stand-in for a Dataset (which holds float32 features), for float64 models
+    task = "classify"
+
     def __init__(self, x, L, y):
         self.inputs, self.lengths, self.targets = x, L, y
 

@@ -50,19 +50,16 @@ def test_features_on_cuda_are_the_cpu_features(rng):
 def test_neighbours_mix_the_same_on_cuda(rng):
     # the stored training vectors and the mixed eval-mode predictions of a model trained on
     # 'cuda' equal the CPU model's (float32)
+    from gruengine.data.dataset import Dataset
     from gruengine.neighbours import fit_neighbours
-
-    class _DS:
-        def __init__(self, x, lengths, y):
-            self.inputs, self.lengths, self.targets = x, lengths, y
-
     cfg = CASES["conv-stride2-skip-bigru-mean"]
     batch = _batch(rng, cfg)
     x, lengths, y = batch
     models = [_train(dev, cfg, "adamw", batch)[0] for dev in ("cpu", "cuda")]
     outs = []
     for m in models:
-        m.neighbours = fit_neighbours(m, _DS(x, lengths, y))
+        m.neighbours = fit_neighbours(m, Dataset(x, lengths, y, "classify",
+                                                         cfg["num_outputs"]))
         outs.append((m.neighbours.features, m.predict_proba(m.forward(x, lengths))))
     assert_close(outs[1][0], outs[0][0], np.float32, "neighbours.features")
     assert_close(outs[1][1], outs[0][1], np.float32, "mixed probabilities")
